@@ -1,0 +1,9 @@
+pub mod adapter;
+pub mod bench;
+pub mod compress;
+pub mod demo;
+pub mod generate;
+pub mod import;
+pub mod info;
+pub mod logits;
+pub mod tokenize;

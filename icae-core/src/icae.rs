@@ -1,0 +1,258 @@
+//! The In-context Autoencoder on top of the engine: compression by segments exactly as the
+//! official `_compress`, and the decoder input layouts of each mode.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::adapter::{Adapter, LoadOptions, SpecialToken};
+use crate::device::{default_kind, kind_name, DeviceSpec};
+use crate::error::{IcaeError, InputError};
+use crate::generate::{FinishReason, SamplingParams, Sequence};
+use crate::fingerprint::{base_fingerprint, icae_fingerprint, IcaeIdentity};
+use crate::model::LlamaModel;
+use crate::tokenizer::{ChatPieces, TextTokenizer};
+
+/// Segments compressed in one forward pass (bounds activation memory on long documents).
+const MAX_SEGMENTS_PER_BATCH: usize = 16;
+
+/// What the decoder is asked to do with the slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `[slots] ++ [AE]` → the original text.
+    Autoencode,
+    /// `[slots]` (optionally `++ [LM]`) → a continuation.
+    Continue,
+    /// `prefix ++ [slots] ++ [FT] ++ prompt ++ suffix` → an answer.
+    Answer,
+}
+
+impl FromStr for Mode {
+    type Err = InputError;
+    fn from_str(s: &str) -> Result<Self, InputError> {
+        match s.to_ascii_lowercase().as_str() {
+            "autoencode" | "ae" => Ok(Mode::Autoencode),
+            "continue" | "lm" => Ok(Mode::Continue),
+            "answer" | "ft" => Ok(Mode::Answer),
+            _ => Err(InputError::BadParameter {
+                name: "mode",
+                value: format!("\"{s}\""),
+                expected: "expected autoencode, continue or answer".into(),
+            }),
+        }
+    }
+}
+
+/// The result of compressing one document.
+pub struct Compressed {
+    /// `[num_segments * mem_size, hidden]`.
+    pub slots: Tensor,
+    pub num_tokens: usize,
+    pub num_segments: usize,
+}
+
+/// Base model, tokenizer and adapter loaded together; the base weights are shared by the
+/// encoder (LoRA on) and the decoder (LoRA off).
+pub struct IcaeModel {
+    pub base: LlamaModel,
+    pub tokenizer: TextTokenizer,
+    pub adapter: Adapter,
+    pub base_fingerprint: String,
+    pub fingerprint: String,
+}
+
+impl IcaeModel {
+    pub fn load(model_dir: &Path, adapter_path: &Path, options: &LoadOptions, device: DeviceSpec) -> Result<Self, IcaeError> {
+        let device = device.resolve()?;
+        let kind = default_kind(device);
+        let base = LlamaModel::load(model_dir, device, kind)?;
+        let tokenizer = TextTokenizer::load(model_dir)?;
+        let adapter = Adapter::load(adapter_path, &base.config, options, tokenizer.chat_pieces(), device, kind)?;
+        let base_fingerprint = base_fingerprint(model_dir)?;
+        let fingerprint = icae_fingerprint(&IcaeIdentity {
+            base_fingerprint: &base_fingerprint,
+            adapter_digest: &adapter.digest,
+            mem_size: adapter.config.mem_size,
+            compression_rate: adapter.config.compression_rate,
+            lora_alpha: adapter.config.lora_alpha,
+            dtype: kind_name(kind),
+        });
+        Ok(IcaeModel { base, tokenizer, adapter, base_fingerprint, fingerprint })
+    }
+
+    pub fn device(&self) -> Device {
+        self.base.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.base.kind
+    }
+
+    /// Check token ids a client sent before they reach the embedding table.
+    pub fn check_token_ids(&self, ids: &[u32], limit: usize) -> Result<(), InputError> {
+        if ids.is_empty() {
+            return Err(InputError::EmptyText);
+        }
+        if ids.len() > limit {
+            return Err(InputError::TooManyTokens { actual: ids.len(), limit });
+        }
+        let vocab = self.base.config.vocab_size;
+        match ids.iter().position(|&id| id as usize >= vocab) {
+            Some(position) => Err(InputError::TokenOutOfRange { id: ids[position] as i64, position, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Number of segments the official algorithm cuts `num_tokens` into.
+    pub fn num_segments(&self, num_tokens: usize) -> usize {
+        num_tokens.div_ceil(self.adapter.segment_capacity())
+    }
+
+    /// Compress token ids into memory slots (LoRA on). Segments of equal length run as one
+    /// batch; each is computed exactly as alone (positions from 0, causal attention).
+    pub fn compress(&self, ids: &[u32]) -> Result<Compressed, IcaeError> {
+        if ids.is_empty() {
+            return Err(InputError::EmptyText.into());
+        }
+        let _guard = tch::no_grad_guard();
+        let num_tokens = ids.len();
+        let num_segments = self.num_segments(num_tokens);
+        let seg_len = num_tokens.div_ceil(num_segments);
+        let segments: Vec<&[u32]> = ids.chunks(seg_len).collect();
+        let k = self.adapter.mem_size() as i64;
+        let memory = self.adapter.memory_tokens();
+
+        let mut outputs = Vec::with_capacity(segments.len());
+        let mut start = 0;
+        while start < segments.len() {
+            let len = segments[start].len();
+            let mut end = start + 1;
+            while end < segments.len() && segments[end].len() == len && end - start < MAX_SEGMENTS_PER_BATCH {
+                end += 1;
+            }
+            let batch = (end - start) as i64;
+            let flat: Vec<i64> = segments[start..end].iter().flat_map(|s| s.iter().map(|&t| t as i64)).collect();
+            let token_ids = Tensor::from_slice(&flat).view([batch, len as i64]);
+            let embeds = Tensor::cat(
+                &[self.base.embed(&token_ids), memory.unsqueeze(0).expand([batch, k, -1], false)],
+                1,
+            );
+            let total = len as i64 + k;
+            let positions = Tensor::arange(total, (Kind::Int64, self.device())).unsqueeze(0).expand([batch, total], false);
+            let hidden = self.base.forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
+            outputs.push(hidden.narrow(1, len as i64, k).reshape([batch * k, -1]));
+            start = end;
+        }
+        Ok(Compressed { slots: Tensor::cat(&outputs, 0), num_tokens, num_segments })
+    }
+
+    /// The decoder's input embeddings `[1, len, hidden]` for `spans` (each `[n, hidden]`, in
+    /// order) in `mode`. `prompt_ids` is required for ANSWER.
+    pub fn decoder_input(&self, spans: &[Tensor], mode: Mode, prompt_ids: Option<&[u32]>) -> Result<Tensor, IcaeError> {
+        if spans.is_empty() {
+            return Err(InputError::NoSlots.into());
+        }
+        let hidden = self.base.hidden_size();
+        for (index, span) in spans.iter().enumerate() {
+            let size = span.size();
+            if size.len() != 2 || size[1] != hidden {
+                return Err(InputError::SlotWidth { index, actual: size.last().copied().unwrap_or(0), expected: hidden }.into());
+            }
+        }
+        let slots: Vec<Tensor> = spans.iter().map(|s| s.to_device(self.device()).to_kind(self.kind())).collect();
+        let mut parts: Vec<Tensor> = Vec::new();
+        match mode {
+            Mode::Autoencode => {
+                parts.extend(slots);
+                parts.push(self.adapter.special(SpecialToken::Autoencode));
+            }
+            Mode::Continue => {
+                parts.extend(slots);
+                if self.adapter.config.continue_with_lm_token {
+                    parts.push(self.adapter.special(SpecialToken::LanguageModel));
+                }
+            }
+            Mode::Answer => {
+                let prompt = prompt_ids.filter(|p| !p.is_empty()).ok_or(InputError::MissingPrompt)?;
+                let chat = self.chat()?;
+                parts.push(self.embed_ids(&chat.prefix_ids));
+                parts.extend(slots);
+                parts.push(self.adapter.special(SpecialToken::FineTune));
+                parts.push(self.embed_ids(prompt));
+                parts.push(self.embed_ids(&chat.suffix_ids));
+            }
+        }
+        let parts: Vec<Tensor> = parts.into_iter().filter(|p| p.size()[0] > 0).collect();
+        Ok(Tensor::cat(&parts, 0).unsqueeze(0))
+    }
+
+    /// The uncompressed baseline: the same layout with the document's tokens in place of the
+    /// slots and no special token (what the base model sees without ICAE).
+    pub fn baseline_input(&self, document_ids: &[u32], mode: Mode, prompt_ids: Option<&[u32]>) -> Result<Tensor, IcaeError> {
+        let mut ids: Vec<u32> = Vec::new();
+        match mode {
+            Mode::Autoencode | Mode::Continue => ids.extend_from_slice(document_ids),
+            Mode::Answer => {
+                let prompt = prompt_ids.filter(|p| !p.is_empty()).ok_or(InputError::MissingPrompt)?;
+                let chat = self.chat()?;
+                ids.extend_from_slice(&chat.prefix_ids);
+                ids.extend_from_slice(document_ids);
+                ids.extend_from_slice(&self.tokenizer.encode_fragment("\n").map_err(IcaeError::Model)?);
+                ids.extend_from_slice(prompt);
+                ids.extend_from_slice(&chat.suffix_ids);
+            }
+        }
+        Ok(self.embed_ids(&ids).unsqueeze(0))
+    }
+
+    fn chat(&self) -> Result<&ChatPieces, InputError> {
+        self.adapter.config.chat.as_ref().ok_or_else(|| InputError::BadParameter {
+            name: "mode",
+            value: "ANSWER".into(),
+            expected: "but the base model has no chat template the adapter knows".into(),
+        })
+    }
+
+    /// Embeddings `[n, hidden]` of base-vocabulary ids.
+    fn embed_ids(&self, ids: &[u32]) -> Tensor {
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        self.base.embed(&Tensor::from_slice(&ids))
+    }
+
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.base.config.eos_ids()
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_len: usize,
+}
+
+impl IcaeModel {
+    /// Decode from `embeds` (`[1, len, hidden]`, from `decoder_input` or `baseline_input`)
+    /// until a stop condition, calling `on_delta` with each piece of final text.
+    pub fn generate(&self, embeds: &Tensor, params: SamplingParams, mut on_delta: impl FnMut(&str)) -> Result<Generation, IcaeError> {
+        let mut sequence = Sequence::start(&self.base, embeds, params, self.eos_ids())?;
+        let mut text = String::new();
+        let mut token_ids = Vec::new();
+        loop {
+            let step = sequence.step(&self.base, &self.tokenizer)?;
+            if !step.text_delta.is_empty() {
+                on_delta(&step.text_delta);
+                text.push_str(&step.text_delta);
+            }
+            if step.finished != Some(FinishReason::Eos) {
+                token_ids.push(step.token_id);
+            }
+            if let Some(finish_reason) = step.finished {
+                return Ok(Generation { text, token_ids, finish_reason, prompt_len: sequence.prompt_len() });
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The Llama / Mistral decoder-only transformer on libtorch.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::lora::{add_delta, LoraWeights, Target};
+use super::rope::{self, Rope};
+use super::weights::TensorMap;
+use crate::error::ModelError;
+
+struct Layer {
+    input_norm: Tensor,
+    /// q, k and v projections stacked into one `[q_dim + 2 * kv_dim, hidden]` matrix.
+    qkv: Tensor,
+    o: Tensor,
+    post_norm: Tensor,
+    /// gate and up projections stacked into one `[2 * ffn, hidden]` matrix.
+    gate_up: Tensor,
+    down: Tensor,
+}
+
+pub struct LlamaModel {
+    pub config: ModelConfig,
+    pub device: Device,
+    pub kind: Kind,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+}
+
+impl LlamaModel {
+    /// Load `config.json` and the safetensors weights of an HF model directory.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, ModelError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| ModelError::Io(format!("{}: {e}", config_path.display())))?;
+        let config = ModelConfig::from_json(&text)?;
+        let mut weights = TensorMap::load_model_dir(dir, device, kind)?;
+        Self::from_weights(config, &mut weights, device, kind)
+    }
+
+    pub fn from_weights(config: ModelConfig, w: &mut TensorMap, device: Device, kind: Kind) -> Result<Self, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let h = config.hidden_size as i64;
+        let q_dim = (config.num_attention_heads * config.head_dim()) as i64;
+        let kv_dim = (config.kv_heads() * config.head_dim()) as i64;
+        let ffn = config.intermediate_size as i64;
+        let vocab = config.vocab_size as i64;
+
+        let embed_tokens = w.take("model.embed_tokens.weight", &[vocab, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let mut take = |name: &str, shape: &[i64]| w.take(&format!("model.layers.{i}.{name}"), shape);
+            let q = take("self_attn.q_proj.weight", &[q_dim, h])?;
+            let k = take("self_attn.k_proj.weight", &[kv_dim, h])?;
+            let v = take("self_attn.v_proj.weight", &[kv_dim, h])?;
+            let gate = take("mlp.gate_proj.weight", &[ffn, h])?;
+            let up = take("mlp.up_proj.weight", &[ffn, h])?;
+            layers.push(Layer {
+                input_norm: take("input_layernorm.weight", &[h])?,
+                qkv: Tensor::cat(&[q, k, v], 0),
+                o: take("self_attn.o_proj.weight", &[h, q_dim])?,
+                post_norm: take("post_attention_layernorm.weight", &[h])?,
+                gate_up: Tensor::cat(&[gate, up], 0),
+                down: take("mlp.down_proj.weight", &[h, ffn])?,
+            });
+        }
+        let norm = w.take("model.norm.weight", &[h])?;
+        let lm_head = match w.remove("lm_head.weight") {
+            Some(head) if !config.tie_word_embeddings => {
+                if head.size() != [vocab, h] {
+                    return Err(ModelError::ShapeMismatch {
+                        name: "lm_head.weight".into(),
+                        expected: vec![vocab, h],
+                        actual: head.size(),
+                    });
+                }
+                head
+            }
+            _ if config.tie_word_embeddings => embed_tokens.shallow_clone(),
+            _ => {
+                return Err(ModelError::MissingTensor {
+                    name: "lm_head.weight".into(),
+                    location: "model weights (tie_word_embeddings is false)".into(),
+                })
+            }
+        };
+        let rope = Rope::new(&config, device);
+        Ok(LlamaModel { config, device, kind, embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    pub fn hidden_size(&self) -> i64 {
+        self.config.hidden_size as i64
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` for ids `[batch, seq]`.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, &ids.to_device(self.device), -1, false, false)
+    }
+
+    /// A new KV cache sized for `capacity` positions.
+    pub fn new_cache(&self, capacity: i64) -> KvCache {
+        KvCache::new(self.layers.len(), capacity)
+    }
+
+    /// Run the transformer on `embeds` (`[batch, seq, hidden]`) at `positions` (`[batch, seq]`)
+    /// and return the final hidden states after the last RMSNorm.
+    ///
+    /// `key_mask` (`[batch, past + seq]`, bool, true = real token) is only needed when the
+    /// batch holds padded rows. With a cache, new keys and values are appended to it.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        lora: Option<&LoraWeights>,
+    ) -> Tensor {
+        let [batch, seq, _] = embeds.size()[..] else {
+            panic!("forward expects [batch, seq, hidden] embeddings, got {:?}", embeds.size())
+        };
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (cos, sin) = self.rope.tables(&positions.to_device(self.device), self.kind);
+        let mask = attention_mask(past, seq, key_mask, self.device);
+        let heads = self.config.num_attention_heads as i64;
+        let kv_heads = self.config.kv_heads() as i64;
+        let head_dim = self.config.head_dim() as i64;
+        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
+        let ffn = self.config.intermediate_size as i64;
+
+        let mut x = embeds.to_device(self.device).to_kind(self.kind);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, self.config.rms_norm_eps);
+            let qkv = h.linear::<Tensor>(&layer.qkv, None);
+            let q = add_delta(qkv.narrow(2, 0, q_dim), lora, i, Target::Q, &h);
+            let k = add_delta(qkv.narrow(2, q_dim, kv_dim), lora, i, Target::K, &h);
+            let v = add_delta(qkv.narrow(2, q_dim + kv_dim, kv_dim), lora, i, Target::V, &h);
+            let split = |t: Tensor, n: i64| t.view([batch, seq, n, head_dim]).transpose(1, 2);
+            let q = rope::apply(&split(q, heads), &cos, &sin);
+            let k = rope::apply(&split(k, kv_heads), &cos, &sin);
+            let v = split(v, kv_heads);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.update(i, &k, &v),
+                None => (k, v),
+            };
+            let attn = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask.explicit.as_ref(),
+                0.0,
+                mask.causal,
+                None,
+                kv_heads != heads,
+            );
+            let attn = attn.transpose(1, 2).reshape([batch, seq, q_dim]);
+            let o = add_delta(attn.linear::<Tensor>(&layer.o, None), lora, i, Target::O, &attn);
+            x = x + o;
+
+            let h = rms_norm(&x, &layer.post_norm, self.config.rms_norm_eps);
+            let gate_up = h.linear::<Tensor>(&layer.gate_up, None);
+            let gate = add_delta(gate_up.narrow(2, 0, ffn), lora, i, Target::Gate, &h);
+            let up = add_delta(gate_up.narrow(2, ffn, ffn), lora, i, Target::Up, &h);
+            let act = gate.silu() * up;
+            let down = add_delta(act.linear::<Tensor>(&layer.down, None), lora, i, Target::Down, &act);
+            x = x + down;
+        }
+        if let Some(c) = cache {
+            c.advance(seq);
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Logits over the base vocabulary for hidden states `[.., hidden]`, in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+    }
+}
+
+/// RMSNorm computed in f32 like HF, then cast back and scaled.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let normed = xf * (variance + eps).rsqrt();
+    weight * normed.to_kind(kind)
+}
+
+struct Mask {
+    causal: bool,
+    explicit: Option<Tensor>,
+}
+
+/// Choose the cheapest correct mask: the fused causal kernel for a fresh unpadded prompt,
+/// no mask for one new token per row, an explicit `[batch, 1, seq, past + seq]` one otherwise.
+fn attention_mask(past: i64, seq: i64, key_mask: Option<&Tensor>, device: Device) -> Mask {
+    match key_mask {
+        None if past == 0 => Mask { causal: true, explicit: None },
+        None if seq == 1 => Mask { causal: false, explicit: None },
+        _ => {
+            let total = past + seq;
+            let query_pos = Tensor::arange_start(past, total, (Kind::Int64, device)).view([seq, 1]);
+            let key_pos = Tensor::arange(total, (Kind::Int64, device)).view([1, total]);
+            let mut allowed = key_pos.le_tensor(&query_pos).view([1, 1, seq, total]);
+            if let Some(keys) = key_mask {
+                let batch = keys.size()[0];
+                allowed = allowed.logical_and(&keys.to_device(device).to_kind(Kind::Bool).view([batch, 1, 1, total]));
+                // A padding query would otherwise see no key at all and turn into NaN, which
+                // then leaks through 0 * NaN in later layers: let every query see itself.
+                allowed = allowed.logical_or(&key_pos.eq_tensor(&query_pos).view([1, 1, seq, total]));
+            }
+            Mask { causal: false, explicit: Some(allowed) }
+        }
+    }
+}

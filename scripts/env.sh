@@ -1,0 +1,14 @@
+# Environment shared by every script: source it, don't run it.
+# ICAE_HOME holds everything that lives outside the checkout (venv, models, adapters).
+export ICAE_HOME="${ICAE_HOME:-$HOME/.cache/icae}"
+export ICAE_VENV="$ICAE_HOME/venv"
+export ICAE_MODEL_DIR="${ICAE_MODEL_DIR:-$ICAE_HOME/models/smollm2-135m-instruct}"
+# tch builds against the venv's PyTorch (torch==2.13.0) and links its libtorch at run time.
+export LIBTORCH_USE_PYTORCH=1
+export PATH="$ICAE_VENV/bin:$PATH"
+export VIRTUAL_ENV="$ICAE_VENV"
+_torch_lib="$(ls -d "$ICAE_VENV"/lib/python3*/site-packages/torch/lib 2>/dev/null | head -n 1)"
+if [ -n "$_torch_lib" ]; then
+  export LD_LIBRARY_PATH="$_torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+unset _torch_lib
