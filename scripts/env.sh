@@ -12,3 +12,7 @@ if [ -n "$_torch_lib" ]; then
   export LD_LIBRARY_PATH="$_torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 unset _torch_lib
+# The deterministic untrained adapter (`icae adapter init`), used for plumbing and tests.
+export ICAE_UNTRAINED_ADAPTER="$ICAE_HOME/adapters/untrained-m32"
+# The adapter the demo and services use by default.
+export ICAE_DEFAULT_ADAPTER="${ICAE_DEFAULT_ADAPTER:-$ICAE_UNTRAINED_ADAPTER}"

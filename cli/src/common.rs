@@ -33,7 +33,10 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { lora_alpha: self.lora_alpha, compression_rate: self.compression_rate }
+        LoadOptions {
+            lora_alpha: self.lora_alpha,
+            compression_rate: self.compression_rate,
+        }
     }
 }
 
@@ -52,9 +55,8 @@ impl TextArgs {
     pub fn read(&self) -> Result<String> {
         match (&self.text, &self.text_file) {
             (Some(text), _) => Ok(text.clone()),
-            (None, Some(path)) => {
-                std::fs::read_to_string(path).with_context(|| format!("reading --text-file {}", path.display()))
-            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading --text-file {}", path.display())),
             (None, None) => bail!("give --text or --text-file"),
         }
     }
@@ -62,8 +64,19 @@ impl TextArgs {
 
 /// Load model + adapter and warn loudly when the adapter is untrained.
 pub fn load_icae(model: &ModelArgs, adapter: &AdapterArgs) -> Result<IcaeModel> {
-    let icae = IcaeModel::load(&model.model, &adapter.adapter, &adapter.load_options(), model.device)
-        .with_context(|| format!("loading model {} with adapter {}", model.model.display(), adapter.adapter.display()))?;
+    let icae = IcaeModel::load(
+        &model.model,
+        &adapter.adapter,
+        &adapter.load_options(),
+        model.device,
+    )
+    .with_context(|| {
+        format!(
+            "loading model {} with adapter {}",
+            model.model.display(),
+            adapter.adapter.display()
+        )
+    })?;
     warn_if_untrained(&icae, &adapter.adapter);
     Ok(icae)
 }

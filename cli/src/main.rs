@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "icae", version, about = "In-context Autoencoder: compress long text into memory slots and decode from them")]
+#[command(
+    name = "icae",
+    version,
+    about = "In-context Autoencoder: compress long text into memory slots and decode from them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

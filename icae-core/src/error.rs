@@ -17,7 +17,11 @@ pub enum ModelError {
     #[error("tensor {name} is missing from {location}")]
     MissingTensor { name: String, location: String },
     #[error("tensor {name} has shape {actual:?}, expected {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<i64>, actual: Vec<i64> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        actual: Vec<i64>,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("device: {0}")]
@@ -34,7 +38,11 @@ pub enum AdapterError {
     #[error("adapter {path}: {reason}")]
     Invalid { path: String, reason: String },
     #[error("adapter tensor {name}: shape {actual:?}, expected {expected}")]
-    Shape { name: String, actual: Vec<i64>, expected: String },
+    Shape {
+        name: String,
+        actual: Vec<i64>,
+        expected: String,
+    },
     #[error("adapter does not match the base model: {0}")]
     Mismatch(String),
     #[error(transparent)]
@@ -49,15 +57,27 @@ pub enum InputError {
     #[error("input has {actual} tokens, the limit is {limit}")]
     TooManyTokens { actual: usize, limit: usize },
     #[error("token id {id} at position {position} is outside the vocabulary of {vocab} tokens")]
-    TokenOutOfRange { id: i64, position: usize, vocab: usize },
+    TokenOutOfRange {
+        id: i64,
+        position: usize,
+        vocab: usize,
+    },
     #[error("{name} is {value}, {expected}")]
-    BadParameter { name: &'static str, value: String, expected: String },
+    BadParameter {
+        name: &'static str,
+        value: String,
+        expected: String,
+    },
     #[error("mode ANSWER needs a prompt")]
     MissingPrompt,
     #[error("no slots given: at least one slot set is needed")]
     NoSlots,
     #[error("slot set {index} has hidden size {actual}, the model's is {expected}")]
-    SlotWidth { index: usize, actual: i64, expected: i64 },
+    SlotWidth {
+        index: usize,
+        actual: i64,
+        expected: i64,
+    },
     #[error("the decoder context would hold {actual} positions, the limit is {limit}")]
     ContextTooLong { actual: usize, limit: usize },
 }

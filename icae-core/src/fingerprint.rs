@@ -20,9 +20,12 @@ pub fn base_fingerprint(dir: &Path) -> Result<String, ModelError> {
     files.extend(model_files(dir)?);
     let mut buf = vec![0u8; 1 << 20];
     for path in files {
-        let mut file = File::open(&path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let mut file =
+            File::open(&path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
         loop {
-            let n = file.read(&mut buf).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
             if n == 0 {
                 break;
             }
@@ -47,7 +50,12 @@ pub fn icae_fingerprint(id: &IcaeIdentity) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!(
         "icae-v1|base={}|adapter={}|mem={}|rate={}|alpha={}|dtype={}",
-        id.base_fingerprint, id.adapter_digest, id.mem_size, id.compression_rate, id.lora_alpha, id.dtype
+        id.base_fingerprint,
+        id.adapter_digest,
+        id.mem_size,
+        id.compression_rate,
+        id.lora_alpha,
+        id.dtype
     ));
     short_hex(hasher)
 }

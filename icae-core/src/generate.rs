@@ -24,17 +24,38 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn greedy(max_new_tokens: usize) -> Self {
-        SamplingParams { max_new_tokens, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        SamplingParams {
+            max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
     }
 
     /// Refuse values that have no meaning; `limit` is the server's cap on new tokens.
     pub fn validate(&self, limit: usize) -> Result<(), InputError> {
-        let bad = |name, value: String, expected: String| Err(InputError::BadParameter { name, value, expected });
+        let bad = |name, value: String, expected: String| {
+            Err(InputError::BadParameter {
+                name,
+                value,
+                expected,
+            })
+        };
         if self.max_new_tokens == 0 || self.max_new_tokens > limit {
-            return bad("max_new_tokens", self.max_new_tokens.to_string(), format!("must be in 1..={limit}"));
+            return bad(
+                "max_new_tokens",
+                self.max_new_tokens.to_string(),
+                format!("must be in 1..={limit}"),
+            );
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 || self.temperature > 100.0 {
-            return bad("temperature", self.temperature.to_string(), "must be in [0, 100] (0 = greedy)".into());
+            return bad(
+                "temperature",
+                self.temperature.to_string(),
+                "must be in [0, 100] (0 = greedy)".into(),
+            );
         }
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("top_p", self.top_p.to_string(), "must be in (0, 1]".into());
@@ -98,13 +119,22 @@ pub struct Sequence {
 
 impl Sequence {
     /// Prefill the decoder with `embeds` (`[1, len, hidden]`, positions 0..len).
-    pub fn start(model: &LlamaModel, embeds: &Tensor, params: SamplingParams, eos_ids: Vec<u32>) -> Result<Self, IcaeError> {
+    pub fn start(
+        model: &LlamaModel,
+        embeds: &Tensor,
+        params: SamplingParams,
+        eos_ids: Vec<u32>,
+    ) -> Result<Self, IcaeError> {
         let _guard = tch::no_grad_guard();
         let len = embeds.size()[1];
         let limit = model.config.max_position_embeddings;
         let needed = len as usize + params.max_new_tokens;
         if needed > limit {
-            return Err(InputError::ContextTooLong { actual: needed, limit }.into());
+            return Err(InputError::ContextTooLong {
+                actual: needed,
+                limit,
+            }
+            .into());
         }
         let mut cache = model.new_cache(len + params.max_new_tokens as i64);
         let positions = Tensor::arange(len, (Kind::Int64, model.device)).unsqueeze(0);
@@ -141,12 +171,16 @@ impl Sequence {
     }
 
     /// Sample the next token, run it through the model, and report the text it completes.
-    pub fn step(&mut self, model: &LlamaModel, tokenizer: &TextTokenizer) -> Result<Step, IcaeError> {
+    pub fn step(
+        &mut self,
+        model: &LlamaModel,
+        tokenizer: &TextTokenizer,
+    ) -> Result<Step, IcaeError> {
         let _guard = tch::no_grad_guard();
         let logits: Vec<f32> = Vec::try_from(&self.next_logits)?;
         let token = sample(&logits, &self.params, &mut self.rng);
         if self.eos_ids.contains(&token) {
-            return Ok(self.finish(token, tokenizer, FinishReason::Eos)?);
+            return self.finish(token, tokenizer, FinishReason::Eos);
         }
         self.generated.push(token);
         let text = tokenizer.decode(&self.generated, true)?;
@@ -154,13 +188,21 @@ impl Sequence {
             let delta = text[self.emitted..cut].to_string();
             self.emitted = cut;
             self.finished = Some(FinishReason::Stop);
-            return Ok(Step { token_id: token, text_delta: delta, finished: self.finished });
+            return Ok(Step {
+                token_id: token,
+                text_delta: delta,
+                finished: self.finished,
+            });
         }
         if self.generated.len() >= self.params.max_new_tokens {
             let delta = text[self.emitted.min(text.len())..].to_string();
             self.emitted = text.len();
             self.finished = Some(FinishReason::Length);
-            return Ok(Step { token_id: token, text_delta: delta, finished: self.finished });
+            return Ok(Step {
+                token_id: token,
+                text_delta: delta,
+                finished: self.finished,
+            });
         }
         let safe = safe_prefix_len(&text, &self.params.stop).max(self.emitted);
         let delta = text[self.emitted..safe].to_string();
@@ -168,18 +210,37 @@ impl Sequence {
 
         let ids = Tensor::from_slice(&[token as i64]).view([1, 1]);
         let positions = Tensor::from_slice(&[self.next_position]).view([1, 1]);
-        let hidden = model.forward(&model.embed(&ids), &positions, None, Some(&mut self.cache), None);
+        let hidden = model.forward(
+            &model.embed(&ids),
+            &positions,
+            None,
+            Some(&mut self.cache),
+            None,
+        );
         self.next_position += 1;
         self.next_logits = model.logits(&hidden).view([-1]);
-        Ok(Step { token_id: token, text_delta: delta, finished: None })
+        Ok(Step {
+            token_id: token,
+            text_delta: delta,
+            finished: None,
+        })
     }
 
-    fn finish(&mut self, token: u32, tokenizer: &TextTokenizer, reason: FinishReason) -> Result<Step, IcaeError> {
+    fn finish(
+        &mut self,
+        token: u32,
+        tokenizer: &TextTokenizer,
+        reason: FinishReason,
+    ) -> Result<Step, IcaeError> {
         let text = tokenizer.decode(&self.generated, true)?;
         let delta = text.get(self.emitted..).unwrap_or_default().to_string();
         self.emitted = text.len();
         self.finished = Some(reason);
-        Ok(Step { token_id: token, text_delta: delta, finished: Some(reason) })
+        Ok(Step {
+            token_id: token,
+            text_delta: delta,
+            finished: Some(reason),
+        })
     }
 }
 
@@ -195,7 +256,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> 
         candidates.truncate(params.top_k);
     }
     let max = candidates[0].1;
-    let mut probs: Vec<f64> = candidates.iter().map(|&(_, l)| ((l - max) as f64).exp()).collect();
+    let mut probs: Vec<f64> = candidates
+        .iter()
+        .map(|&(_, l)| ((l - max) as f64).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if params.top_p < 1.0 {
@@ -281,7 +345,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_whatever_the_temperature() {
-        let params = SamplingParams { temperature: 5.0, top_k: 1, ..SamplingParams::greedy(1) };
+        let params = SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..SamplingParams::greedy(1)
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..50 {
             assert_eq!(sample(&[0.0, 0.5, 2.0, 1.9], &params, &mut rng), 2);
@@ -291,7 +359,11 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // softmax([10, 0, 0, 0]) puts > 0.99 on token 0: top_p 0.9 keeps only it.
-        let params = SamplingParams { temperature: 1.0, top_p: 0.9, ..SamplingParams::greedy(1) };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..SamplingParams::greedy(1)
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for _ in 0..100 {
             assert_eq!(sample(&[10.0, 0.0, 0.0, 0.0], &params, &mut rng), 0);
@@ -300,11 +372,17 @@ mod tests {
 
     #[test]
     fn sampling_is_reproducible_for_a_seed_and_follows_the_distribution() {
-        let params = SamplingParams { temperature: 1.0, seed: 3, ..SamplingParams::greedy(1) };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 3,
+            ..SamplingParams::greedy(1)
+        };
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let draw = |seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..4000).map(|_| sample(&logits, &params, &mut rng)).collect::<Vec<_>>()
+            (0..4000)
+                .map(|_| sample(&logits, &params, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         let ones = draw(3).iter().filter(|&&t| t == 1).count() as f64 / 4000.0;
@@ -323,12 +401,25 @@ mod tests {
 
     #[test]
     fn invalid_parameters_name_the_value_and_limit() {
-        let params = SamplingParams { max_new_tokens: 5000, ..SamplingParams::greedy(1) };
+        let params = SamplingParams {
+            max_new_tokens: 5000,
+            ..SamplingParams::greedy(1)
+        };
         let err = params.validate(1024).unwrap_err().to_string();
         assert!(err.contains("5000") && err.contains("1024"), "{err}");
-        let params = SamplingParams { top_p: 1.5, ..SamplingParams::greedy(1) };
-        assert!(params.validate(10).unwrap_err().to_string().contains("top_p is 1.5"));
-        let params = SamplingParams { temperature: -1.0, ..SamplingParams::greedy(1) };
+        let params = SamplingParams {
+            top_p: 1.5,
+            ..SamplingParams::greedy(1)
+        };
+        assert!(params
+            .validate(10)
+            .unwrap_err()
+            .to_string()
+            .contains("top_p is 1.5"));
+        let params = SamplingParams {
+            temperature: -1.0,
+            ..SamplingParams::greedy(1)
+        };
         assert!(params.validate(10).is_err());
     }
 }

@@ -9,8 +9,8 @@ use tch::{Device, Kind, Tensor};
 use crate::adapter::{Adapter, LoadOptions, SpecialToken};
 use crate::device::{default_kind, kind_name, DeviceSpec};
 use crate::error::{IcaeError, InputError};
-use crate::generate::{FinishReason, SamplingParams, Sequence};
 use crate::fingerprint::{base_fingerprint, icae_fingerprint, IcaeIdentity};
+use crate::generate::{FinishReason, SamplingParams, Sequence};
 use crate::model::LlamaModel;
 use crate::tokenizer::{ChatPieces, TextTokenizer};
 
@@ -63,12 +63,24 @@ pub struct IcaeModel {
 }
 
 impl IcaeModel {
-    pub fn load(model_dir: &Path, adapter_path: &Path, options: &LoadOptions, device: DeviceSpec) -> Result<Self, IcaeError> {
+    pub fn load(
+        model_dir: &Path,
+        adapter_path: &Path,
+        options: &LoadOptions,
+        device: DeviceSpec,
+    ) -> Result<Self, IcaeError> {
         let device = device.resolve()?;
         let kind = default_kind(device);
         let base = LlamaModel::load(model_dir, device, kind)?;
         let tokenizer = TextTokenizer::load(model_dir)?;
-        let adapter = Adapter::load(adapter_path, &base.config, options, tokenizer.chat_pieces(), device, kind)?;
+        let adapter = Adapter::load(
+            adapter_path,
+            &base.config,
+            options,
+            tokenizer.chat_pieces(),
+            device,
+            kind,
+        )?;
         let base_fingerprint = base_fingerprint(model_dir)?;
         let fingerprint = icae_fingerprint(&IcaeIdentity {
             base_fingerprint: &base_fingerprint,
@@ -78,7 +90,13 @@ impl IcaeModel {
             lora_alpha: adapter.config.lora_alpha,
             dtype: kind_name(kind),
         });
-        Ok(IcaeModel { base, tokenizer, adapter, base_fingerprint, fingerprint })
+        Ok(IcaeModel {
+            base,
+            tokenizer,
+            adapter,
+            base_fingerprint,
+            fingerprint,
+        })
     }
 
     pub fn device(&self) -> Device {
@@ -95,11 +113,18 @@ impl IcaeModel {
             return Err(InputError::EmptyText);
         }
         if ids.len() > limit {
-            return Err(InputError::TooManyTokens { actual: ids.len(), limit });
+            return Err(InputError::TooManyTokens {
+                actual: ids.len(),
+                limit,
+            });
         }
         let vocab = self.base.config.vocab_size;
         match ids.iter().position(|&id| id as usize >= vocab) {
-            Some(position) => Err(InputError::TokenOutOfRange { id: ids[position] as i64, position, vocab }),
+            Some(position) => Err(InputError::TokenOutOfRange {
+                id: ids[position] as i64,
+                position,
+                vocab,
+            }),
             None => Ok(()),
         }
     }
@@ -128,28 +153,50 @@ impl IcaeModel {
         while start < segments.len() {
             let len = segments[start].len();
             let mut end = start + 1;
-            while end < segments.len() && segments[end].len() == len && end - start < MAX_SEGMENTS_PER_BATCH {
+            while end < segments.len()
+                && segments[end].len() == len
+                && end - start < MAX_SEGMENTS_PER_BATCH
+            {
                 end += 1;
             }
             let batch = (end - start) as i64;
-            let flat: Vec<i64> = segments[start..end].iter().flat_map(|s| s.iter().map(|&t| t as i64)).collect();
+            let flat: Vec<i64> = segments[start..end]
+                .iter()
+                .flat_map(|s| s.iter().map(|&t| t as i64))
+                .collect();
             let token_ids = Tensor::from_slice(&flat).view([batch, len as i64]);
             let embeds = Tensor::cat(
-                &[self.base.embed(&token_ids), memory.unsqueeze(0).expand([batch, k, -1], false)],
+                &[
+                    self.base.embed(&token_ids),
+                    memory.unsqueeze(0).expand([batch, k, -1], false),
+                ],
                 1,
             );
             let total = len as i64 + k;
-            let positions = Tensor::arange(total, (Kind::Int64, self.device())).unsqueeze(0).expand([batch, total], false);
-            let hidden = self.base.forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
+            let positions = Tensor::arange(total, (Kind::Int64, self.device()))
+                .unsqueeze(0)
+                .expand([batch, total], false);
+            let hidden =
+                self.base
+                    .forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
             outputs.push(hidden.narrow(1, len as i64, k).reshape([batch * k, -1]));
             start = end;
         }
-        Ok(Compressed { slots: Tensor::cat(&outputs, 0), num_tokens, num_segments })
+        Ok(Compressed {
+            slots: Tensor::cat(&outputs, 0),
+            num_tokens,
+            num_segments,
+        })
     }
 
     /// The decoder's input embeddings `[1, len, hidden]` for `spans` (each `[n, hidden]`, in
     /// order) in `mode`. `prompt_ids` is required for ANSWER.
-    pub fn decoder_input(&self, spans: &[Tensor], mode: Mode, prompt_ids: Option<&[u32]>) -> Result<Tensor, IcaeError> {
+    pub fn decoder_input(
+        &self,
+        spans: &[Tensor],
+        mode: Mode,
+        prompt_ids: Option<&[u32]>,
+    ) -> Result<Tensor, IcaeError> {
         if spans.is_empty() {
             return Err(InputError::NoSlots.into());
         }
@@ -157,10 +204,18 @@ impl IcaeModel {
         for (index, span) in spans.iter().enumerate() {
             let size = span.size();
             if size.len() != 2 || size[1] != hidden {
-                return Err(InputError::SlotWidth { index, actual: size.last().copied().unwrap_or(0), expected: hidden }.into());
+                return Err(InputError::SlotWidth {
+                    index,
+                    actual: size.last().copied().unwrap_or(0),
+                    expected: hidden,
+                }
+                .into());
             }
         }
-        let slots: Vec<Tensor> = spans.iter().map(|s| s.to_device(self.device()).to_kind(self.kind())).collect();
+        let slots: Vec<Tensor> = spans
+            .iter()
+            .map(|s| s.to_device(self.device()).to_kind(self.kind()))
+            .collect();
         let mut parts: Vec<Tensor> = Vec::new();
         match mode {
             Mode::Autoencode => {
@@ -174,7 +229,9 @@ impl IcaeModel {
                 }
             }
             Mode::Answer => {
-                let prompt = prompt_ids.filter(|p| !p.is_empty()).ok_or(InputError::MissingPrompt)?;
+                let prompt = prompt_ids
+                    .filter(|p| !p.is_empty())
+                    .ok_or(InputError::MissingPrompt)?;
                 let chat = self.chat()?;
                 parts.push(self.embed_ids(&chat.prefix_ids));
                 parts.extend(slots);
@@ -189,16 +246,28 @@ impl IcaeModel {
 
     /// The uncompressed baseline: the same layout with the document's tokens in place of the
     /// slots and no special token (what the base model sees without ICAE).
-    pub fn baseline_input(&self, document_ids: &[u32], mode: Mode, prompt_ids: Option<&[u32]>) -> Result<Tensor, IcaeError> {
+    pub fn baseline_input(
+        &self,
+        document_ids: &[u32],
+        mode: Mode,
+        prompt_ids: Option<&[u32]>,
+    ) -> Result<Tensor, IcaeError> {
         let mut ids: Vec<u32> = Vec::new();
         match mode {
             Mode::Autoencode | Mode::Continue => ids.extend_from_slice(document_ids),
             Mode::Answer => {
-                let prompt = prompt_ids.filter(|p| !p.is_empty()).ok_or(InputError::MissingPrompt)?;
+                let prompt = prompt_ids
+                    .filter(|p| !p.is_empty())
+                    .ok_or(InputError::MissingPrompt)?;
                 let chat = self.chat()?;
                 ids.extend_from_slice(&chat.prefix_ids);
                 ids.extend_from_slice(document_ids);
-                ids.extend_from_slice(&self.tokenizer.encode_fragment("\n").map_err(IcaeError::Model)?);
+                ids.extend_from_slice(
+                    &self
+                        .tokenizer
+                        .encode_fragment("\n")
+                        .map_err(IcaeError::Model)?,
+                );
                 ids.extend_from_slice(prompt);
                 ids.extend_from_slice(&chat.suffix_ids);
             }
@@ -207,11 +276,15 @@ impl IcaeModel {
     }
 
     fn chat(&self) -> Result<&ChatPieces, InputError> {
-        self.adapter.config.chat.as_ref().ok_or_else(|| InputError::BadParameter {
-            name: "mode",
-            value: "ANSWER".into(),
-            expected: "but the base model has no chat template the adapter knows".into(),
-        })
+        self.adapter
+            .config
+            .chat
+            .as_ref()
+            .ok_or_else(|| InputError::BadParameter {
+                name: "mode",
+                value: "ANSWER".into(),
+                expected: "but the base model has no chat template the adapter knows".into(),
+            })
     }
 
     /// Embeddings `[n, hidden]` of base-vocabulary ids.
@@ -237,7 +310,12 @@ pub struct Generation {
 impl IcaeModel {
     /// Decode from `embeds` (`[1, len, hidden]`, from `decoder_input` or `baseline_input`)
     /// until a stop condition, calling `on_delta` with each piece of final text.
-    pub fn generate(&self, embeds: &Tensor, params: SamplingParams, mut on_delta: impl FnMut(&str)) -> Result<Generation, IcaeError> {
+    pub fn generate(
+        &self,
+        embeds: &Tensor,
+        params: SamplingParams,
+        mut on_delta: impl FnMut(&str),
+    ) -> Result<Generation, IcaeError> {
         let mut sequence = Sequence::start(&self.base, embeds, params, self.eos_ids())?;
         let mut text = String::new();
         let mut token_ids = Vec::new();
@@ -251,7 +329,12 @@ impl IcaeModel {
                 token_ids.push(step.token_id);
             }
             if let Some(finish_reason) = step.finished {
-                return Ok(Generation { text, token_ids, finish_reason, prompt_len: sequence.prompt_len() });
+                return Ok(Generation {
+                    text,
+                    token_ids,
+                    finish_reason,
+                    prompt_len: sequence.prompt_len(),
+                });
             }
         }
     }

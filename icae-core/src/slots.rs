@@ -34,8 +34,14 @@ pub enum SlotError {
     #[error("slot tensor has dtype {0}, expected F32, BF16 or F16")]
     BadDtype(String),
     #[error("slot metadata field {field} is {value:?}: {reason}")]
-    BadMeta { field: &'static str, value: String, reason: String },
-    #[error("slot format version {0} is not supported (this build reads version {SLOT_FORMAT_VERSION})")]
+    BadMeta {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "slot format version {0} is not supported (this build reads version {SLOT_FORMAT_VERSION})"
+    )]
     Version(String),
     #[error("slot tensor contains NaN or infinite values")]
     NonFinite,
@@ -53,10 +59,14 @@ pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotErro
     let shape: Vec<usize> = slots.size().iter().map(|&d| d as usize).collect();
     let mut data = vec![0u8; slots.numel() * elem];
     slots.copy_data_u8(&mut data, slots.numel());
-    let view = TensorView::new(dtype, shape, &data).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
+    let view =
+        TensorView::new(dtype, shape, &data).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
     let mut metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("icae_format_version".to_string(), SLOT_FORMAT_VERSION.to_string()),
+        (
+            "icae_format_version".to_string(),
+            SLOT_FORMAT_VERSION.to_string(),
+        ),
         ("fingerprint".to_string(), meta.fingerprint.clone()),
         ("num_tokens".to_string(), meta.num_tokens.to_string()),
         ("num_segments".to_string(), meta.num_segments.to_string()),
@@ -65,14 +75,18 @@ pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotErro
     if let Some(tp) = &meta.traceparent {
         metadata.insert("traceparent".to_string(), tp.clone());
     }
-    safetensors::serialize([(SLOTS_TENSOR, view)], &Some(metadata)).map_err(|e| SlotError::Corrupt(format!("{e:?}")))
+    safetensors::serialize([(SLOTS_TENSOR, view)], &Some(metadata))
+        .map_err(|e| SlotError::Corrupt(format!("{e:?}")))
 }
 
 /// Parse a slot value into a CPU tensor (`[n, hidden]`, its stored dtype) and its metadata.
 pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
-    let view = st.tensor(SLOTS_TENSOR).map_err(|_| SlotError::MissingTensor)?;
+    let view = st
+        .tensor(SLOTS_TENSOR)
+        .map_err(|_| SlotError::MissingTensor)?;
     let shape = view.shape().to_vec();
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
         return Err(SlotError::BadShape(shape));
@@ -92,11 +106,19 @@ pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
     }
     let number = |name: &'static str| -> Result<u64, SlotError> {
         let value = field(name).unwrap_or_default();
-        value.parse().map_err(|_| SlotError::BadMeta { field: name, value, reason: "not an unsigned integer".into() })
+        value.parse().map_err(|_| SlotError::BadMeta {
+            field: name,
+            value,
+            reason: "not an unsigned integer".into(),
+        })
     };
     let fingerprint = field("fingerprint").unwrap_or_default();
     if fingerprint.is_empty() {
-        return Err(SlotError::BadMeta { field: "fingerprint", value: fingerprint, reason: "is empty".into() });
+        return Err(SlotError::BadMeta {
+            field: "fingerprint",
+            value: fingerprint,
+            reason: "is empty".into(),
+        });
     }
     let meta = SlotMeta {
         fingerprint,
@@ -106,7 +128,8 @@ pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
         traceparent: field("traceparent"),
     };
     let dims = [shape[0] as i64, shape[1] as i64];
-    let tensor = Tensor::f_from_data_size(view.data(), &dims, kind).map_err(|e| SlotError::Corrupt(e.to_string()))?;
+    let tensor = Tensor::f_from_data_size(view.data(), &dims, kind)
+        .map_err(|e| SlotError::Corrupt(e.to_string()))?;
     let finite = tensor.isfinite().all().int64_value(&[]) == 1;
     if !finite {
         return Err(SlotError::NonFinite);

@@ -28,15 +28,21 @@ impl TextTokenizer {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let config: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| ModelError::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-            Err(_) => serde_json::Value::Null,
-        };
+        let config: serde_json::Value =
+            match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+                Ok(text) => serde_json::from_str(&text)
+                    .map_err(|e| ModelError::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+                Err(_) => serde_json::Value::Null,
+            };
         let add_bos = config["add_bos_token"].as_bool().unwrap_or(false);
         let bos_id = token_field(&config["bos_token"]).and_then(|t| inner.token_to_id(&t));
         let chat_template = config["chat_template"].as_str().map(str::to_owned);
-        Ok(TextTokenizer { inner, add_bos, bos_id, chat_template })
+        Ok(TextTokenizer {
+            inner,
+            add_bos,
+            bos_id,
+            chat_template,
+        })
     }
 
     /// Token ids of `text` as the base tokenizer produces them by default (BOS only when the
@@ -85,7 +91,11 @@ impl TextTokenizer {
     pub fn chat_pieces(&self) -> Option<ChatPieces> {
         let template = self.chat_template.as_deref()?;
         let (prefix, suffix, with_bos) = if template.contains("<|im_start|>") {
-            ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", false)
+            (
+                "<|im_start|>user\n",
+                "<|im_end|>\n<|im_start|>assistant\n",
+                false,
+            )
         } else if template.contains("<|start_header_id|>") {
             (
                 "<|start_header_id|>user<|end_header_id|>\n\n",

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use icae_core::adapter::{init_untrained, InitOptions, DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA};
+use icae_core::adapter::{
+    init_untrained, InitOptions, DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA,
+};
 use icae_core::fingerprint::base_fingerprint;
 use icae_core::model::{LlamaModel, Target};
 use icae_core::tokenizer::TextTokenizer;
@@ -50,8 +52,14 @@ fn init(args: InitArgs) -> Result<()> {
     // Memory embeddings start on the scale of real token embeddings.
     let embed_rms = {
         let _guard = tch::no_grad_guard();
-        let all = model.embed(&tch::Tensor::arange(model.config.vocab_size as i64, (Kind::Int64, Device::Cpu)));
-        all.pow_tensor_scalar(2).mean(Kind::Float).sqrt().double_value(&[])
+        let all = model.embed(&tch::Tensor::arange(
+            model.config.vocab_size as i64,
+            (Kind::Int64, Device::Cpu),
+        ));
+        all.pow_tensor_scalar(2)
+            .mean(Kind::Float)
+            .sqrt()
+            .double_value(&[])
     };
     let name = args
         .model

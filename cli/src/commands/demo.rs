@@ -37,17 +37,23 @@ pub struct PwcRecord {
 }
 
 pub fn read_pwc(path: &std::path::Path) -> Result<Vec<PwcRecord>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1)))
+        .map(|(i, line)| {
+            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
         .collect()
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let records = read_pwc(&args.data)?;
-    let article = &records.first().context("the data file has no records")?.input;
+    let article = &records
+        .first()
+        .context("the data file has no records")?
+        .input;
     let load_started = Instant::now();
     let icae = load_icae(&args.model, &args.adapter)?;
     println!(
@@ -58,7 +64,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         icae.fingerprint,
         icae.adapter.config.mem_size,
         icae.adapter.config.compression_rate,
-        if icae.adapter.config.trained { "" } else { ", UNTRAINED" }
+        if icae.adapter.config.trained {
+            ""
+        } else {
+            ", UNTRAINED"
+        }
     );
 
     let ids = icae.tokenizer.encode(article)?;
@@ -66,16 +76,25 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let compressed = icae.compress(&ids)?;
     let compress_s = started.elapsed().as_secs_f64();
     let num_slots = compressed.slots.size()[0];
-    let slot_bytes = encode_slots(&compressed.slots, &SlotMeta {
-        fingerprint: icae.fingerprint.clone(),
-        num_tokens: ids.len(),
-        num_segments: compressed.num_segments,
-        created_at: 0,
-        traceparent: None,
-    })?
+    let slot_bytes = encode_slots(
+        &compressed.slots,
+        &SlotMeta {
+            fingerprint: icae.fingerprint.clone(),
+            num_tokens: ids.len(),
+            num_segments: compressed.num_segments,
+            created_at: 0,
+            traceparent: None,
+        },
+    )?
     .len();
     let c = &icae.base.config;
-    let kv_bytes = KvCache::bytes_for(ids.len() as i64, c.num_hidden_layers as i64, c.kv_heads() as i64, c.head_dim() as i64, icae.kind());
+    let kv_bytes = KvCache::bytes_for(
+        ids.len() as i64,
+        c.num_hidden_layers as i64,
+        c.kv_heads() as i64,
+        c.head_dim() as i64,
+        icae.kind(),
+    );
     println!(
         "compressed {} tokens -> {} slots in {} segments: {:.2}x fewer positions, {:.3}s ({:.0} tokens/s)",
         ids.len(),
@@ -91,10 +110,19 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
 
     let started = Instant::now();
-    let embeds = icae.decoder_input(std::slice::from_ref(&compressed.slots), Mode::Autoencode, None)?;
+    let embeds = icae.decoder_input(
+        std::slice::from_ref(&compressed.slots),
+        Mode::Autoencode,
+        None,
+    )?;
     let reconstruction = icae.generate(&embeds, SamplingParams::greedy(ids.len() + 16), |_| {})?;
     let reconstruct_s = started.elapsed().as_secs_f64();
-    let matching = reconstruction.token_ids.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+    let matching = reconstruction
+        .token_ids
+        .iter()
+        .zip(&ids)
+        .take_while(|(a, b)| a == b)
+        .count();
     println!(
         "reconstruction: {} tokens in {:.2}s, exact prefix {matching}/{} tokens, finish {}",
         reconstruction.token_ids.len(),
@@ -108,16 +136,35 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for record in records.iter().take(args.questions) {
         let prompt_ids = icae.tokenizer.encode_fragment(&record.prompt)?;
         let params = SamplingParams::greedy(args.max_answer_tokens);
-        let (from_slots, slots_s) = answer(&icae, &icae.decoder_input(std::slice::from_ref(&compressed.slots), Mode::Answer, Some(&prompt_ids))?, &params)?;
-        let (from_text, text_s) = answer(&icae, &icae.baseline_input(&ids, Mode::Answer, Some(&prompt_ids))?, &params)?;
-        println!("Q: {}\n  reference:         {}", record.prompt, record.answer);
+        let (from_slots, slots_s) = answer(
+            &icae,
+            &icae.decoder_input(
+                std::slice::from_ref(&compressed.slots),
+                Mode::Answer,
+                Some(&prompt_ids),
+            )?,
+            &params,
+        )?;
+        let (from_text, text_s) = answer(
+            &icae,
+            &icae.baseline_input(&ids, Mode::Answer, Some(&prompt_ids))?,
+            &params,
+        )?;
+        println!(
+            "Q: {}\n  reference:         {}",
+            record.prompt, record.answer
+        );
         println!("  from slots  {slots_s:5.2}s: {}", excerpt(&from_slots));
         println!("  full text   {text_s:5.2}s: {}", excerpt(&from_text));
     }
     Ok(())
 }
 
-fn answer(icae: &IcaeModel, embeds: &tch::Tensor, params: &SamplingParams) -> Result<(String, f64)> {
+fn answer(
+    icae: &IcaeModel,
+    embeds: &tch::Tensor,
+    params: &SamplingParams,
+) -> Result<(String, f64)> {
     let started = Instant::now();
     let generation = icae.generate(embeds, params.clone(), |_| {})?;
     Ok((generation.text, started.elapsed().as_secs_f64()))

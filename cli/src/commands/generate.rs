@@ -38,10 +38,17 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn params(&self) -> SamplingParams {
-        let sampling = self.temperature.is_some() || self.top_p.is_some() || self.top_k.is_some() || self.seed.is_some();
+        let sampling = self.temperature.is_some()
+            || self.top_p.is_some()
+            || self.top_k.is_some()
+            || self.seed.is_some();
         SamplingParams {
             max_new_tokens: self.max_new_tokens,
-            temperature: if sampling { self.temperature.unwrap_or(1.0) } else { 0.0 },
+            temperature: if sampling {
+                self.temperature.unwrap_or(1.0)
+            } else {
+                0.0
+            },
             top_k: self.top_k.unwrap_or(0),
             top_p: self.top_p.unwrap_or(1.0),
             seed: self.seed.unwrap_or(0),
@@ -84,8 +91,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .slots
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).with_context(|| format!("reading slots {}", path.display()))?;
-            let (slots, meta) = decode_slots(&bytes).with_context(|| format!("slots {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading slots {}", path.display()))?;
+            let (slots, meta) =
+                decode_slots(&bytes).with_context(|| format!("slots {}", path.display()))?;
             if meta.fingerprint != icae.fingerprint {
                 bail!(
                     "slots {} were made by model fingerprint {}, this model + adapter is {}",

@@ -26,7 +26,11 @@ pub struct InfoArgs {
 
 /// Parameters of the architecture, counted from the config.
 fn parameter_count(c: &ModelConfig) -> u64 {
-    let (h, ffn, v) = (c.hidden_size as u64, c.intermediate_size as u64, c.vocab_size as u64);
+    let (h, ffn, v) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+    );
     let q = (c.num_attention_heads * c.head_dim()) as u64;
     let kv = (c.kv_heads() * c.head_dim()) as u64;
     let layer = h * q + 2 * h * kv + q * h + 3 * h * ffn + 2 * h;
@@ -36,7 +40,8 @@ fn parameter_count(c: &ModelConfig) -> u64 {
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let config_path = args.model.model.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
     let c = ModelConfig::from_json(&text)?;
     let mut info = json!({
         "model": args.model.model,

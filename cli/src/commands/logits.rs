@@ -24,13 +24,23 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let device = args.model.device.resolve()?;
     let model = LlamaModel::load(&args.model.model, device, default_kind(device))?;
     let tokenizer = TextTokenizer::load(&args.model.model)?;
-    let ids: Vec<i64> = tokenizer.encode(&args.text.read()?)?.into_iter().map(i64::from).collect();
+    let ids: Vec<i64> = tokenizer
+        .encode(&args.text.read()?)?
+        .into_iter()
+        .map(i64::from)
+        .collect();
     anyhow::ensure!(!ids.is_empty(), "text is empty");
     let _guard = tch::no_grad_guard();
     let ids = Tensor::from_slice(&ids).unsqueeze(0);
     let positions = Tensor::arange(ids.size()[1], (Kind::Int64, device)).unsqueeze(0);
     let hidden = model.forward(&model.embed(&ids), &positions, None, None, None);
-    let logits = model.logits(&hidden).squeeze_dim(0).to_device(tch::Device::Cpu);
-    Tensor::write_safetensors(&[("logits", logits), ("token_ids", ids.squeeze_dim(0))], &args.out)?;
+    let logits = model
+        .logits(&hidden)
+        .squeeze_dim(0)
+        .to_device(tch::Device::Cpu);
+    Tensor::write_safetensors(
+        &[("logits", logits), ("token_ids", ids.squeeze_dim(0))],
+        &args.out,
+    )?;
     Ok(())
 }

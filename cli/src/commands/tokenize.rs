@@ -23,7 +23,10 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     if args.json {
         print_json(&json!({ "token_ids": ids }))
     } else {
-        println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+        println!(
+            "{}",
+            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        );
         Ok(())
     }
 }

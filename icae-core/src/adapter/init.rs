@@ -9,7 +9,9 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::{official_key, AdapterConfig, BaseModelId, Half, CONFIG_FILE, MEMORY_EMBED, TENSORS_FILE};
+use super::{
+    official_key, AdapterConfig, BaseModelId, Half, CONFIG_FILE, MEMORY_EMBED, TENSORS_FILE,
+};
 use crate::error::AdapterError;
 use crate::model::{ModelConfig, Target};
 use crate::tokenizer::ChatPieces;
@@ -58,7 +60,9 @@ pub fn init_untrained(
     tensors.push(NamedTensor {
         name: MEMORY_EMBED.into(),
         shape: vec![rows, hidden],
-        data: (0..rows * hidden).map(|_| (normal(&mut rng) * embed_rms) as f32).collect(),
+        data: (0..rows * hidden)
+            .map(|_| (normal(&mut rng) * embed_rms) as f32)
+            .collect(),
     });
     for layer in 0..model.num_hidden_layers {
         for &target in &options.targets {
@@ -106,7 +110,11 @@ pub fn init_untrained(
 
 /// Write `adapter.safetensors` (f32, official v2 key layout) and `icae_config.json`.
 /// The directory is assembled beside its final place and renamed into it.
-pub fn save_adapter(out_dir: &Path, config: &AdapterConfig, tensors: &[NamedTensor]) -> Result<(), AdapterError> {
+pub fn save_adapter(
+    out_dir: &Path,
+    config: &AdapterConfig,
+    tensors: &[NamedTensor],
+) -> Result<(), AdapterError> {
     let io = |e: std::io::Error| AdapterError::Io(format!("{}: {e}", out_dir.display()));
     let staging = out_dir.with_extension("writing");
     if staging.exists() {
@@ -123,7 +131,10 @@ pub fn save_adapter(out_dir: &Path, config: &AdapterConfig, tensors: &[NamedTens
         .map(|(t, b)| {
             TensorView::new(Dtype::F32, t.shape.clone(), b)
                 .map(|v| (t.name.clone(), v))
-                .map_err(|e| AdapterError::Invalid { path: t.name.clone(), reason: format!("{e:?}") })
+                .map_err(|e| AdapterError::Invalid {
+                    path: t.name.clone(),
+                    reason: format!("{e:?}"),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);

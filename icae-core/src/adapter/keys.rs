@@ -18,7 +18,11 @@ pub enum Half {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdapterKey {
     MemoryEmbed,
-    Lora { layer: usize, target: Target, half: Half },
+    Lora {
+        layer: usize,
+        target: Target,
+        half: Half,
+    },
 }
 
 /// Classify a tensor name; `None` for names no supported layout uses.
@@ -39,8 +43,14 @@ pub fn parse_key(name: &str) -> Option<AdapterKey> {
     } else {
         (rest.strip_suffix(".lora_B")?, Half::B)
     };
-    let target = Target::ALL.into_iter().find(|t| t.module_path() == module)?;
-    Some(AdapterKey::Lora { layer, target, half })
+    let target = Target::ALL
+        .into_iter()
+        .find(|t| t.module_path() == module)?;
+    Some(AdapterKey::Lora {
+        layer,
+        target,
+        half,
+    })
 }
 
 /// The official v2 name of a LoRA tensor (what we write).
@@ -49,7 +59,10 @@ pub fn official_key(layer: usize, target: Target, half: Half) -> String {
         Half::A => "lora_A",
         Half::B => "lora_B",
     };
-    format!("{OFFICIAL_PREFIX}model.layers.{layer}.{}.{half}.default.weight", target.module_path())
+    format!(
+        "{OFFICIAL_PREFIX}model.layers.{layer}.{}.{half}.default.weight",
+        target.module_path()
+    )
 }
 
 #[cfg(test)]
@@ -58,9 +71,14 @@ mod tests {
 
     #[test]
     fn official_and_peft_names_parse_to_the_same_key() {
-        let official = "icae.base_model.model.model.layers.3.self_attn.q_proj.lora_A.default.weight";
+        let official =
+            "icae.base_model.model.model.layers.3.self_attn.q_proj.lora_A.default.weight";
         let peft = "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight";
-        let expected = AdapterKey::Lora { layer: 3, target: Target::Q, half: Half::A };
+        let expected = AdapterKey::Lora {
+            layer: 3,
+            target: Target::Q,
+            half: Half::A,
+        };
         assert_eq!(parse_key(official), Some(expected));
         assert_eq!(parse_key(peft), Some(expected));
         assert_eq!(official_key(3, Target::Q, Half::A), official);
@@ -76,10 +94,17 @@ mod tests {
         ] {
             assert_eq!(parse_key(name), None, "{name}");
         }
-        assert_eq!(parse_key("memory_token_embed.weight"), Some(AdapterKey::MemoryEmbed));
+        assert_eq!(
+            parse_key("memory_token_embed.weight"),
+            Some(AdapterKey::MemoryEmbed)
+        );
         assert_eq!(
             parse_key("icae.base_model.model.model.layers.29.mlp.down_proj.lora_B.default.weight"),
-            Some(AdapterKey::Lora { layer: 29, target: Target::Down, half: Half::B })
+            Some(AdapterKey::Lora {
+                layer: 29,
+                target: Target::Down,
+                half: Half::B
+            })
         );
     }
 }

@@ -7,7 +7,10 @@ mod config;
 mod init;
 mod keys;
 
-pub use config::{AdapterConfig, BaseModelId, CONFIG_FILE, DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA, TENSORS_FILE};
+pub use config::{
+    AdapterConfig, BaseModelId, CONFIG_FILE, DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA,
+    TENSORS_FILE,
+};
 pub use init::{init_untrained, save_adapter, InitOptions, NamedTensor};
 pub use keys::{official_key, parse_key, AdapterKey, Half, MEMORY_EMBED};
 
@@ -30,7 +33,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { lora_alpha: DEFAULT_LORA_ALPHA, compression_rate: DEFAULT_COMPRESSION_RATE }
+        LoadOptions {
+            lora_alpha: DEFAULT_LORA_ALPHA,
+            compression_rate: DEFAULT_COMPRESSION_RATE,
+        }
     }
 }
 
@@ -43,6 +49,16 @@ pub struct Adapter {
     /// SHA-256 over the tensors (names, dtypes, shapes, bytes), independent of file layout.
     pub digest: String,
     pub source: String,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter")
+            .field("source", &self.source)
+            .field("config", &self.config)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Rows of the special tokens after the `mem_size` memory rows.
@@ -68,20 +84,27 @@ impl Adapter {
             let config_path = path.join(CONFIG_FILE);
             let text = std::fs::read_to_string(&config_path)
                 .map_err(|e| AdapterError::Io(format!("{}: {e}", config_path.display())))?;
-            let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| AdapterError::Invalid {
-                path: config_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let config: AdapterConfig =
+                serde_json::from_str(&text).map_err(|e| AdapterError::Invalid {
+                    path: config_path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
             (path.join(TENSORS_FILE), Some(config))
         } else if path.is_file() {
             (path.to_path_buf(), None)
         } else {
-            return Err(AdapterError::Io(format!("adapter path {} does not exist", path.display())));
+            return Err(AdapterError::Io(format!(
+                "adapter path {} does not exist",
+                path.display()
+            )));
         };
         let parsed = read_tensors(&tensors_path, model)?;
         let mem_rows = parsed.memory_embed.size()[0];
         let mem_size = (mem_rows - 3) as usize;
-        let invalid = |reason: String| AdapterError::Invalid { path: path.display().to_string(), reason };
+        let invalid = |reason: String| AdapterError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
 
         let config = match recorded {
             Some(config) => {
@@ -106,7 +129,11 @@ impl Adapter {
                 compression_rate: options.compression_rate,
                 lora_r: parsed.rank.unwrap_or(0) as usize,
                 lora_alpha: options.lora_alpha,
-                target_modules: parsed.targets.iter().map(|t| t.name().to_string()).collect(),
+                target_modules: parsed
+                    .targets
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect(),
                 base_model: BaseModelId {
                     name: String::new(),
                     fingerprint: String::new(),
@@ -120,7 +147,10 @@ impl Adapter {
                 notes: format!("official ICAE v2 file {}", path.display()),
             },
         };
-        if config.compression_rate == 0 || config.lora_alpha <= 0.0 || !config.lora_alpha.is_finite() {
+        if config.compression_rate == 0
+            || config.lora_alpha <= 0.0
+            || !config.lora_alpha.is_finite()
+        {
             return Err(invalid(format!(
                 "compression_rate must be >= 1 and lora_alpha > 0, got {} and {}",
                 config.compression_rate, config.lora_alpha
@@ -141,7 +171,11 @@ impl Adapter {
             .collect();
         Ok(Adapter {
             config,
-            lora: LoraWeights { scale, rank, layers },
+            lora: LoraWeights {
+                scale,
+                rank,
+                layers,
+            },
             memory_embed: to(parsed.memory_embed),
             digest: parsed.digest,
             source: path.display().to_string(),
@@ -159,7 +193,8 @@ impl Adapter {
 
     /// Embedding of one special token, `[1, hidden]`.
     pub fn special(&self, token: SpecialToken) -> Tensor {
-        self.memory_embed.narrow(0, self.config.mem_size as i64 + token as i64, 1)
+        self.memory_embed
+            .narrow(0, self.config.mem_size as i64 + token as i64, 1)
     }
 
     /// Tokens per segment: `mem_size * compression_rate`.
@@ -179,7 +214,10 @@ struct ParsedTensors {
 
 fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, AdapterError> {
     let shown = path.display().to_string();
-    let invalid = |reason: String| AdapterError::Invalid { path: shown.clone(), reason };
+    let invalid = |reason: String| AdapterError::Invalid {
+        path: shown.clone(),
+        reason,
+    };
     let mut halves: BTreeMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     let mut memory_embed = None;
     let mut hasher = Sha256::new();
@@ -194,7 +232,10 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
                     official_key(0, Target::Q, Half::A)
                 ))
             })?;
-            if !matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16) {
+            if !matches!(
+                view.dtype(),
+                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+            ) {
                 return Err(crate::error::ModelError::Format(format!(
                     "{shown}: tensor {name} has dtype {:?}, expected F32, F16 or BF16",
                     view.dtype()
@@ -202,10 +243,15 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
             }
             hasher.update(format!("{name}|{:?}|{:?}|", view.dtype(), view.shape()));
             hasher.update(view.data());
-            let tensor = view_to_tensor(path, &name, view.dtype(), view.shape(), view.data())?.to_kind(Kind::Float);
+            let tensor = view_to_tensor(path, &name, view.dtype(), view.shape(), view.data())?
+                .to_kind(Kind::Float);
             match key {
                 AdapterKey::MemoryEmbed => memory_embed = Some(tensor),
-                AdapterKey::Lora { layer, target, half } => {
+                AdapterKey::Lora {
+                    layer,
+                    target,
+                    half,
+                } => {
                     let slot = halves.entry((layer, target)).or_default();
                     match half {
                         Half::A => slot.0 = Some(tensor),
@@ -218,7 +264,8 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
     })?;
 
     let hidden = model.hidden_size as i64;
-    let memory_embed = memory_embed.ok_or_else(|| invalid(format!("tensor {MEMORY_EMBED} is missing")))?;
+    let memory_embed =
+        memory_embed.ok_or_else(|| invalid(format!("tensor {MEMORY_EMBED} is missing")))?;
     let rows = memory_embed.size();
     if rows.len() != 2 || rows[1] != hidden || rows[0] < 4 {
         return Err(AdapterError::Shape {
@@ -228,14 +275,17 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
         });
     }
 
-    let mut layers: Vec<BTreeMap<Target, (Tensor, Tensor)>> =
-        (0..model.num_hidden_layers).map(|_| BTreeMap::new()).collect();
+    let mut layers: Vec<BTreeMap<Target, (Tensor, Tensor)>> = (0..model.num_hidden_layers)
+        .map(|_| BTreeMap::new())
+        .collect();
     let mut rank = None;
     let mut targets = Vec::new();
     for ((layer, target), pair) in halves {
         let name = official_key(layer, target, Half::A);
         let (Some(a), Some(b)) = pair else {
-            return Err(invalid(format!("layer {layer} {target} has only one of lora_A / lora_B")));
+            return Err(invalid(format!(
+                "layer {layer} {target} has only one of lora_A / lora_B"
+            )));
         };
         if layer >= model.num_hidden_layers {
             return Err(invalid(format!(
@@ -246,7 +296,11 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
         let (input, output) = projection_dims(model, target);
         let r = a.size().first().copied().unwrap_or(0);
         if a.size() != [r, input] || r == 0 {
-            return Err(AdapterError::Shape { name, actual: a.size(), expected: format!("[r, {input}]") });
+            return Err(AdapterError::Shape {
+                name,
+                actual: a.size(),
+                expected: format!("[r, {input}]"),
+            });
         }
         if b.size() != [output, r] {
             return Err(AdapterError::Shape {
@@ -258,7 +312,9 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
         match rank {
             None => rank = Some(r),
             Some(prev) if prev != r => {
-                return Err(invalid(format!("tensor {name} has rank {r}, other LoRA tensors have rank {prev}")))
+                return Err(invalid(format!(
+                    "tensor {name} has rank {r}, other LoRA tensors have rank {prev}"
+                )))
             }
             _ => {}
         }
@@ -268,7 +324,13 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
         layers[layer].insert(target, (a, b));
     }
     targets.sort();
-    Ok(ParsedTensors { memory_embed, layers, rank, targets, digest: hex::encode(hasher.finalize()) })
+    Ok(ParsedTensors {
+        memory_embed,
+        layers,
+        rank,
+        targets,
+        digest: hex::encode(hasher.finalize()),
+    })
 }
 
 /// `(in, out)` features of a projection.

@@ -16,7 +16,10 @@ pub fn dequantize(info: &TensorInfo, raw: &[u8]) -> Result<Vec<f32>, GgufError> 
     let n = info.num_elements() as usize;
     let mut out = Vec::with_capacity(n);
     match info.ggml_type {
-        GgmlType::F32 => out.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        GgmlType::F32 => out.extend(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
         GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|b| f16_at(b, 0))),
         GgmlType::BF16 => out.extend(
             raw.chunks_exact(2)

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value as Json};
 
-use super::{dequantize, tokenizer_json_from_gguf, unpermute_rows, GgufError, GgufFile, TensorInfo, Value};
+use super::{
+    dequantize, tokenizer_json_from_gguf, unpermute_rows, GgufError, GgufFile, TensorInfo, Value,
+};
 
 /// Called after each tensor is written: (tensors done, tensors total, tensor name).
 pub type ImportProgress<'a> = &'a mut dyn FnMut(usize, usize, &str);
@@ -39,7 +41,11 @@ struct Hparams {
 
 /// Import `gguf_path` into `out_dir`. The directory is written next to its final place and
 /// renamed at the end, so an interrupted import never leaves a half-written model behind.
-pub fn import_gguf(gguf_path: &Path, out_dir: &Path, progress: ImportProgress) -> Result<ImportSummary, GgufError> {
+pub fn import_gguf(
+    gguf_path: &Path,
+    out_dir: &Path,
+    progress: ImportProgress,
+) -> Result<ImportSummary, GgufError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| GgufError::Io { path, source }
@@ -59,11 +65,18 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, progress: ImportProgress) -
     let tensors = plan_tensors(&gguf, &hp)?;
     let tied = gguf.tensor("output.weight").is_none();
     let num_parameters = tensors.iter().map(|(_, t)| t.num_elements()).sum();
-    write_safetensors(&staging.join("model.safetensors"), &bytes, &tensors, &hp, progress)?;
+    write_safetensors(
+        &staging.join("model.safetensors"),
+        &bytes,
+        &tensors,
+        &hp,
+        progress,
+    )?;
 
     let tokenizer = tokenizer_json_from_gguf(&gguf)?;
     // Validate with the same library that will load it.
-    let tok_text = serde_json::to_string(&tokenizer).map_err(|e| GgufError::Tokenizer(e.to_string()))?;
+    let tok_text =
+        serde_json::to_string(&tokenizer).map_err(|e| GgufError::Tokenizer(e.to_string()))?;
     tok_text
         .parse::<tokenizers::Tokenizer>()
         .map_err(|e| GgufError::Tokenizer(e.to_string()))?;
@@ -72,8 +85,12 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, progress: ImportProgress) -
         let tokens = gguf.get("tokenizer.ggml.tokens")?.as_array()?;
         tokens.get(id)?.as_str().map(str::to_owned)
     };
-    let bos = gguf.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64);
-    let eos = gguf.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64);
+    let bos = gguf
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64);
+    let eos = gguf
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(Value::as_u64);
     let add_bos = gguf
         .get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
@@ -126,7 +143,8 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, progress: ImportProgress) -
         ("generation_config.json", &generation),
     ] {
         let path = staging.join(name);
-        let text = serde_json::to_string_pretty(doc).map_err(|e| GgufError::Tokenizer(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(doc).map_err(|e| GgufError::Tokenizer(e.to_string()))?;
         fs::write(&path, text).map_err(io(&path))?;
     }
 
@@ -153,37 +171,52 @@ impl Hparams {
         if !matches!(arch.as_str(), "llama" | "mistral") {
             return Err(GgufError::BadMetadata {
                 key: "general.architecture".into(),
-                reason: format!("architecture \"{arch}\" is not supported (supported: llama, mistral)"),
+                reason: format!(
+                    "architecture \"{arch}\" is not supported (supported: llama, mistral)"
+                ),
             });
         }
         let int = |name: &str| -> Result<u64, GgufError> {
             let key = format!("{arch}.{name}");
-            let v = gguf.get(&key).ok_or_else(|| GgufError::MissingKey(key.clone()))?;
+            let v = gguf
+                .get(&key)
+                .ok_or_else(|| GgufError::MissingKey(key.clone()))?;
             match v.as_u64() {
                 Some(n) if n > 0 => Ok(n),
-                _ => Err(GgufError::BadMetadata { key, reason: format!("expected a positive integer, got {v:?}") }),
+                _ => Err(GgufError::BadMetadata {
+                    key,
+                    reason: format!("expected a positive integer, got {v:?}"),
+                }),
             }
         };
         let float = |name: &str, default: f64| -> f64 {
-            gguf.get(&format!("{arch}.{name}")).and_then(Value::as_f64).unwrap_or(default)
+            gguf.get(&format!("{arch}.{name}"))
+                .and_then(Value::as_f64)
+                .unwrap_or(default)
         };
         let hidden = int("embedding_length")?;
         let heads = int("attention.head_count")?;
-        let kv_heads = gguf
-            .get(&format!("{arch}.attention.head_count_kv"))
+        let kv_heads = match gguf.get(&format!("{arch}.attention.head_count_kv")) {
+            Some(_) => int("attention.head_count_kv")?,
+            None => heads,
+        };
+        let head_dim = match gguf
+            .get(&format!("{arch}.attention.key_length"))
             .and_then(Value::as_u64)
-            .unwrap_or(heads);
-        let head_dim = match gguf.get(&format!("{arch}.attention.key_length")).and_then(Value::as_u64) {
+        {
             Some(d) => d,
             None => hidden / heads,
         };
-        if heads % kv_heads != 0 || head_dim % 2 != 0 {
+        if heads % kv_heads != 0 || head_dim % 2 != 0 || head_dim == 0 {
             return Err(GgufError::BadMetadata {
                 key: format!("{arch}.attention.head_count_kv"),
                 reason: format!("{heads} heads with {kv_heads} KV heads of dim {head_dim} is not a valid grouped-query layout"),
             });
         }
-        let vocab = match gguf.get(&format!("{arch}.vocab_size")).and_then(Value::as_u64) {
+        let vocab = match gguf
+            .get(&format!("{arch}.vocab_size"))
+            .and_then(Value::as_u64)
+        {
             Some(v) => v,
             None => gguf
                 .get("tokenizer.ggml.tokens")
@@ -231,46 +264,90 @@ fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<Option<Json>, GgufError> 
     }
 }
 
-/// The HF name of each GGUF tensor, checked against the expected shape.
-fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<(String, &'a TensorInfo)>, GgufError> {
+/// The HF name of each GGUF tensor, checked against the expected shape. Tensors are looked
+/// up one by one so a corrupt layer count fails at the first missing tensor.
+fn plan_tensors<'a>(
+    gguf: &'a GgufFile,
+    hp: &Hparams,
+) -> Result<Vec<(String, &'a TensorInfo)>, GgufError> {
     let q_dim = hp.heads * hp.head_dim;
     let kv_dim = hp.kv_heads * hp.head_dim;
-    let mut expected: Vec<(String, String, Vec<u64>)> = vec![
-        ("token_embd.weight".into(), "model.embed_tokens.weight".into(), vec![hp.vocab, hp.hidden]),
-        ("output_norm.weight".into(), "model.norm.weight".into(), vec![hp.hidden]),
-    ];
+    let mut planned = Vec::new();
+    let mut want = |gg_name: String, hf_name: String, shape: &[u64]| -> Result<(), GgufError> {
+        let info = gguf
+            .tensor(&gg_name)
+            .ok_or_else(|| GgufError::MissingTensor(gg_name.clone()))?;
+        let actual: Vec<u64> = info.torch_shape().iter().map(|&d| d as u64).collect();
+        if actual != shape {
+            return Err(GgufError::BadTensor {
+                name: gg_name,
+                reason: format!(
+                    "shape is {actual:?}, expected {shape:?} from the model hyper-parameters"
+                ),
+            });
+        }
+        planned.push((hf_name, info));
+        Ok(())
+    };
+    want(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight".into(),
+        &[hp.vocab, hp.hidden],
+    )?;
+    want(
+        "output_norm.weight".into(),
+        "model.norm.weight".into(),
+        &[hp.hidden],
+    )?;
     if gguf.tensor("output.weight").is_some() {
-        expected.push(("output.weight".into(), "lm_head.weight".into(), vec![hp.vocab, hp.hidden]));
+        want(
+            "output.weight".into(),
+            "lm_head.weight".into(),
+            &[hp.vocab, hp.hidden],
+        )?;
     }
     for i in 0..hp.layers {
         let hf = |s: &str| format!("model.layers.{i}.{s}");
         let gg = |s: &str| format!("blk.{i}.{s}.weight");
-        expected.extend([
-            (gg("attn_norm"), hf("input_layernorm.weight"), vec![hp.hidden]),
-            (gg("attn_q"), hf("self_attn.q_proj.weight"), vec![q_dim, hp.hidden]),
-            (gg("attn_k"), hf("self_attn.k_proj.weight"), vec![kv_dim, hp.hidden]),
-            (gg("attn_v"), hf("self_attn.v_proj.weight"), vec![kv_dim, hp.hidden]),
-            (gg("attn_output"), hf("self_attn.o_proj.weight"), vec![hp.hidden, q_dim]),
-            (gg("ffn_norm"), hf("post_attention_layernorm.weight"), vec![hp.hidden]),
-            (gg("ffn_gate"), hf("mlp.gate_proj.weight"), vec![hp.ffn, hp.hidden]),
-            (gg("ffn_up"), hf("mlp.up_proj.weight"), vec![hp.ffn, hp.hidden]),
-            (gg("ffn_down"), hf("mlp.down_proj.weight"), vec![hp.hidden, hp.ffn]),
-        ]);
+        want(gg("attn_norm"), hf("input_layernorm.weight"), &[hp.hidden])?;
+        want(
+            gg("attn_q"),
+            hf("self_attn.q_proj.weight"),
+            &[q_dim, hp.hidden],
+        )?;
+        want(
+            gg("attn_k"),
+            hf("self_attn.k_proj.weight"),
+            &[kv_dim, hp.hidden],
+        )?;
+        want(
+            gg("attn_v"),
+            hf("self_attn.v_proj.weight"),
+            &[kv_dim, hp.hidden],
+        )?;
+        want(
+            gg("attn_output"),
+            hf("self_attn.o_proj.weight"),
+            &[hp.hidden, q_dim],
+        )?;
+        want(
+            gg("ffn_norm"),
+            hf("post_attention_layernorm.weight"),
+            &[hp.hidden],
+        )?;
+        want(
+            gg("ffn_gate"),
+            hf("mlp.gate_proj.weight"),
+            &[hp.ffn, hp.hidden],
+        )?;
+        want(gg("ffn_up"), hf("mlp.up_proj.weight"), &[hp.ffn, hp.hidden])?;
+        want(
+            gg("ffn_down"),
+            hf("mlp.down_proj.weight"),
+            &[hp.hidden, hp.ffn],
+        )?;
     }
-    expected
-        .into_iter()
-        .map(|(gg_name, hf_name, shape)| {
-            let info = gguf.tensor(&gg_name).ok_or_else(|| GgufError::MissingTensor(gg_name.clone()))?;
-            let actual: Vec<u64> = info.torch_shape().iter().map(|&d| d as u64).collect();
-            if actual != shape {
-                return Err(GgufError::BadTensor {
-                    name: gg_name,
-                    reason: format!("shape is {actual:?}, expected {shape:?} from the model hyper-parameters"),
-                });
-            }
-            Ok((hf_name, info))
-        })
-        .collect()
+    Ok(planned)
 }
 
 /// Stream the dequantized tensors into a safetensors file, one tensor in memory at a time.
@@ -281,9 +358,15 @@ fn write_safetensors(
     hp: &Hparams,
     progress: ImportProgress,
 ) -> Result<(), GgufError> {
-    let io = |source| GgufError::Io { path: path.display().to_string(), source };
+    let io = |source| GgufError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt", "source": "gguf"}));
+    header.insert(
+        "__metadata__".into(),
+        json!({"format": "pt", "source": "gguf"}),
+    );
     let mut offset = 0u64;
     for (name, info) in tensors {
         let len = info.num_elements() * 4;
@@ -293,12 +376,14 @@ fn write_safetensors(
         );
         offset += len;
     }
-    let mut header_bytes = serde_json::to_vec(&Json::Object(header)).map_err(|e| GgufError::Tokenizer(e.to_string()))?;
+    let mut header_bytes = serde_json::to_vec(&Json::Object(header))
+        .map_err(|e| GgufError::Tokenizer(e.to_string()))?;
     while header_bytes.len() % 8 != 0 {
         header_bytes.push(b' ');
     }
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
-    out.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&(header_bytes.len() as u64).to_le_bytes())
+        .map_err(io)?;
     out.write_all(&header_bytes).map_err(io)?;
 
     for (done, (name, info)) in tensors.iter().enumerate() {

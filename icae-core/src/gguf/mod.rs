@@ -19,22 +19,38 @@ pub enum GgufError {
     BadMagic(Vec<u8>),
     #[error("unsupported GGUF version {0} (supported: 2 and 3)")]
     UnsupportedVersion(u32),
-    #[error("GGUF file is truncated while reading {field}: needs {needed} bytes, file has {available}")]
-    Truncated { field: String, needed: u64, available: u64 },
+    #[error(
+        "GGUF file is truncated while reading {field}: needs {needed} bytes, file has {available}"
+    )]
+    Truncated {
+        field: String,
+        needed: u64,
+        available: u64,
+    },
     #[error("GGUF {field} count {count} cannot fit in the {available_bytes} bytes that remain")]
-    CountTooLarge { field: String, count: u64, available_bytes: u64 },
+    CountTooLarge {
+        field: String,
+        count: u64,
+        available_bytes: u64,
+    },
     #[error("GGUF metadata {key}: {reason}")]
     BadMetadata { key: String, reason: String },
     #[error("GGUF tensor {name}: {reason}")]
     BadTensor { name: String, reason: String },
     #[error("GGUF tensor {name} has type {type_name}, which this importer cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")]
-    UnsupportedType { name: String, type_name: &'static str },
+    UnsupportedType {
+        name: String,
+        type_name: &'static str,
+    },
     #[error("GGUF metadata key {0} is missing")]
     MissingKey(String),
     #[error("GGUF tensor {0} is missing")]
     MissingTensor(String),
     #[error("I/O error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("building the tokenizer: {0}")]
     Tokenizer(String),
 }

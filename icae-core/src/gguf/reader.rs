@@ -192,9 +192,21 @@ impl GgufFile {
 
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ggml_type, offset) in raw {
-            tensors.push(locate(bytes.len(), data_base, alignment, name, dims, ggml_type, offset)?);
+            tensors.push(locate(
+                bytes.len(),
+                data_base,
+                alignment,
+                name,
+                dims,
+                ggml_type,
+                offset,
+            )?);
         }
-        Ok(GgufFile { version, metadata, tensors })
+        Ok(GgufFile {
+            version,
+            metadata,
+            tensors,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -216,7 +228,10 @@ fn locate(
     ggml_type: GgmlType,
     offset: u64,
 ) -> Result<TensorInfo, GgufError> {
-    let bad = |reason: String| GgufError::BadTensor { name: name.clone(), reason };
+    let bad = |reason: String| GgufError::BadTensor {
+        name: name.clone(),
+        reason,
+    };
     let elements = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -225,7 +240,7 @@ fn locate(
         return Err(bad(format!("has zero elements (dims {dims:?})")));
     }
     let block = ggml_type.block_size() as u64;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(bad(format!(
             "row length {} is not a multiple of the {} block size {block}",
             dims[0],
@@ -235,8 +250,10 @@ fn locate(
     let size = (elements / block)
         .checked_mul(ggml_type.block_bytes() as u64)
         .ok_or_else(|| bad(format!("byte size overflows for dims {dims:?}")))?;
-    if offset % alignment != 0 {
-        return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
+    if !offset.is_multiple_of(alignment) {
+        return Err(bad(format!(
+            "data offset {offset} is not aligned to {alignment}"
+        )));
     }
     let start = data_base.checked_add(offset);
     let end = start.and_then(|s| s.checked_add(size));

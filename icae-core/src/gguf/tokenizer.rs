@@ -18,7 +18,9 @@ pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<Json, GgufError> {
     if model != "gpt2" {
         return Err(GgufError::BadMetadata {
             key: "tokenizer.ggml.model".into(),
-            reason: format!("tokenizer model \"{model}\" is not supported (supported: \"gpt2\" byte-level BPE)"),
+            reason: format!(
+                "tokenizer model \"{model}\" is not supported (supported: \"gpt2\" byte-level BPE)"
+            ),
         });
     }
     let pre = file
@@ -37,7 +39,11 @@ pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<Json, GgufError> {
     if types.len() != tokens.len() {
         return Err(GgufError::BadMetadata {
             key: "tokenizer.ggml.token_type".into(),
-            reason: format!("has {} entries but there are {} tokens", types.len(), tokens.len()),
+            reason: format!(
+                "has {} entries but there are {} tokens",
+                types.len(),
+                tokens.len()
+            ),
         });
     }
 
@@ -55,7 +61,11 @@ pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<Json, GgufError> {
     if vocab.len() != tokens.len() {
         return Err(GgufError::BadMetadata {
             key: "tokenizer.ggml.tokens".into(),
-            reason: format!("{} tokens but only {} distinct strings", tokens.len(), vocab.len()),
+            reason: format!(
+                "{} tokens but only {} distinct strings",
+                tokens.len(),
+                vocab.len()
+            ),
         });
     }
 
@@ -94,7 +104,9 @@ pub fn tokenizer_json_from_gguf(file: &GgufFile) -> Result<Json, GgufError> {
 }
 
 fn str_key<'a>(file: &'a GgufFile, key: &str) -> Result<&'a str, GgufError> {
-    let v = file.get(key).ok_or_else(|| GgufError::MissingKey(key.into()))?;
+    let v = file
+        .get(key)
+        .ok_or_else(|| GgufError::MissingKey(key.into()))?;
     v.as_str().ok_or_else(|| GgufError::BadMetadata {
         key: key.into(),
         reason: format!("expected a string, found {}", v.type_name()),
@@ -109,15 +121,19 @@ fn array<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], GgufError> {
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, GgufError> {
-    let v = file.get(key).ok_or_else(|| GgufError::MissingKey(key.into()))?;
+    let v = file
+        .get(key)
+        .ok_or_else(|| GgufError::MissingKey(key.into()))?;
     array(v, key)?
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.as_str().map(str::to_owned).ok_or_else(|| GgufError::BadMetadata {
-                key: key.into(),
-                reason: format!("element {i} is a {}, expected a string", item.type_name()),
-            })
+            item.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| GgufError::BadMetadata {
+                    key: key.into(),
+                    reason: format!("element {i} is a {}, expected a string", item.type_name()),
+                })
         })
         .collect()
 }

@@ -86,8 +86,8 @@ fn default_max_positions() -> usize {
 
 impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let config: ModelConfig =
-            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let config: ModelConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -97,21 +97,30 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     fn validate(&self) -> Result<(), ModelError> {
         let bad = |what: String| Err(ModelError::Config(what));
         if !matches!(self.model_type.as_str(), "llama" | "mistral") {
-            return bad(format!("model_type \"{}\" is not supported (supported: llama, mistral)", self.model_type));
+            return bad(format!(
+                "model_type \"{}\" is not supported (supported: llama, mistral)",
+                self.model_type
+            ));
         }
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return bad(format!("hidden_act \"{act}\" is not supported (supported: silu)"));
+                return bad(format!(
+                    "hidden_act \"{act}\" is not supported (supported: silu)"
+                ));
             }
         }
         if self.attention_bias || self.mlp_bias {
@@ -121,8 +130,11 @@ impl ModelConfig {
         if heads == 0 || kv == 0 || heads % kv != 0 {
             return bad(format!("num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv}"));
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
-            return bad(format!("head_dim {} must be even and positive", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
+            return bad(format!(
+                "head_dim {} must be even and positive",
+                self.head_dim()
+            ));
         }
         if let Some(scaling) = &self.rope_scaling {
             match scaling.rope_type.as_str() {

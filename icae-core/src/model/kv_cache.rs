@@ -12,7 +12,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize, capacity: i64) -> Self {
-        KvCache { layers: (0..num_layers).map(|_| None).collect(), len: 0, capacity: capacity.max(1) }
+        KvCache {
+            layers: (0..num_layers).map(|_| None).collect(),
+            len: 0,
+            capacity: capacity.max(1),
+        }
     }
 
     /// Number of positions already stored.
@@ -40,7 +44,8 @@ impl KvCache {
                     shape[2] = self.capacity;
                     let buf = Tensor::zeros(&shape, (x.kind(), x.device()));
                     if let Some(old) = old {
-                        buf.narrow(2, 0, self.len).copy_(&old.narrow(2, 0, self.len));
+                        buf.narrow(2, 0, self.len)
+                            .copy_(&old.narrow(2, 0, self.len));
                     }
                     buf
                 };

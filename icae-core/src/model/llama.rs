@@ -44,7 +44,12 @@ impl LlamaModel {
         Self::from_weights(config, &mut weights, device, kind)
     }
 
-    pub fn from_weights(config: ModelConfig, w: &mut TensorMap, device: Device, kind: Kind) -> Result<Self, ModelError> {
+    pub fn from_weights(
+        config: ModelConfig,
+        w: &mut TensorMap,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
         let _guard = tch::no_grad_guard();
         let h = config.hidden_size as i64;
         let q_dim = (config.num_attention_heads * config.head_dim()) as i64;
@@ -55,7 +60,8 @@ impl LlamaModel {
         let embed_tokens = w.take("model.embed_tokens.weight", &[vocab, h])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let mut take = |name: &str, shape: &[i64]| w.take(&format!("model.layers.{i}.{name}"), shape);
+            let mut take =
+                |name: &str, shape: &[i64]| w.take(&format!("model.layers.{i}.{name}"), shape);
             let q = take("self_attn.q_proj.weight", &[q_dim, h])?;
             let k = take("self_attn.k_proj.weight", &[kv_dim, h])?;
             let v = take("self_attn.v_proj.weight", &[kv_dim, h])?;
@@ -91,7 +97,16 @@ impl LlamaModel {
             }
         };
         let rope = Rope::new(&config, device);
-        Ok(LlamaModel { config, device, kind, embed_tokens, layers, norm, lm_head, rope })
+        Ok(LlamaModel {
+            config,
+            device,
+            kind,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
     }
 
     pub fn hidden_size(&self) -> i64 {
@@ -104,7 +119,13 @@ impl LlamaModel {
 
     /// Token embeddings `[batch, seq, hidden]` for ids `[batch, seq]`.
     pub fn embed(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.embed_tokens, &ids.to_device(self.device), -1, false, false)
+        Tensor::embedding(
+            &self.embed_tokens,
+            &ids.to_device(self.device),
+            -1,
+            false,
+            false,
+        )
     }
 
     /// A new KV cache sized for `capacity` positions.
@@ -114,6 +135,9 @@ impl LlamaModel {
 
     /// Run the transformer on `embeds` (`[batch, seq, hidden]`) at `positions` (`[batch, seq]`)
     /// and return the final hidden states after the last RMSNorm.
+    // `x = x + o` on purpose: `+=` would add in place into `embeds`' storage when no
+    // conversion was needed, changing the caller's tensor.
+    #[allow(clippy::assign_op_pattern)]
     ///
     /// `key_mask` (`[batch, past + seq]`, bool, true = real token) is only needed when the
     /// batch holds padded rows. With a cache, new keys and values are appended to it.
@@ -126,10 +150,15 @@ impl LlamaModel {
         lora: Option<&LoraWeights>,
     ) -> Tensor {
         let [batch, seq, _] = embeds.size()[..] else {
-            panic!("forward expects [batch, seq, hidden] embeddings, got {:?}", embeds.size())
+            panic!(
+                "forward expects [batch, seq, hidden] embeddings, got {:?}",
+                embeds.size()
+            )
         };
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let (cos, sin) = self.rope.tables(&positions.to_device(self.device), self.kind);
+        let (cos, sin) = self
+            .rope
+            .tables(&positions.to_device(self.device), self.kind);
         let mask = attention_mask(past, seq, key_mask, self.device);
         let heads = self.config.num_attention_heads as i64;
         let kv_heads = self.config.kv_heads() as i64;
@@ -143,7 +172,13 @@ impl LlamaModel {
             let qkv = h.linear::<Tensor>(&layer.qkv, None);
             let q = add_delta(qkv.narrow(2, 0, q_dim), lora, i, Target::Q, &h);
             let k = add_delta(qkv.narrow(2, q_dim, kv_dim), lora, i, Target::K, &h);
-            let v = add_delta(qkv.narrow(2, q_dim + kv_dim, kv_dim), lora, i, Target::V, &h);
+            let v = add_delta(
+                qkv.narrow(2, q_dim + kv_dim, kv_dim),
+                lora,
+                i,
+                Target::V,
+                &h,
+            );
             let split = |t: Tensor, n: i64| t.view([batch, seq, n, head_dim]).transpose(1, 2);
             let q = rope::apply(&split(q, heads), &cos, &sin);
             let k = rope::apply(&split(k, kv_heads), &cos, &sin);
@@ -163,7 +198,13 @@ impl LlamaModel {
                 kv_heads != heads,
             );
             let attn = attn.transpose(1, 2).reshape([batch, seq, q_dim]);
-            let o = add_delta(attn.linear::<Tensor>(&layer.o, None), lora, i, Target::O, &attn);
+            let o = add_delta(
+                attn.linear::<Tensor>(&layer.o, None),
+                lora,
+                i,
+                Target::O,
+                &attn,
+            );
             x = x + o;
 
             let h = rms_norm(&x, &layer.post_norm, self.config.rms_norm_eps);
@@ -171,7 +212,13 @@ impl LlamaModel {
             let gate = add_delta(gate_up.narrow(2, 0, ffn), lora, i, Target::Gate, &h);
             let up = add_delta(gate_up.narrow(2, ffn, ffn), lora, i, Target::Up, &h);
             let act = gate.silu() * up;
-            let down = add_delta(act.linear::<Tensor>(&layer.down, None), lora, i, Target::Down, &act);
+            let down = add_delta(
+                act.linear::<Tensor>(&layer.down, None),
+                lora,
+                i,
+                Target::Down,
+                &act,
+            );
             x = x + down;
         }
         if let Some(c) = cache {
@@ -182,7 +229,9 @@ impl LlamaModel {
 
     /// Logits over the base vocabulary for hidden states `[.., hidden]`, in f32.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+        hidden
+            .linear::<Tensor>(&self.lm_head, None)
+            .to_kind(Kind::Float)
     }
 }
 
@@ -204,8 +253,14 @@ struct Mask {
 /// no mask for one new token per row, an explicit `[batch, 1, seq, past + seq]` one otherwise.
 fn attention_mask(past: i64, seq: i64, key_mask: Option<&Tensor>, device: Device) -> Mask {
     match key_mask {
-        None if past == 0 => Mask { causal: true, explicit: None },
-        None if seq == 1 => Mask { causal: false, explicit: None },
+        None if past == 0 => Mask {
+            causal: true,
+            explicit: None,
+        },
+        None if seq == 1 => Mask {
+            causal: false,
+            explicit: None,
+        },
         _ => {
             let total = past + seq;
             let query_pos = Tensor::arange_start(past, total, (Kind::Int64, device)).view([seq, 1]);
@@ -213,12 +268,21 @@ fn attention_mask(past: i64, seq: i64, key_mask: Option<&Tensor>, device: Device
             let mut allowed = key_pos.le_tensor(&query_pos).view([1, 1, seq, total]);
             if let Some(keys) = key_mask {
                 let batch = keys.size()[0];
-                allowed = allowed.logical_and(&keys.to_device(device).to_kind(Kind::Bool).view([batch, 1, 1, total]));
+                allowed = allowed.logical_and(
+                    &keys
+                        .to_device(device)
+                        .to_kind(Kind::Bool)
+                        .view([batch, 1, 1, total]),
+                );
                 // A padding query would otherwise see no key at all and turn into NaN, which
                 // then leaks through 0 * NaN in later layers: let every query see itself.
-                allowed = allowed.logical_or(&key_pos.eq_tensor(&query_pos).view([1, 1, seq, total]));
+                allowed =
+                    allowed.logical_or(&key_pos.eq_tensor(&query_pos).view([1, 1, seq, total]));
             }
-            Mask { causal: false, explicit: Some(allowed) }
+            Mask {
+                causal: false,
+                explicit: Some(allowed),
+            }
         }
     }
 }

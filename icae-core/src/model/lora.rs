@@ -20,7 +20,15 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
 
     /// The module path below `model.layers.{i}.` in HF / PEFT names.
     pub fn module_path(self) -> &'static str {
@@ -78,7 +86,11 @@ impl LoraWeights {
             .get(layer)?
             .iter()
             .find(|(t, _)| *t == target)
-            .map(|(_, pair)| x.linear::<Tensor>(&pair.a, None).linear::<Tensor>(&pair.b, None) * self.scale)
+            .map(|(_, pair)| {
+                x.linear::<Tensor>(&pair.a, None)
+                    .linear::<Tensor>(&pair.b, None)
+                    * self.scale
+            })
     }
 
     pub fn targets(&self) -> Vec<Target> {
@@ -90,7 +102,13 @@ impl LoraWeights {
 }
 
 /// Add the LoRA delta of `target` to `y` when LoRA is on and has that target.
-pub fn add_delta(y: Tensor, lora: Option<&LoraWeights>, layer: usize, target: Target, x: &Tensor) -> Tensor {
+pub fn add_delta(
+    y: Tensor,
+    lora: Option<&LoraWeights>,
+    layer: usize,
+    target: Target,
+    x: &Tensor,
+) -> Tensor {
     match lora.and_then(|l| l.delta(layer, target, x)) {
         Some(delta) => y + delta,
         None => y,

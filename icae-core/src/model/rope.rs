@@ -27,12 +27,16 @@ impl Rope {
                     let low = scaling.low_freq_factor.unwrap_or(1.0);
                     let high = scaling.high_freq_factor.unwrap_or(4.0);
                     let original = scaling.original_max_position_embeddings.unwrap_or(8192) as f64;
-                    inv.iter_mut().for_each(|f| *f = llama3_scale(*f as f64, factor, low, high, original) as f32);
+                    inv.iter_mut().for_each(|f| {
+                        *f = llama3_scale(*f as f64, factor, low, high, original) as f32
+                    });
                 }
                 _ => {}
             }
         }
-        Rope { inv_freq: Tensor::from_slice(&inv).to_device(device) }
+        Rope {
+            inv_freq: Tensor::from_slice(&inv).to_device(device),
+        }
     }
 
     /// `(cos, sin)` of shape `[batch, 1, seq, head_dim]` for positions `[batch, seq]`, in `kind`.

