@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, TokenIds};
 use super::kv_cache::KvCache;
 use super::lora::{add_delta, LoraWeights, Target};
 use super::rope::{self, Rope};
@@ -39,7 +39,15 @@ impl LlamaModel {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| ModelError::Io(format!("{}: {e}", config_path.display())))?;
-        let config = ModelConfig::from_json(&text)?;
+        let mut config = ModelConfig::from_json(&text)?;
+        // generation_config.json, when present, says which tokens end a generation.
+        if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+            let generation: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Config(format!("generation_config.json: {e}")))?;
+            if let Ok(eos) = serde_json::from_value::<TokenIds>(generation["eos_token_id"].clone()) {
+                config.eos_token_id = Some(eos);
+            }
+        }
         let mut weights = TensorMap::load_model_dir(dir, device, kind)?;
         Self::from_weights(config, &mut weights, device, kind)
     }
