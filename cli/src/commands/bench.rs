@@ -1,8 +1,8 @@
 //! `icae bench forward`: compression throughput of the Rust engine, as a fraction of the
 //! matmul FLOP/s this machine reaches and against HF transformers, measured in one run.
 
-use std::path::PathBuf;
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
@@ -13,8 +13,8 @@ use icae_core::IcaeModel;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs};
 use crate::commands::demo::read_pwc;
+use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -58,8 +58,16 @@ fn forward(args: ForwardArgs) -> Result<()> {
         bail!("bench forward needs an adapter directory (the HF reference reads icae_config.json)");
     }
     let icae = load_icae(&args.model, &args.adapter)?;
-    let ids = bench_tokens(&icae, &args.data, args.lengths.iter().copied().max().unwrap_or(0))?;
-    let mut hf = if args.python.is_empty() { None } else { Some(HfReference::start(&args, &ids)?) };
+    let ids = bench_tokens(
+        &icae,
+        &args.data,
+        args.lengths.iter().copied().max().unwrap_or(0),
+    )?;
+    let mut hf = if args.python.is_empty() {
+        None
+    } else {
+        Some(HfReference::start(&args, &ids)?)
+    };
     let peak = matmul_peak_flops(icae.device(), icae.kind());
 
     // Rust and HF runs alternate, so both see the same machine state; the best of each is kept.
@@ -120,8 +128,12 @@ fn forward(args: ForwardArgs) -> Result<()> {
             row["rust_tokens_per_second"].as_f64().unwrap_or_default(),
             row["rust_gflops"].as_f64().unwrap_or_default(),
             100.0 * row["fraction_of_matmul_peak"].as_f64().unwrap_or_default(),
-            row["hf_tokens_per_second"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),
-            row["speedup_vs_hf"].as_f64().map_or("-".into(), |v| format!("{v:.2}x")),
+            row["hf_tokens_per_second"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.0}")),
+            row["speedup_vs_hf"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}x")),
         );
     }
     Ok(())
@@ -155,7 +167,13 @@ impl HfReference {
             .with_context(|| format!("starting {} {}", args.python, args.hf_script.display()))?;
         let stdin = child.stdin.take().context("HF reference stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("HF reference stdout")?);
-        let mut hf = HfReference { child, stdin, stdout, threads: 0, _ids_file: ids_file };
+        let mut hf = HfReference {
+            child,
+            stdin,
+            stdout,
+            threads: 0,
+            _ids_file: ids_file,
+        };
         let ready = hf.read()?;
         hf.threads = ready["threads"].as_u64().unwrap_or(0);
         Ok(hf)
@@ -173,7 +191,9 @@ impl HfReference {
     fn time(&mut self, length: usize) -> Result<f64> {
         writeln!(self.stdin, "{length}")?;
         self.stdin.flush()?;
-        self.read()?["seconds"].as_f64().context("HF reference answered without seconds")
+        self.read()?["seconds"]
+            .as_f64()
+            .context("HF reference answered without seconds")
     }
 }
 
@@ -187,7 +207,10 @@ impl Drop for HfReference {
 /// Token ids of the example article, repeated until `needed` tokens exist.
 fn bench_tokens(icae: &IcaeModel, data: &std::path::Path, needed: usize) -> Result<Vec<u32>> {
     let records = read_pwc(data)?;
-    let article = &records.first().context("no records in the bench data")?.input;
+    let article = &records
+        .first()
+        .context("no records in the bench data")?
+        .input;
     let one = icae.tokenizer.encode(article)?;
     anyhow::ensure!(!one.is_empty(), "the bench article has no tokens");
     Ok(one.iter().copied().cycle().take(needed).collect())
@@ -197,7 +220,11 @@ fn bench_tokens(icae: &IcaeModel, data: &std::path::Path, needed: usize) -> Resu
 fn matmul_peak_flops(device: Device, kind: Kind) -> f64 {
     let _guard = tch::no_grad_guard();
     let mut best: f64 = 0.0;
-    for &(m, k, n) in &[(512i64, 576i64, 1536i64), (1024, 1024, 1024), (2048, 576, 576)] {
+    for &(m, k, n) in &[
+        (512i64, 576i64, 1536i64),
+        (1024, 1024, 1024),
+        (2048, 576, 576),
+    ] {
         let a = Tensor::randn([m, k], (kind, device));
         let b = Tensor::randn([k, n], (kind, device));
         let _ = a.matmul(&b); // warm-up
@@ -226,7 +253,8 @@ fn compression_flops(icae: &IcaeModel, tokens: usize) -> f64 {
     let kv = (c.kv_heads() * c.head_dim()) as f64;
     let r = icae.adapter.lora.rank as f64;
     let lora_targets = icae.adapter.lora.targets().len() as f64;
-    let per_position = 2.0 * (h * (q + 2.0 * kv) + q * h + 3.0 * h * ffn + lora_targets * r * (h + q));
+    let per_position =
+        2.0 * (h * (q + 2.0 * kv) + q * h + 3.0 * h * ffn + lora_targets * r * (h + q));
     let mut total = 0.0;
     let mut remaining = tokens;
     for _ in 0..segments {

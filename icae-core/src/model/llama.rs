@@ -44,7 +44,8 @@ impl LlamaModel {
         if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
             let generation: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::Config(format!("generation_config.json: {e}")))?;
-            if let Ok(eos) = serde_json::from_value::<TokenIds>(generation["eos_token_id"].clone()) {
+            if let Ok(eos) = serde_json::from_value::<TokenIds>(generation["eos_token_id"].clone())
+            {
                 config.eos_token_id = Some(eos);
             }
         }
