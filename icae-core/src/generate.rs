@@ -115,6 +115,8 @@ pub struct Sequence {
     emitted: usize,
     finished: Option<FinishReason>,
     prompt_len: usize,
+    /// The sampled token not yet run through the model.
+    pending: Option<u32>,
 }
 
 impl Sequence {
@@ -151,6 +153,7 @@ impl Sequence {
             emitted: 0,
             finished: None,
             prompt_len: len as usize,
+            pending: None,
         })
     }
 
@@ -176,7 +179,16 @@ impl Sequence {
         model: &LlamaModel,
         tokenizer: &TextTokenizer,
     ) -> Result<Step, IcaeError> {
-        let _guard = tch::no_grad_guard();
+        let step = self.choose(tokenizer)?;
+        if step.finished.is_none() {
+            decode_batch(model, &mut [self])?;
+        }
+        Ok(step)
+    }
+
+    /// Sample the next token from the latest logits and report the text it completes. When
+    /// the sequence goes on, the token waits in `pending` for the next `decode_batch`.
+    pub fn choose(&mut self, tokenizer: &TextTokenizer) -> Result<Step, IcaeError> {
         let logits: Vec<f32> = Vec::try_from(&self.next_logits)?;
         let token = sample(&logits, &self.params, &mut self.rng);
         if self.eos_ids.contains(&token) {
@@ -195,30 +207,12 @@ impl Sequence {
             });
         }
         if self.generated.len() >= self.params.max_new_tokens {
-            let delta = text[self.emitted.min(text.len())..].to_string();
-            self.emitted = text.len();
-            self.finished = Some(FinishReason::Length);
-            return Ok(Step {
-                token_id: token,
-                text_delta: delta,
-                finished: self.finished,
-            });
+            return self.finish(token, tokenizer, FinishReason::Length);
         }
         let safe = safe_prefix_len(&text, &self.params.stop).max(self.emitted);
         let delta = text[self.emitted..safe].to_string();
         self.emitted = safe;
-
-        let ids = Tensor::from_slice(&[token as i64]).view([1, 1]);
-        let positions = Tensor::from_slice(&[self.next_position]).view([1, 1]);
-        let hidden = model.forward(
-            &model.embed(&ids),
-            &positions,
-            None,
-            Some(&mut self.cache),
-            None,
-        );
-        self.next_position += 1;
-        self.next_logits = model.logits(&hidden).view([-1]);
+        self.pending = Some(token);
         Ok(Step {
             token_id: token,
             text_delta: delta,
@@ -242,6 +236,37 @@ impl Sequence {
             finished: Some(reason),
         })
     }
+}
+
+/// Feed every sequence's pending token through the model in one batched step, leaving each
+/// with the logits of its next token. Sequences without a pending token are skipped.
+pub fn decode_batch(model: &LlamaModel, sequences: &mut [&mut Sequence]) -> Result<(), IcaeError> {
+    let _guard = tch::no_grad_guard();
+    let mut ready: Vec<&mut Sequence> = sequences
+        .iter_mut()
+        .filter(|s| s.pending.is_some())
+        .map(|s| &mut **s)
+        .collect();
+    if ready.is_empty() {
+        return Ok(());
+    }
+    let tokens: Vec<i64> = ready
+        .iter()
+        .map(|s| s.pending.unwrap_or_default() as i64)
+        .collect();
+    let positions: Vec<i64> = ready.iter().map(|s| s.next_position).collect();
+    let embeds = model.embed(&Tensor::from_slice(&tokens).view([tokens.len() as i64, 1]));
+    let hidden = {
+        let mut caches: Vec<&mut KvCache> = ready.iter_mut().map(|s| &mut s.cache).collect();
+        model.decode_step(&embeds, &positions, &mut caches)
+    };
+    let logits = model.logits(&hidden);
+    for (row, sequence) in ready.iter_mut().enumerate() {
+        sequence.next_logits = logits.get(row as i64).view([-1]);
+        sequence.next_position += 1;
+        sequence.pending = None;
+    }
+    Ok(())
 }
 
 /// Pick the next token id from `logits` (f32, base vocabulary).

@@ -9,7 +9,9 @@ pub mod generate;
 pub mod gguf;
 pub mod icae;
 pub mod model;
+pub mod service;
 pub mod slots;
+pub mod store;
 pub mod tokenizer;
 
 pub use adapter::{Adapter, LoadOptions};

@@ -283,3 +283,50 @@ fn token_ids_outside_the_vocabulary_are_refused_before_the_model() {
     assert!(err.contains("101") && err.contains("100"), "{err}");
     assert!(icae.check_token_ids(&[], 100).is_err());
 }
+
+#[test]
+fn batched_decoding_of_unequal_sequences_equals_each_alone() {
+    use icae_core::generate::{decode_batch, Sequence};
+    let tiny = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
+    let icae = IcaeModel::load(
+        &tiny.path,
+        &adapter,
+        &LoadOptions::default(),
+        DeviceSpec::Cpu,
+    )
+    .unwrap();
+    let prompts: Vec<Tensor> = [vec![3u32, 4, 5], vec![6, 7, 8, 9, 10, 11, 12], vec![13]]
+        .iter()
+        .map(|doc| {
+            icae.decoder_input(&[icae.compress(doc).unwrap().slots], Mode::Autoencode, None)
+                .unwrap()
+        })
+        .collect();
+    let params = SamplingParams {
+        temperature: 0.8,
+        seed: 5,
+        ..SamplingParams::greedy(12)
+    };
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| icae.generate(p, params.clone(), |_| {}).unwrap().token_ids)
+        .collect();
+
+    let mut sequences: Vec<Sequence> = prompts
+        .iter()
+        .map(|p| Sequence::start(&icae.base, p, params.clone(), vec![]).unwrap())
+        .collect();
+    let mut batched: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    while sequences.iter().any(|s| s.finished().is_none()) {
+        for (i, s) in sequences.iter_mut().enumerate() {
+            if s.finished().is_none() {
+                batched[i].push(s.choose(&icae.tokenizer).unwrap().token_id);
+            }
+        }
+        let mut refs: Vec<&mut Sequence> = sequences.iter_mut().collect();
+        decode_batch(&icae.base, &mut refs).unwrap();
+    }
+    assert_eq!(batched, alone);
+}

@@ -144,9 +144,6 @@ impl LlamaModel {
 
     /// Run the transformer on `embeds` (`[batch, seq, hidden]`) at `positions` (`[batch, seq]`)
     /// and return the final hidden states after the last RMSNorm.
-    // `x = x + o` on purpose: `+=` would add in place into `embeds`' storage when no
-    // conversion was needed, changing the caller's tensor.
-    #[allow(clippy::assign_op_pattern)]
     ///
     /// `key_mask` (`[batch, past + seq]`, bool, true = real token) is only needed when the
     /// batch holds padded rows. With a cache, new keys and values are appended to it.
@@ -158,23 +155,73 @@ impl LlamaModel {
         mut cache: Option<&mut KvCache>,
         lora: Option<&LoraWeights>,
     ) -> Tensor {
-        let [batch, seq, _] = embeds.size()[..] else {
-            panic!(
-                "forward expects [batch, seq, hidden] embeddings, got {:?}",
-                embeds.size()
-            )
-        };
+        let size = embeds.size();
+        let (batch, seq) = (size[0], size[1]);
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (cos, sin) = self
             .rope
             .tables(&positions.to_device(self.device), self.kind);
         let mask = attention_mask(past, seq, key_mask, self.device);
-        let heads = self.config.num_attention_heads as i64;
-        let kv_heads = self.config.kv_heads() as i64;
-        let head_dim = self.config.head_dim() as i64;
-        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
-        let ffn = self.config.intermediate_size as i64;
+        let hidden = self.run_layers(embeds, lora, |layer, q, k, v| {
+            let (q, k, v) = self.heads(q, k, v, batch, seq, &cos, &sin);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.update(layer, &k, &v),
+                None => (k, v),
+            };
+            self.attend(&q, &k, &v, mask.explicit.as_ref(), mask.causal, batch, seq)
+        });
+        if let Some(c) = cache {
+            c.advance(seq);
+        }
+        hidden
+    }
 
+    /// One decoding step for several independent sequences: row `i` of `embeds`
+    /// (`[batch, 1, hidden]`) is the next token of the sequence whose cache is `caches[i]`,
+    /// at `positions[i]`. The projections run as one batch; attention runs per sequence
+    /// against its own cache, so the sequences may have any lengths.
+    pub fn decode_step(
+        &self,
+        embeds: &Tensor,
+        positions: &[i64],
+        caches: &mut [&mut KvCache],
+    ) -> Tensor {
+        let batch = positions.len() as i64;
+        let pos = Tensor::from_slice(positions)
+            .view([batch, 1])
+            .to_device(self.device);
+        let (cos, sin) = self.rope.tables(&pos, self.kind);
+        let hidden = self.run_layers(embeds, None, |layer, q, k, v| {
+            let (q, k, v) = self.heads(q, k, v, batch, 1, &cos, &sin);
+            let rows: Vec<Tensor> = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(row, cache)| {
+                    let r = row as i64;
+                    let (k, v) = cache.update(layer, &k.narrow(0, r, 1), &v.narrow(0, r, 1));
+                    self.attend(&q.narrow(0, r, 1), &k, &v, None, false, 1, 1)
+                })
+                .collect();
+            Tensor::cat(&rows, 0)
+        });
+        caches.iter_mut().for_each(|c| c.advance(1));
+        hidden
+    }
+
+    /// The layer stack around an attention function that maps the projected
+    /// `q`, `k`, `v` (`[batch, seq, dim]`) of layer `i` to its `[batch, seq, q_dim]` output.
+    // `x = x + o` on purpose: `+=` would add in place into `embeds`' storage when no
+    // conversion was needed, changing the caller's tensor.
+    #[allow(clippy::assign_op_pattern)]
+    fn run_layers(
+        &self,
+        embeds: &Tensor,
+        lora: Option<&LoraWeights>,
+        mut attention: impl FnMut(usize, Tensor, Tensor, Tensor) -> Tensor,
+    ) -> Tensor {
+        let q_dim = (self.config.num_attention_heads * self.config.head_dim()) as i64;
+        let kv_dim = (self.config.kv_heads() * self.config.head_dim()) as i64;
+        let ffn = self.config.intermediate_size as i64;
         let mut x = embeds.to_device(self.device).to_kind(self.kind);
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.config.rms_norm_eps);
@@ -188,25 +235,7 @@ impl LlamaModel {
                 Target::V,
                 &h,
             );
-            let split = |t: Tensor, n: i64| t.view([batch, seq, n, head_dim]).transpose(1, 2);
-            let q = rope::apply(&split(q, heads), &cos, &sin);
-            let k = rope::apply(&split(k, kv_heads), &cos, &sin);
-            let v = split(v, kv_heads);
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.update(i, &k, &v),
-                None => (k, v),
-            };
-            let attn = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                mask.explicit.as_ref(),
-                0.0,
-                mask.causal,
-                None,
-                kv_heads != heads,
-            );
-            let attn = attn.transpose(1, 2).reshape([batch, seq, q_dim]);
+            let attn = attention(i, q, k, v);
             let o = add_delta(
                 attn.linear::<Tensor>(&layer.o, None),
                 lora,
@@ -230,10 +259,44 @@ impl LlamaModel {
             );
             x = x + down;
         }
-        if let Some(c) = cache {
-            c.advance(seq);
-        }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Split projections into heads (`[batch, heads, seq, head_dim]`) and rotate q and k.
+    #[allow(clippy::too_many_arguments)]
+    fn heads(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        batch: i64,
+        seq: i64,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
+        let head_dim = self.config.head_dim() as i64;
+        let split = |t: Tensor, n: usize| t.view([batch, seq, n as i64, head_dim]).transpose(1, 2);
+        let q = rope::apply(&split(q, self.config.num_attention_heads), cos, sin);
+        let k = rope::apply(&split(k, self.config.kv_heads()), cos, sin);
+        (q, k, split(v, self.config.kv_heads()))
+    }
+
+    /// Scaled dot-product attention with grouped KV heads, back to `[batch, seq, q_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+        batch: i64,
+        seq: i64,
+    ) -> Tensor {
+        let grouped = self.config.kv_heads() != self.config.num_attention_heads;
+        let out = Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, grouped);
+        let q_dim = (self.config.num_attention_heads * self.config.head_dim()) as i64;
+        out.transpose(1, 2).reshape([batch, seq, q_dim])
     }
 
     /// Logits over the base vocabulary for hidden states `[.., hidden]`, in f32.

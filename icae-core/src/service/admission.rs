@@ -1,0 +1,89 @@
+//! Admission control: at most N requests in flight, refused at once beyond that (never
+//! queued without bound), and no new requests once the server drains.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::ServiceError;
+
+#[derive(Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    draining: Arc<AtomicBool>,
+}
+
+/// Held for as long as a request runs (a stream holds it until it ends).
+pub struct Permit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub fn new(limit: usize) -> Self {
+        Admission {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn admit(&self) -> Result<Permit, ServiceError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ServiceError::Draining);
+        }
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::QueueFull { limit: self.limit })?;
+        Ok(Permit { _permit: permit })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Refuse new requests from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Wait until no request is in flight, or `grace` has passed; true when all finished.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let all = self.permits.clone().acquire_many_owned(self.limit as u32);
+        tokio::time::timeout(grace, all).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_beyond_the_limit_and_while_draining() {
+        let admission = Admission::new(2);
+        let a = admission.admit().unwrap();
+        let _b = admission.admit().unwrap();
+        assert!(matches!(
+            admission.admit(),
+            Err(ServiceError::QueueFull { limit: 2 })
+        ));
+        assert_eq!(admission.in_flight(), 2);
+        drop(a);
+        let _c = admission.admit().unwrap();
+        admission.drain();
+        assert!(matches!(admission.admit(), Err(ServiceError::Draining)));
+        assert!(!admission.wait_idle(Duration::from_millis(20)).await);
+    }
+}

@@ -1,0 +1,261 @@
+//! The Redis slot store: standalone (`redis://`, `rediss://`, with AUTH in the URL) or
+//! Redis Cluster (`redis+cluster://host:port,host:port` or a comma-separated node list).
+//!
+//! Connections are made lazily and re-made after failures, so a Redis outage shows up as
+//! `StoreError::Unavailable` on the requests it affects and the service recovers by itself.
+
+mod key;
+
+pub use key::{slot_key, Namespace, MAX_NAMESPACE_LEN};
+
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Client, RedisResult};
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum StoreError {
+    #[error("invalid Redis URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+enum Target {
+    Standalone(Client),
+    Cluster(ClusterClient),
+}
+
+pub struct SlotStore {
+    target: Target,
+    conn: Mutex<Option<Conn>>,
+    timeout: Duration,
+    description: String,
+}
+
+impl SlotStore {
+    /// Parse the URL (no network I/O happens here).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: redact(url),
+            reason,
+        };
+        let nodes: Vec<String> = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            rest.split(',').map(|n| format!("redis://{n}")).collect()
+        } else if url.contains(',') {
+            url.split(',').map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        let target = if nodes.is_empty() {
+            Target::Standalone(Client::open(url).map_err(|e| bad(e.to_string()))?)
+        } else {
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            Target::Cluster(client)
+        };
+        Ok(SlotStore {
+            target,
+            conn: Mutex::new(None),
+            timeout,
+            description: redact(url),
+        })
+    }
+
+    /// The URL with any password hidden, for logs and `Info`.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = match &self.target {
+            Target::Standalone(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1);
+                let manager = tokio::time::timeout(
+                    self.timeout,
+                    client.get_connection_manager_with_config(config),
+                )
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "connecting timed out after {:?}",
+                        self.timeout
+                    ))
+                })?
+                .map_err(unavailable)?;
+                Conn::Standalone(manager)
+            }
+            Target::Cluster(client) => {
+                let conn = tokio::time::timeout(self.timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(format!(
+                            "connecting timed out after {:?}",
+                            self.timeout
+                        ))
+                    })?
+                    .map_err(unavailable)?;
+                Conn::Cluster(conn)
+            }
+        };
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Run one command with the operation timeout, recording its duration.
+    async fn run<T>(&self, op: &'static str, f: impl AsyncOp<T>) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let conn = self.connection().await?;
+        let result = tokio::time::timeout(self.timeout, f.call(conn)).await;
+        metrics::histogram!("icae_redis_op_duration_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{op} timed out after {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Store `value` under `key` for `ttl` seconds (always with an expiry).
+    pub async fn put(&self, key: &str, value: &[u8], ttl_seconds: u64) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.run("set", move |mut conn: Conn| async move {
+            match &mut conn {
+                Conn::Standalone(c) => c.set_ex::<_, _, ()>(key, value, ttl_seconds).await,
+                Conn::Cluster(c) => c.set_ex::<_, _, ()>(key, value, ttl_seconds).await,
+            }
+        })
+        .await
+    }
+
+    /// The value under `key`, if present.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.run("get", move |mut conn: Conn| async move {
+            match &mut conn {
+                Conn::Standalone(c) => c.get::<_, Option<Vec<u8>>>(key).await,
+                Conn::Cluster(c) => c.get::<_, Option<Vec<u8>>>(key).await,
+            }
+        })
+        .await
+    }
+
+    /// The value under `key`, if present, with its expiry reset to `ttl_seconds` (GETEX).
+    pub async fn get_refresh(
+        &self,
+        key: &str,
+        ttl_seconds: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.run("getex", move |mut conn: Conn| async move {
+            let mut cmd = redis::cmd("GETEX");
+            cmd.arg(&key).arg("EX").arg(ttl_seconds);
+            match &mut conn {
+                Conn::Standalone(c) => cmd.query_async::<Option<Vec<u8>>>(c).await,
+                Conn::Cluster(c) => cmd.query_async::<Option<Vec<u8>>>(c).await,
+            }
+        })
+        .await
+    }
+
+    /// Seconds until `key` expires (None when it does not exist).
+    pub async fn ttl(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        let key = key.to_string();
+        let ttl: i64 = self
+            .run("ttl", move |mut conn: Conn| async move {
+                match &mut conn {
+                    Conn::Standalone(c) => c.ttl::<_, i64>(key).await,
+                    Conn::Cluster(c) => c.ttl::<_, i64>(key).await,
+                }
+            })
+            .await?;
+        Ok((ttl >= 0).then_some(ttl))
+    }
+}
+
+/// An async closure over a cloned connection (a named trait keeps `run` readable).
+trait AsyncOp<T> {
+    fn call(self, conn: Conn) -> impl std::future::Future<Output = RedisResult<T>> + Send;
+}
+
+impl<T, F, Fut> AsyncOp<T> for F
+where
+    F: FnOnce(Conn) -> Fut,
+    Fut: std::future::Future<Output = RedisResult<T>> + Send,
+{
+    fn call(self, conn: Conn) -> impl std::future::Future<Output = RedisResult<T>> + Send {
+        self(conn)
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Hide the password of `redis://user:password@host`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://:secret@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("rediss://user:pw@host:1"),
+            "rediss://user:***@host:1"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn urls_are_parsed_without_connecting() {
+        assert!(SlotStore::new("redis://127.0.0.1:1", Duration::from_secs(1)).is_ok());
+        assert!(SlotStore::new(
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+            Duration::from_secs(1)
+        )
+        .is_ok());
+        let err = SlotStore::new("http://nope", Duration::from_secs(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("http://nope"), "{err}");
+    }
+}
