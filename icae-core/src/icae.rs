@@ -109,23 +109,29 @@ impl IcaeModel {
 
     /// Check token ids a client sent before they reach the embedding table.
     pub fn check_token_ids(&self, ids: &[u32], limit: usize) -> Result<(), InputError> {
-        if ids.is_empty() {
-            return Err(InputError::EmptyText);
-        }
-        if ids.len() > limit {
-            return Err(InputError::TooManyTokens {
-                actual: ids.len(),
-                limit,
-            });
-        }
-        let vocab = self.base.config.vocab_size;
-        match ids.iter().position(|&id| id as usize >= vocab) {
-            Some(position) => Err(InputError::TokenOutOfRange {
-                id: ids[position] as i64,
-                position,
-                vocab,
-            }),
-            None => Ok(()),
+        check_token_ids(ids, limit, self.base.config.vocab_size)
+    }
+
+    /// What a service reports about the loaded model and computes keys with.
+    pub fn summary(&self, model_dir: &Path, adapter_path: &Path) -> ModelSummary {
+        ModelSummary {
+            model: model_dir.display().to_string(),
+            adapter: adapter_path.display().to_string(),
+            adapter_trained: self.adapter.config.trained,
+            fingerprint: self.fingerprint.clone(),
+            hidden_size: self.base.config.hidden_size,
+            vocab_size: self.base.config.vocab_size,
+            mem_size: self.adapter.config.mem_size,
+            compression_rate: self.adapter.config.compression_rate,
+            device: format!("{:?}", self.device()),
+            dtype: kind_name(self.kind()).to_string(),
+            kv_bytes_per_position: crate::model::KvCache::bytes_for(
+                1,
+                self.base.config.num_hidden_layers as i64,
+                self.base.config.kv_heads() as i64,
+                self.base.config.head_dim() as i64,
+                self.kind(),
+            ) as u64,
         }
     }
 
@@ -134,59 +140,79 @@ impl IcaeModel {
         num_tokens.div_ceil(self.adapter.segment_capacity())
     }
 
-    /// Compress token ids into memory slots (LoRA on). Segments of equal length run as one
-    /// batch; each is computed exactly as alone (positions from 0, causal attention).
+    /// Compress token ids into memory slots (LoRA on).
     pub fn compress(&self, ids: &[u32]) -> Result<Compressed, IcaeError> {
-        if ids.is_empty() {
+        let mut all = self.compress_many(&[ids])?;
+        Ok(all.remove(0))
+    }
+
+    /// Compress several documents. Segments of equal length — within a document and across
+    /// documents — run as one batch; each is computed exactly as alone (positions from 0,
+    /// causal attention), as in the official `_compress`.
+    pub fn compress_many(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
+        if documents.iter().any(|d| d.is_empty()) {
             return Err(InputError::EmptyText.into());
         }
         let _guard = tch::no_grad_guard();
-        let num_tokens = ids.len();
-        let num_segments = self.num_segments(num_tokens);
-        let seg_len = num_tokens.div_ceil(num_segments);
-        let segments: Vec<&[u32]> = ids.chunks(seg_len).collect();
+        // (document, segment) pairs grouped by segment length.
+        let mut segments: Vec<(usize, usize, &[u32])> = Vec::new();
+        let mut counts = Vec::with_capacity(documents.len());
+        for (doc, ids) in documents.iter().enumerate() {
+            let num_segments = self.num_segments(ids.len());
+            let seg_len = ids.len().div_ceil(num_segments);
+            for (seg, chunk) in ids.chunks(seg_len).enumerate() {
+                segments.push((doc, seg, chunk));
+            }
+            counts.push(num_segments);
+        }
+        segments.sort_by_key(|&(doc, seg, chunk)| (chunk.len(), doc, seg));
+
         let k = self.adapter.mem_size() as i64;
         let memory = self.adapter.memory_tokens();
-
-        let mut outputs = Vec::with_capacity(segments.len());
-        let mut start = 0;
-        while start < segments.len() {
-            let len = segments[start].len();
-            let mut end = start + 1;
-            while end < segments.len()
-                && segments[end].len() == len
-                && end - start < MAX_SEGMENTS_PER_BATCH
-            {
-                end += 1;
+        let mut outputs: Vec<Vec<Option<Tensor>>> = counts
+            .iter()
+            .map(|&n| (0..n).map(|_| None).collect())
+            .collect();
+        for group in segments.chunk_by(|a, b| a.2.len() == b.2.len()) {
+            for batch_segments in group.chunks(MAX_SEGMENTS_PER_BATCH) {
+                let len = batch_segments[0].2.len() as i64;
+                let batch = batch_segments.len() as i64;
+                let flat: Vec<i64> = batch_segments
+                    .iter()
+                    .flat_map(|s| s.2.iter().map(|&t| t as i64))
+                    .collect();
+                let token_ids = Tensor::from_slice(&flat).view([batch, len]);
+                let embeds = Tensor::cat(
+                    &[
+                        self.base.embed(&token_ids),
+                        memory.unsqueeze(0).expand([batch, k, -1], false),
+                    ],
+                    1,
+                );
+                let positions = Tensor::arange(len + k, (Kind::Int64, self.device()))
+                    .unsqueeze(0)
+                    .expand([batch, len + k], false);
+                let hidden =
+                    self.base
+                        .forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
+                let slots = hidden.narrow(1, len, k);
+                for (row, &(doc, seg, _)) in batch_segments.iter().enumerate() {
+                    outputs[doc][seg] = Some(slots.get(row as i64));
+                }
             }
-            let batch = (end - start) as i64;
-            let flat: Vec<i64> = segments[start..end]
-                .iter()
-                .flat_map(|s| s.iter().map(|&t| t as i64))
-                .collect();
-            let token_ids = Tensor::from_slice(&flat).view([batch, len as i64]);
-            let embeds = Tensor::cat(
-                &[
-                    self.base.embed(&token_ids),
-                    memory.unsqueeze(0).expand([batch, k, -1], false),
-                ],
-                1,
-            );
-            let total = len as i64 + k;
-            let positions = Tensor::arange(total, (Kind::Int64, self.device()))
-                .unsqueeze(0)
-                .expand([batch, total], false);
-            let hidden =
-                self.base
-                    .forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
-            outputs.push(hidden.narrow(1, len as i64, k).reshape([batch * k, -1]));
-            start = end;
         }
-        Ok(Compressed {
-            slots: Tensor::cat(&outputs, 0),
-            num_tokens,
-            num_segments,
-        })
+        Ok(outputs
+            .into_iter()
+            .zip(documents)
+            .map(|(parts, ids)| {
+                let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
+                Compressed {
+                    num_segments: parts.len(),
+                    slots: Tensor::cat(&parts, 0),
+                    num_tokens: ids.len(),
+                }
+            })
+            .collect())
     }
 
     /// The decoder's input embeddings `[1, len, hidden]` for `spans` (each `[n, hidden]`, in
@@ -295,6 +321,43 @@ impl IcaeModel {
 
     pub fn eos_ids(&self) -> Vec<u32> {
         self.base.config.eos_ids()
+    }
+}
+
+/// The loaded model as services describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSummary {
+    pub model: String,
+    pub adapter: String,
+    pub adapter_trained: bool,
+    pub fingerprint: String,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub mem_size: usize,
+    pub compression_rate: usize,
+    pub device: String,
+    pub dtype: String,
+    pub kv_bytes_per_position: u64,
+}
+
+/// Refuse empty, too long, or out-of-vocabulary token ids.
+pub fn check_token_ids(ids: &[u32], limit: usize, vocab: usize) -> Result<(), InputError> {
+    if ids.is_empty() {
+        return Err(InputError::EmptyText);
+    }
+    if ids.len() > limit {
+        return Err(InputError::TooManyTokens {
+            actual: ids.len(),
+            limit,
+        });
+    }
+    match ids.iter().position(|&id| id as usize >= vocab) {
+        Some(position) => Err(InputError::TokenOutOfRange {
+            id: ids[position] as i64,
+            position,
+            vocab,
+        }),
+        None => Ok(()),
     }
 }
 

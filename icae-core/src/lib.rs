@@ -18,4 +18,4 @@ pub use adapter::{Adapter, LoadOptions};
 pub use device::DeviceSpec;
 pub use error::{AdapterError, IcaeError, InputError, ModelError};
 pub use generate::{FinishReason, SamplingParams, Sequence};
-pub use icae::{Compressed, Generation, IcaeModel, Mode};
+pub use icae::{check_token_ids, Compressed, Generation, IcaeModel, Mode, ModelSummary};

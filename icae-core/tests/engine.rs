@@ -330,3 +330,30 @@ fn batched_decoding_of_unequal_sequences_equals_each_alone() {
     }
     assert_eq!(batched, alone);
 }
+
+#[test]
+fn documents_compressed_together_equal_documents_compressed_alone() {
+    let tiny = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
+    let icae = IcaeModel::load(
+        &tiny.path,
+        &adapter,
+        &LoadOptions::default(),
+        DeviceSpec::Cpu,
+    )
+    .unwrap();
+    let vocab = tiny.config.vocab_size as u32;
+    let docs: Vec<Vec<u32>> = [5usize, 16, 40, 16, 33]
+        .iter()
+        .map(|&n| (0..n as u32).map(|i| (i * 13 + n as u32) % vocab).collect())
+        .collect();
+    let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    let together = icae.compress_many(&refs).unwrap();
+    for (doc, got) in docs.iter().zip(&together) {
+        let alone = icae.compress(doc).unwrap();
+        assert_eq!(got.num_segments, alone.num_segments);
+        assert_eq!(got.num_tokens, doc.len());
+        assert!(max_abs_diff(&got.slots, &alone.slots) < 1e-5);
+    }
+}

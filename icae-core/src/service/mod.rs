@@ -4,6 +4,7 @@
 mod admission;
 mod error;
 mod metadata;
+pub mod runtime;
 
 pub use admission::{Admission, Permit};
 pub use error::ServiceError;

@@ -1,0 +1,281 @@
+//! What both service binaries do around their gRPC service: configuration shared by both,
+//! logging, Prometheus metrics, grpc.health.v1, reflection, and the SIGTERM drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+
+use super::Admission;
+use crate::device::DeviceSpec;
+
+/// Flags both services take; every flag can also be set by its environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// HF-layout base model directory.
+    #[arg(long, env = "ICAE_MODEL")]
+    pub model: PathBuf,
+    /// Adapter directory or official ICAE v2 .safetensors file. The decoder needs the same
+    /// adapter as the encoder (for the special tokens and the fingerprint).
+    #[arg(long, env = "ICAE_ADAPTER")]
+    pub adapter: PathBuf,
+    /// LoRA alpha for official adapter files (adapter directories record their own).
+    #[arg(long, env = "ICAE_LORA_ALPHA", default_value_t = crate::adapter::DEFAULT_LORA_ALPHA)]
+    pub lora_alpha: f64,
+    /// Compression rate for official adapter files (adapter directories record their own).
+    #[arg(long, env = "ICAE_COMPRESSION_RATE", default_value_t = crate::adapter::DEFAULT_COMPRESSION_RATE)]
+    pub compression_rate: usize,
+    /// Redis: redis://[:password@]host:port[/db], rediss:// for TLS, or Redis Cluster as
+    /// redis+cluster://host:port,host:port.
+    #[arg(long, env = "ICAE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Timeout of each Redis operation (and of connecting), in milliseconds.
+    #[arg(long, env = "ICAE_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+    /// Address to listen on.
+    #[arg(long, env = "ICAE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// gRPC port.
+    #[arg(long, env = "ICAE_PORT")]
+    pub port: u16,
+    /// Prometheus /metrics port (0 disables the endpoint).
+    #[arg(long, env = "ICAE_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
+    /// Slot time to live in seconds when a request does not set one.
+    #[arg(long, env = "ICAE_SLOT_TTL_SECONDS", default_value_t = 3600)]
+    pub slot_ttl_seconds: u32,
+    /// Most tokens one document (or baseline text) may have.
+    #[arg(long, env = "ICAE_MAX_INPUT_TOKENS", default_value_t = 32_768)]
+    pub max_input_tokens: usize,
+    /// Most tokens one generation may produce.
+    #[arg(long, env = "ICAE_MAX_NEW_TOKENS", default_value_t = 1024)]
+    pub max_new_tokens: usize,
+    /// Requests in flight at once (streams count until they end); more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ICAE_MAX_CONCURRENT_REQUESTS", default_value_t = 32)]
+    pub max_concurrent_requests: usize,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "ICAE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, env = "ICAE_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "ICAE_JSON_OUTPUT")]
+    pub json_output: bool,
+    /// After SIGTERM, how long in-flight requests may take to finish, in seconds.
+    #[arg(long, env = "ICAE_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl CommonArgs {
+    pub fn load_options(&self) -> crate::adapter::LoadOptions {
+        crate::adapter::LoadOptions {
+            lora_alpha: self.lora_alpha,
+            compression_rate: self.compression_rate,
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    /// Refuse limits that would make the service unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--max-input-tokens", self.max_input_tokens),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--max-concurrent-requests", self.max_concurrent_requests),
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--slot-ttl-seconds", self.slot_ttl_seconds as usize),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("{name} must be at least 1, got 0")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Human or JSON logs, filtered by RUST_LOG (default info).
+pub fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Serve Prometheus metrics on `port` (0: none).
+pub fn init_metrics(host: &str, port: u16) -> Result<(), String> {
+    if port == 0 {
+        return Ok(());
+    }
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("metrics address {host}:{port}: {e}"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("starting the metrics endpoint on {addr}: {e}"))
+}
+
+/// Readiness of the named service in grpc.health.v1.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: HealthReporter,
+    service: &'static str,
+    admission: Admission,
+}
+
+impl Readiness {
+    /// The model is loaded: ready, unless the server already drains.
+    pub async fn set_ready(&self) {
+        if !self.admission.is_draining() {
+            self.reporter
+                .set_service_status(self.service, ServingStatus::Serving)
+                .await;
+        }
+    }
+
+    pub async fn set_not_ready(&self) {
+        self.reporter
+            .set_service_status(self.service, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// Everything needed to run one service.
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub grace: Duration,
+    pub admission: Admission,
+    pub file_descriptor_set: &'static [u8],
+}
+
+/// Create the health reporter first, so the model loader can flip readiness later.
+pub async fn health(
+    service: &'static str,
+    admission: Admission,
+) -> (
+    Readiness,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, server) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(service, ServingStatus::NotServing)
+        .await;
+    (
+        Readiness {
+            reporter,
+            service,
+            admission,
+        },
+        server,
+    )
+}
+
+/// Serve `service` with health and reflection until SIGTERM/SIGINT; then refuse new requests,
+/// mark the service NOT_SERVING, let in-flight requests finish (up to the grace period) and
+/// return.
+pub async fn serve<S, H>(
+    options: ServeOptions,
+    readiness: Readiness,
+    health: H,
+    service: S,
+) -> Result<(), String>
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    H: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
+{
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(options.file_descriptor_set)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("building reflection: {e}"))?;
+    let addr = format!("{}:{}", options.host, options.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    info!(address = %listener.local_addr().map_err(|e| e.to_string())?, service = readiness.service, "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admission = options.admission.clone();
+    let grace = options.grace;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal: draining");
+        admission.drain();
+        readiness.set_not_ready().await;
+        if admission.wait_idle(grace).await {
+            info!("in-flight requests finished");
+        } else {
+            warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over with requests still in flight"
+            );
+        }
+        let _ = stop_tx.send(());
+    });
+
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .map_err(|e| {
+            error!(error = %e, "server failed");
+            e.to_string()
+        })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
