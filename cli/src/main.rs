@@ -37,6 +37,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// gRPC client for encoder-svc and decoder-svc.
+    #[command(subcommand)]
+    Client(commands::client::ClientCommand),
     /// Compress the example document, reconstruct it and answer its questions.
     Demo(commands::demo::DemoArgs),
     /// Write the base model's logits for a text to a safetensors file (for parity checks).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Info(args) => commands::info::run(args),
         Command::Adapter(cmd) => commands::adapter::run(cmd),
         Command::Bench(cmd) => commands::bench::run(cmd),
+        Command::Client(cmd) => commands::client::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
         Command::Logits(args) => commands::logits::run(args),
     };
