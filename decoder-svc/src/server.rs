@@ -23,7 +23,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, info_span};
 
-use crate::worker::{Context, Event, Finished, Job, WorkerHandle};
+use crate::worker::{Context, Deadline, Event, Finished, Job, WorkerHandle};
 use crate::Config;
 
 /// Tokens a prompt may have.
@@ -78,7 +78,10 @@ impl DecoderService {
     ) -> Result<(mpsc::UnboundedReceiver<Event>, Permit, f64), ServiceError> {
         let permit = self.admission.admit()?;
         let summary = self.worker.summary()?.clone();
-        let deadline = deadline(request.metadata()).map(|d| Instant::now() + d);
+        let deadline = deadline(request.metadata()).map(|d| Deadline {
+            at: Instant::now() + d,
+            seconds: d.as_secs_f64(),
+        });
         let client_trace = traceparent(request.metadata());
         let request = request.into_inner();
         let validated = self.validate(&request).await?;

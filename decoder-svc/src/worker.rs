@@ -21,12 +21,19 @@ pub enum Context {
     Baseline(Vec<u32>),
 }
 
+/// The client's deadline: when it passes, and how long it was.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    pub seconds: f64,
+}
+
 pub struct Job {
     pub context: Context,
     pub mode: Mode,
     pub prompt_ids: Option<Vec<u32>>,
     pub params: SamplingParams,
-    pub deadline: Option<Instant>,
+    pub deadline: Option<Deadline>,
     pub events: mpsc::UnboundedSender<Event>,
     pub enqueued: Instant,
 }
@@ -131,7 +138,7 @@ pub fn spawn(common: CommonArgs, max_batch: usize, readiness: Readiness) -> Work
 struct Active {
     sequence: Sequence,
     events: mpsc::UnboundedSender<Event>,
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
     enqueued: Instant,
     started: Instant,
     first_token: Option<f64>,
@@ -226,11 +233,10 @@ impl Scheduler<'_> {
                 metrics::counter!("icae_cancelled_total", "service" => "decoder").increment(1);
                 return false;
             }
-            if let Some(deadline) = a.deadline.filter(|d| now >= *d) {
-                let limit = deadline.saturating_duration_since(a.enqueued).as_secs_f64();
-                let _ = a
-                    .events
-                    .send(Event::Failed(ServiceError::DeadlineExceeded(limit)));
+            if let Some(deadline) = a.deadline.filter(|d| now >= d.at) {
+                let _ = a.events.send(Event::Failed(ServiceError::DeadlineExceeded(
+                    deadline.seconds,
+                )));
                 return false;
             }
             true

@@ -257,12 +257,11 @@ fn tokenize_all(
         .collect()
 }
 
-/// Prefix the document index so a batch request says which document failed.
+/// Name the document so a batch request says which one failed.
 fn document_error(index: usize, error: InputError) -> ServiceError {
-    ServiceError::Input(InputError::BadParameter {
-        name: "documents",
-        value: format!("[{index}]"),
-        expected: error.to_string(),
+    ServiceError::Input(InputError::Document {
+        index,
+        error: Box::new(error),
     })
 }
 

@@ -78,6 +78,11 @@ pub enum InputError {
         actual: i64,
         expected: i64,
     },
+    #[error("document {index}: {error}")]
+    Document {
+        index: usize,
+        error: Box<InputError>,
+    },
     #[error("the decoder context would hold {actual} positions, the limit is {limit}")]
     ContextTooLong { actual: usize, limit: usize },
 }

@@ -1,0 +1,8 @@
+//! Harness for the end-to-end tests: starts a real `redis-server` and the real service
+//! binaries on free loopback ports and stops them by PID.
+
+pub mod client;
+pub mod processes;
+
+pub use client::*;
+pub use processes::*;

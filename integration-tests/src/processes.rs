@@ -1,0 +1,335 @@
+//! Processes under test: redis-server, encoder-svc, decoder-svc and the icae CLI.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Release binaries (built by scripts/setup.sh), or $ICAE_BIN_DIR.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ICAE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn env_path(name: &str, default: &str) -> PathBuf {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("ICAE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/icae")
+                });
+            home.join(default)
+        })
+}
+
+/// The default model directory (imported by scripts/setup.sh).
+pub fn model_dir() -> PathBuf {
+    env_path("ICAE_MODEL_DIR", "models/smollm2-135m-instruct")
+}
+
+/// The deterministic untrained adapter (written by scripts/setup.sh).
+pub fn adapter_dir() -> PathBuf {
+    env_path("ICAE_UNTRAINED_ADAPTER", "adapters/untrained-m32")
+}
+
+/// A redis-server on a free loopback port, stopped by PID on drop.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    pid: Option<i32>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            pid: None,
+        };
+        redis.launch();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let pidfile = self.dir.path().join("redis.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let status = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--daemonize", "yes", "--pidfile"])
+            .arg(&pidfile)
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-server must be installed (scripts/setup.sh installs it)");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                if self.ping() {
+                    self.pid = Some(pid);
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    /// A synchronous connection for poking at values directly.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Kill the server (SIGKILL) and wait until the port is closed.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.ping() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Start again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Encoder,
+    Decoder,
+}
+
+impl Kind {
+    fn binary(self) -> &'static str {
+        match self {
+            Kind::Encoder => "encoder-svc",
+            Kind::Decoder => "decoder-svc",
+        }
+    }
+
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Kind::Encoder => icae_proto::ENCODER_SERVICE,
+            Kind::Decoder => icae_proto::DECODER_SERVICE,
+        }
+    }
+}
+
+/// A running service binary; killed on drop unless it already exited.
+pub struct Service {
+    pub kind: Kind,
+    pub port: u16,
+    child: Child,
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// Start with the default model and adapter on CPU; `extra` flags override.
+    pub async fn start(kind: Kind, redis_url: &str, extra: &[&str]) -> Service {
+        Self::start_with_adapter(kind, redis_url, &adapter_dir(), extra).await
+    }
+
+    pub async fn start_with_adapter(
+        kind: Kind,
+        redis_url: &str,
+        adapter: &Path,
+        extra: &[&str],
+    ) -> Service {
+        let port = free_port();
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("service.log");
+        let child = Command::new(bin(kind.binary()))
+            .arg("--model")
+            .arg(model_dir())
+            .arg("--adapter")
+            .arg(adapter)
+            .args([
+                "--redis-url",
+                redis_url,
+                "--port",
+                &port.to_string(),
+                "--device",
+                "cpu",
+                "--redis-timeout-ms",
+                "1000",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut service = Service {
+            kind,
+            port,
+            child,
+            log,
+            _log_dir: log_dir,
+        };
+        service.wait_ready().await;
+        service
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited early with {status}:\n{}",
+                    self.kind.binary(),
+                    self.logs()
+                );
+            }
+            if self.health(self.kind.service_name()).await == Some(ServingStatus::Serving) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become ready:\n{}",
+                self.kind.binary(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// grpc.health.v1 status of `service` ("" for the server as a whole).
+    pub async fn health(&self, service: &str) -> Option<ServingStatus> {
+        let channel = tonic::transport::Channel::from_shared(self.url())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    pub fn sigterm(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Wait for the process to exit (None on timeout).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Resident memory of the process in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the icae CLI and parse the JSON it prints last.
+pub fn icae_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(bin("icae")).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "icae {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}

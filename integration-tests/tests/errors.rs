@@ -1,0 +1,325 @@
+//! Every documented error through the real gRPC surface, with its status code and a
+//! message that names the problem (and the limit and the value given).
+
+use icae_proto::v1::{
+    document, generate_request, slot_ref, CompressOptions, CompressRequest, Document,
+    GenerateRequest, Mode, Sampling, SlotList, SlotRef, TokenIds,
+};
+use integration_tests::*;
+use tonic::Code;
+
+fn request(documents: Vec<Document>, options: CompressOptions) -> CompressRequest {
+    CompressRequest {
+        documents,
+        options: Some(options),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encoder_errors() {
+    let redis = Redis::start();
+    let encoder = Service::start(
+        Kind::Encoder,
+        &redis.url(),
+        &[
+            "--max-input-tokens",
+            "64",
+            "--max-documents-per-request",
+            "3",
+        ],
+    )
+    .await;
+    let mut client = integration_tests::encoder(&encoder.url()).await;
+    let opts = CompressOptions::default;
+
+    assert_status(
+        client.compress(request(vec![text_doc("")], opts())).await,
+        Code::InvalidArgument,
+        &["text is empty"],
+    );
+    assert_status(
+        client
+            .compress(request(vec![text_doc("  \n ")], opts()))
+            .await,
+        Code::InvalidArgument,
+        &["text is empty"],
+    );
+    assert_status(
+        client.compress(request(vec![], opts())).await,
+        Code::InvalidArgument,
+        &["0 documents", "1..=3"],
+    );
+    let four = vec![text_doc("a"), text_doc("b"), text_doc("c"), text_doc("d")];
+    assert_status(
+        client.compress(request(four, opts())).await,
+        Code::InvalidArgument,
+        &["4 documents", "1..=3"],
+    );
+    let long = "word ".repeat(200);
+    assert_status(
+        client
+            .compress(request(vec![text_doc("fine"), text_doc(&long)], opts()))
+            .await,
+        Code::InvalidArgument,
+        &["document 1", "201 tokens", "limit is 64"],
+    );
+    let bad_ids = Document {
+        content: Some(document::Content::TokenIds(TokenIds {
+            ids: vec![5, 49152],
+        })),
+    };
+    assert_status(
+        client.compress(request(vec![bad_ids], opts())).await,
+        Code::InvalidArgument,
+        &["49152", "49152 tokens"],
+    );
+    let ttl = CompressOptions {
+        ttl_seconds: 99_999_999,
+        ..Default::default()
+    };
+    assert_status(
+        client.compress(request(vec![text_doc("x")], ttl)).await,
+        Code::InvalidArgument,
+        &["ttl_seconds", "99999999", "2592000"],
+    );
+    let ns = CompressOptions {
+        namespace: "bad namespace!".into(),
+        ..Default::default()
+    };
+    assert_status(
+        client.compress(request(vec![text_doc("x")], ns)).await,
+        Code::InvalidArgument,
+        &["namespace", "bad namespace!"],
+    );
+    let missing = Document { content: None };
+    assert_status(
+        client.compress(request(vec![missing], opts())).await,
+        Code::InvalidArgument,
+        &["document 0", "empty"],
+    );
+
+    // Token ids work as input too, and give the key the same text gives.
+    let ids = icae_json(&[
+        "tokenize",
+        "--model",
+        model_dir().to_str().unwrap(),
+        "--text",
+        "hello there",
+        "--json",
+    ])["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let by_ids = Document {
+        content: Some(document::Content::TokenIds(TokenIds { ids })),
+    };
+    let a = client
+        .compress(request(vec![by_ids], opts()))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = client
+        .compress(request(vec![text_doc("hello there")], opts()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        a.documents[0].handle.as_ref().unwrap().key,
+        b.documents[0].handle.as_ref().unwrap().key
+    );
+    assert!(b.documents[0].handle.as_ref().unwrap().cache_hit);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decoder_errors() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(
+        Kind::Decoder,
+        &redis.url(),
+        &["--max-new-tokens", "64", "--max-spans", "2"],
+    )
+    .await;
+    let key = compress_key(
+        &encoder.url(),
+        "A short document about nothing in particular.",
+    )
+    .await;
+    let url = decoder.url();
+    let sampled = |s: Sampling| from_keys(&[&key], Mode::Autoencode, "", s);
+
+    let mut unknown_mode = from_keys(&[&key], Mode::Autoencode, "", greedy(4));
+    unknown_mode.mode = 7;
+    assert_status(
+        generate(&url, unknown_mode).await,
+        Code::InvalidArgument,
+        &["mode is 7"],
+    );
+    assert_status(
+        generate(&url, from_keys(&[&key], Mode::Unspecified, "", greedy(4))).await,
+        Code::InvalidArgument,
+        &["mode is 0"],
+    );
+    assert_status(
+        generate(
+            &url,
+            sampled(Sampling {
+                top_p: 1.5,
+                ..greedy(4)
+            }),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["top_p is 1.5", "(0, 1]"],
+    );
+    assert_status(
+        generate(
+            &url,
+            sampled(Sampling {
+                temperature: -1.0,
+                ..greedy(4)
+            }),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["temperature is -1"],
+    );
+    assert_status(
+        generate(&url, sampled(greedy(65))).await,
+        Code::InvalidArgument,
+        &["max_new_tokens is 65", "1..=64"],
+    );
+    assert_status(
+        generate(
+            &url,
+            sampled(Sampling {
+                stop: vec!["".into()],
+                ..greedy(4)
+            }),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["stop"],
+    );
+    assert_status(
+        generate(&url, from_keys(&[&key], Mode::Answer, "", greedy(4))).await,
+        Code::InvalidArgument,
+        &["ANSWER needs a prompt"],
+    );
+    assert_status(
+        generate(
+            &url,
+            from_keys(&[&key, &key, &key], Mode::Continue, "", greedy(4)),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["3 slot sets", "1..=2"],
+    );
+    let no_context = GenerateRequest {
+        context: None,
+        mode: Mode::Continue as i32,
+        prompt: String::new(),
+        sampling: Some(greedy(4)),
+    };
+    assert_status(
+        generate(&url, no_context).await,
+        Code::InvalidArgument,
+        &["context"],
+    );
+
+    assert_status(
+        generate(
+            &url,
+            from_keys(&["icae:v1:nope"], Mode::Continue, "", greedy(4)),
+        )
+        .await,
+        Code::NotFound,
+        &["icae:v1:nope"],
+    );
+
+    // A stored value overwritten with garbage is DATA_LOSS, naming the key.
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("SET")
+        .arg("icae:v1:garbage")
+        .arg(b"\x07not safetensors at all".as_slice())
+        .query(&mut conn)
+        .unwrap();
+    assert_status(
+        generate(
+            &url,
+            from_keys(&["icae:v1:garbage"], Mode::Continue, "", greedy(4)),
+        )
+        .await,
+        Code::DataLoss,
+        &["icae:v1:garbage"],
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(b"{}".as_slice())
+        .query(&mut conn)
+        .unwrap();
+    assert_status(
+        generate(&url, from_keys(&[&key], Mode::Continue, "", greedy(4))).await,
+        Code::DataLoss,
+        &[key.as_str()],
+    );
+    let inline = GenerateRequest {
+        context: Some(generate_request::Context::Slots(SlotList {
+            items: vec![SlotRef {
+                source: Some(slot_ref::Source::InlineSlots(vec![1, 2, 3])),
+            }],
+        })),
+        mode: Mode::Continue as i32,
+        prompt: String::new(),
+        sampling: Some(greedy(4)),
+    };
+    assert_status(
+        generate(&url, inline).await,
+        Code::DataLoss,
+        &["inline slot set 0"],
+    );
+
+    // The server honours the client's deadline (grpc-timeout) itself: the stream's headers
+    // arrive at once, and the server ends the stream with DEADLINE_EXCEEDED.
+    let fresh = compress_key(
+        &encoder.url(),
+        "Another document, long enough to take a while to reconstruct.",
+    )
+    .await;
+    let mut request = tonic::Request::new(from_keys(&[&fresh], Mode::Autoencode, "", greedy(64)));
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "500m".parse().unwrap());
+    let mut client = integration_tests::decoder(&url).await;
+    let mut stream = client.generate(request).await.unwrap().into_inner();
+    let mut tokens = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => tokens += 1,
+            Ok(None) => {
+                panic!("the stream ended without the deadline error after {tokens} messages")
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("deadline of 0.500s"),
+        "{}",
+        status.message()
+    );
+    assert!(tokens < 64);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            decoder_info(&url).await.active_sequences == 0
+        })
+        .await
+    );
+}

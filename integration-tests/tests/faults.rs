@@ -1,0 +1,139 @@
+//! Faults: expiry, a decoder with another adapter, Redis going away and coming back.
+
+use std::time::Duration;
+
+use icae_proto::v1::Mode;
+use integration_tests::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_expire_after_their_ttl() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let response = compress(&encoder.url(), "This key lives one second.", 1)
+        .await
+        .unwrap();
+    let handle = response.documents[0].handle.clone().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((handle.expires_at_unix - now - 1).abs() <= 1);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&handle.key)
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!((0..=1).contains(&ttl), "TTL {ttl}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let result = generate(
+        &decoder.url(),
+        from_keys(&[&handle.key], Mode::Continue, "", greedy(2)),
+    )
+    .await;
+    assert_status(result, Code::NotFound, &[handle.key.as_str(), "expired"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decoder_with_another_adapter_refuses_the_slots() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-adapter");
+    icae_json_ok(&[
+        "adapter",
+        "init",
+        "--model",
+        model_dir().to_str().unwrap(),
+        "--mem-size",
+        "32",
+        "--seed",
+        "1",
+        other.to_str().unwrap(),
+    ]);
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start_with_adapter(Kind::Decoder, &redis.url(), &other, &[]).await;
+    let response = compress(&encoder.url(), "Made by one adapter, read by another.", 0)
+        .await
+        .unwrap();
+    let handle = response.documents[0].handle.clone().unwrap();
+    let theirs = decoder_info(&decoder.url()).await.model_fingerprint;
+    assert_ne!(theirs, handle.model_fingerprint);
+    let result = generate(
+        &decoder.url(),
+        from_keys(&[&handle.key], Mode::Continue, "", greedy(2)),
+    )
+    .await;
+    assert_status(
+        result,
+        Code::FailedPrecondition,
+        &[handle.model_fingerprint.as_str(), theirs.as_str()],
+    );
+}
+
+fn icae_json_ok(args: &[&str]) {
+    let status = std::process::Command::new(bin("icae"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_is_unavailable_and_both_services_recover() {
+    let mut redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let key = compress_key(&encoder.url(), "Stored before the outage.").await;
+    assert!(generate(
+        &decoder.url(),
+        from_keys(&[&key], Mode::Continue, "", greedy(2))
+    )
+    .await
+    .is_ok());
+
+    redis.kill();
+    assert_status(
+        compress(&encoder.url(), "During the outage.", 0).await,
+        Code::Unavailable,
+        &["Redis"],
+    );
+    assert_status(
+        generate(
+            &decoder.url(),
+            from_keys(&[&key], Mode::Continue, "", greedy(2)),
+        )
+        .await,
+        Code::Unavailable,
+        &["Redis"],
+    );
+    assert_eq!(
+        encoder.health("").await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving),
+        "no crash"
+    );
+
+    redis.restart();
+    // Nothing was persisted: compress again, then generate, without restarting anything.
+    let recovered = eventually(Duration::from_secs(15), || async {
+        compress(&encoder.url(), "After the outage.", 0)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(recovered, "encoder did not recover:\n{}", encoder.logs());
+    let key = compress_key(&encoder.url(), "After the outage.").await;
+    let ok = eventually(Duration::from_secs(15), || async {
+        generate(
+            &decoder.url(),
+            from_keys(&[&key], Mode::Continue, "", greedy(2)),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    assert!(ok, "decoder did not recover:\n{}", decoder.logs());
+}

@@ -1,0 +1,203 @@
+//! Cancellation, overload, SIGTERM draining, health and reflection.
+
+use std::time::Duration;
+
+use icae_proto::v1::Mode;
+use integration_tests::*;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const DOC: &str =
+    "A document the tests reconstruct, again and again, to keep the decoder busy for a while.";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_stream_frees_its_sequence() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let key = compress_key(&encoder.url(), DOC).await;
+    let mut client = integration_tests::decoder(&decoder.url()).await;
+    let mut stream = client
+        .generate(from_keys(&[&key], Mode::Autoencode, "", greedy(500)))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    assert_eq!(decoder_info(&decoder.url()).await.active_sequences, 1);
+    drop(stream);
+    drop(client);
+    let freed = eventually(Duration::from_secs(5), || async {
+        decoder_info(&decoder.url()).await.active_sequences == 0
+    })
+    .await;
+    assert!(
+        freed,
+        "the sequence was not freed after the client went away"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_refused_not_queued_without_bound() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(
+        Kind::Decoder,
+        &redis.url(),
+        &["--max-concurrent-requests", "2"],
+    )
+    .await;
+    let key = compress_key(&encoder.url(), DOC).await;
+    let rss_before = decoder.rss_kib();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, key) = (decoder.url(), key.clone());
+            tokio::spawn(async move {
+                generate(&url, from_keys(&[&key], Mode::Autoencode, "", greedy(24))).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut exhausted = 0;
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("a request hung")
+            .unwrap()
+        {
+            Ok(result) => {
+                assert!(result.finished);
+                assert_eq!(result.token_ids.len(), 24);
+                ok += 1;
+            }
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::ResourceExhausted,
+                    "{}",
+                    status.message()
+                );
+                assert!(
+                    status.message().contains("2 requests"),
+                    "{}",
+                    status.message()
+                );
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(ok >= 2 && exhausted >= 1, "ok {ok}, exhausted {exhausted}");
+    assert_eq!(ok + exhausted, 10, "every request got an answer");
+    // The model's weights dominate; overload must not grow memory beyond a small margin.
+    let grown_mib = decoder.rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 300,
+        "RSS grew by {grown_mib} MiB under overload"
+    );
+    assert_eq!(decoder_info(&decoder.url()).await.active_sequences, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let mut decoder = Service::start(
+        Kind::Decoder,
+        &redis.url(),
+        &["--shutdown-grace-seconds", "60"],
+    )
+    .await;
+    let key = compress_key(&encoder.url(), DOC).await;
+    let mut client = integration_tests::decoder(&decoder.url()).await;
+    let mut stream = client
+        .generate(from_keys(&[&key], Mode::Autoencode, "", greedy(40)))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+
+    decoder.sigterm();
+    let not_ready = eventually(Duration::from_secs(5), || async {
+        decoder.health(icae_proto::DECODER_SERVICE).await == Some(ServingStatus::NotServing)
+    })
+    .await;
+    assert!(not_ready, "readiness did not flip to NOT_SERVING");
+    // New requests are refused while draining.
+    let refused = generate(
+        &decoder.url(),
+        from_keys(&[&key], Mode::Autoencode, "", greedy(2)),
+    )
+    .await;
+    assert_status(refused, Code::Unavailable, &["shutting down"]);
+
+    // The in-flight stream still completes.
+    let mut tokens = 1;
+    let mut finished = false;
+    while let Some(message) = stream.next().await {
+        match message.unwrap().event {
+            Some(icae_proto::v1::generate_response::Event::Delta(_)) => tokens += 1,
+            Some(icae_proto::v1::generate_response::Event::Final(f)) => {
+                finished = true;
+                assert_eq!(f.generated_tokens, 40);
+            }
+            None => {}
+        }
+    }
+    assert!(
+        finished && tokens >= 40,
+        "the in-flight request did not complete ({tokens} tokens)"
+    );
+    let status = decoder
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the decoder did not exit");
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        decoder.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection_answer() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    for (service, name) in [
+        (&encoder, icae_proto::ENCODER_SERVICE),
+        (&decoder, icae_proto::DECODER_SERVICE),
+    ] {
+        assert_eq!(service.health("").await, Some(ServingStatus::Serving));
+        assert_eq!(service.health(name).await, Some(ServingStatus::Serving));
+        let channel = tonic::transport::Channel::from_shared(service.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection answer")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&name.to_string())
+                && names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
+    }
+}
