@@ -316,6 +316,7 @@ impl Encoder for EncoderService {
             }),
             active_sequences: self.worker.state.active() as u32,
             queue_size: self.worker.state.queued() as u32,
+            kv_bytes_per_position: summary.kv_bytes_per_position,
         }))
     }
 }

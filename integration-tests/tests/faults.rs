@@ -137,3 +137,55 @@ async fn redis_outage_is_unavailable_and_both_services_recover() {
     .await;
     assert!(ok, "decoder did not recover:\n{}", decoder.logs());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cluster_round_trip() {
+    let cluster = RedisCluster::start();
+    let encoder = Service::start(Kind::Encoder, &cluster.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &cluster.url(), &[]).await;
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        keys.push(
+            compress_key(
+                &encoder.url(),
+                &format!("Document number {i} stored in a Redis Cluster."),
+            )
+            .await,
+        );
+    }
+    // The keys spread over the nodes, and every one is readable through the cluster client.
+    let holders: std::collections::HashSet<u16> = keys
+        .iter()
+        .map(|key| {
+            cluster
+                .nodes
+                .iter()
+                .find(|n| {
+                    redis::cmd("EXISTS")
+                        .arg(key)
+                        .query::<i64>(&mut n.connection())
+                        .unwrap_or(0)
+                        == 1
+                })
+                .map(|n| n.port)
+                .expect("each key lives on one node")
+        })
+        .collect();
+    assert!(holders.len() > 1, "all keys landed on one node");
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let result = generate(
+        &decoder.url(),
+        from_keys(&refs[..2], Mode::Continue, "", greedy(3)),
+    )
+    .await
+    .unwrap();
+    assert!(result.finished && result.token_ids.len() == 3);
+    let again = compress(
+        &encoder.url(),
+        "Document number 0 stored in a Redis Cluster.",
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(again.documents[0].handle.as_ref().unwrap().cache_hit);
+}

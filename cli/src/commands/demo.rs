@@ -1,32 +1,37 @@
-//! The main job: compress the example article, reconstruct it and answer its questions
-//! from the slots, with the full-context baseline beside it.
+//! The main job, against running services: compress the example article with encoder-svc,
+//! reconstruct it and answer its questions with decoder-svc from the slots, and from the
+//! full text (baseline) side by side, with ratios, bytes and latencies.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use icae_core::model::KvCache;
-use icae_core::slots::{encode_slots, SlotMeta};
-use icae_core::{IcaeModel, Mode, SamplingParams};
+use icae_proto::v1::decoder_client::DecoderClient;
+use icae_proto::v1::encoder_client::EncoderClient;
+use icae_proto::v1::{
+    document, generate_request, generate_response, slot_ref, CompressOptions, CompressRequest,
+    Document, GenerateRequest, InfoRequest, Mode, Sampling, SlotList, SlotRef,
+};
 use serde::Deserialize;
-
-use crate::common::{load_icae, AdapterArgs, ModelArgs};
+use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub adapter: AdapterArgs,
+    /// Encoder address, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "ICAE_ENCODER_URL")]
+    pub encoder: String,
+    /// Decoder address, e.g. http://127.0.0.1:50052.
+    #[arg(long, env = "ICAE_DECODER_URL")]
+    pub decoder: String,
     /// PwC-format JSONL: {"input", "prompt", "answer"} per line (all lines share one input).
     #[arg(long, default_value = "examples/pwc_dev.jsonl")]
     pub data: PathBuf,
     /// Questions to answer (0 = none).
     #[arg(long, default_value_t = 3)]
     pub questions: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_answer_tokens: usize,
+    #[arg(long, default_value_t = 48)]
+    pub max_answer_tokens: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,125 +54,193 @@ pub fn read_pwc(path: &std::path::Path) -> Result<Vec<PwcRecord>> {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo(args))
+}
+
+/// What one generation produced and how long it took.
+struct Timed {
+    text: String,
+    tokens: usize,
+    prompt_positions: u32,
+    first_token_s: f64,
+    total_s: f64,
+}
+
+async fn generate(decoder: &mut DecoderClient<Channel>, request: GenerateRequest) -> Result<Timed> {
+    let started = Instant::now();
+    let mut stream = decoder
+        .generate(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let (mut text, mut tokens, mut first) = (String::new(), 0, None);
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+    {
+        match message.event {
+            Some(generate_response::Event::Delta(delta)) => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                tokens += delta.token_ids.len();
+                text.push_str(&delta.text);
+            }
+            Some(generate_response::Event::Final(last)) => {
+                return Ok(Timed {
+                    text,
+                    tokens,
+                    prompt_positions: last.prompt_positions,
+                    first_token_s: first.unwrap_or_default(),
+                    total_s: started.elapsed().as_secs_f64(),
+                })
+            }
+            None => {}
+        }
+    }
+    anyhow::bail!("the stream ended without a final message")
+}
+
+fn request(
+    context: generate_request::Context,
+    mode: Mode,
+    prompt: &str,
+    max_new_tokens: u32,
+) -> GenerateRequest {
+    GenerateRequest {
+        context: Some(context),
+        mode: mode as i32,
+        prompt: prompt.into(),
+        sampling: Some(Sampling {
+            max_new_tokens,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<()> {
     let records = read_pwc(&args.data)?;
-    let article = &records
+    let article = records
         .first()
         .context("the data file has no records")?
-        .input;
-    let load_started = Instant::now();
-    let icae = load_icae(&args.model, &args.adapter)?;
+        .input
+        .clone();
+    let mut encoder = EncoderClient::connect(args.encoder.clone())
+        .await
+        .context("connecting to the encoder")?;
+    let mut decoder = DecoderClient::connect(args.decoder.clone())
+        .await
+        .context("connecting to the decoder")?;
+    let info = encoder.info(InfoRequest {}).await?.into_inner();
     println!(
-        "model {} + adapter {} loaded in {:.1}s (fingerprint {}, mem_size {}, rate {}{})",
-        args.model.model.display(),
-        args.adapter.adapter.display(),
-        load_started.elapsed().as_secs_f64(),
-        icae.fingerprint,
-        icae.adapter.config.mem_size,
-        icae.adapter.config.compression_rate,
-        if icae.adapter.config.trained {
-            ""
-        } else {
-            ", UNTRAINED"
-        }
+        "encoder {} and decoder {}: model {}, adapter {} (mem_size {}, rate {}, {} {}), fingerprint {}",
+        args.encoder, args.decoder, info.model, info.adapter, info.mem_size, info.compression_rate, info.device, info.dtype, info.model_fingerprint
     );
+    if !info.adapter_trained {
+        println!("WARNING: the adapter is UNTRAINED: reconstructions and answers from slots are noise until a trained adapter is used");
+    }
 
-    let ids = icae.tokenizer.encode(article)?;
     let started = Instant::now();
-    let compressed = icae.compress(&ids)?;
+    let compress = CompressRequest {
+        documents: vec![Document {
+            content: Some(document::Content::Text(article.clone())),
+        }],
+        options: Some(CompressOptions {
+            return_slots: true,
+            ..Default::default()
+        }),
+    };
+    let response = encoder
+        .compress(compress)
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
     let compress_s = started.elapsed().as_secs_f64();
-    let num_slots = compressed.slots.size()[0];
-    let slot_bytes = encode_slots(
-        &compressed.slots,
-        &SlotMeta {
-            fingerprint: icae.fingerprint.clone(),
-            num_tokens: ids.len(),
-            num_segments: compressed.num_segments,
-            created_at: 0,
-            traceparent: None,
-        },
-    )?
-    .len();
-    let c = &icae.base.config;
-    let kv_bytes = KvCache::bytes_for(
-        ids.len() as i64,
-        c.num_hidden_layers as i64,
-        c.kv_heads() as i64,
-        c.head_dim() as i64,
-        icae.kind(),
-    );
+    let doc = response
+        .documents
+        .first()
+        .context("no document in the response")?;
+    let handle = doc.handle.clone().context("no handle")?;
+    let kv_bytes = info.kv_bytes_per_position * u64::from(handle.num_tokens);
     println!(
-        "compressed {} tokens -> {} slots in {} segments: {:.2}x fewer positions, {:.3}s ({:.0} tokens/s)",
-        ids.len(),
-        num_slots,
-        compressed.num_segments,
-        ids.len() as f64 / num_slots as f64,
+        "\ncompressed the article: {} tokens -> {} slots ({} segments, {:.2}x fewer positions) in {:.3}s (cache hit: {})",
+        handle.num_tokens,
+        handle.num_slots,
+        handle.num_segments,
+        f64::from(handle.num_tokens) / f64::from(handle.num_slots),
         compress_s,
-        ids.len() as f64 / compress_s
+        handle.cache_hit
     );
     println!(
-        "slots: {slot_bytes} bytes stored vs {kv_bytes} bytes of KV cache for the full text ({:.1}x smaller)",
-        kv_bytes as f64 / slot_bytes as f64
+        "stored in Redis as {}: {} bytes, against {} bytes of KV cache the decoder would keep for the full text ({:.1}x less)",
+        handle.key,
+        doc.slots.len(),
+        kv_bytes,
+        kv_bytes as f64 / doc.slots.len().max(1) as f64
     );
 
-    let started = Instant::now();
-    let embeds = icae.decoder_input(
-        std::slice::from_ref(&compressed.slots),
-        Mode::Autoencode,
-        None,
-    )?;
-    let reconstruction = icae.generate(&embeds, SamplingParams::greedy(ids.len() + 16), |_| {})?;
-    let reconstruct_s = started.elapsed().as_secs_f64();
-    let matching = reconstruction
-        .token_ids
-        .iter()
-        .zip(&ids)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let slots = || {
+        generate_request::Context::Slots(SlotList {
+            items: vec![SlotRef {
+                source: Some(slot_ref::Source::Key(handle.key.clone())),
+            }],
+        })
+    };
+    let reconstruction = generate(
+        &mut decoder,
+        request(slots(), Mode::Autoencode, "", handle.num_tokens + 16),
+    )
+    .await?;
     println!(
-        "reconstruction: {} tokens in {:.2}s, exact prefix {matching}/{} tokens, finish {}",
-        reconstruction.token_ids.len(),
-        reconstruct_s,
-        ids.len(),
-        reconstruction.finish_reason.as_str()
+        "\nreconstruction from {} positions: {} tokens, first token {:.3}s, total {:.2}s",
+        reconstruction.prompt_positions,
+        reconstruction.tokens,
+        reconstruction.first_token_s,
+        reconstruction.total_s
     );
-    println!("  original:      {}", excerpt(article));
+    println!("  original:      {}", excerpt(&article));
     println!("  reconstructed: {}", excerpt(&reconstruction.text));
 
     for record in records.iter().take(args.questions) {
-        let prompt_ids = icae.tokenizer.encode_fragment(&record.prompt)?;
-        let params = SamplingParams::greedy(args.max_answer_tokens);
-        let (from_slots, slots_s) = answer(
-            &icae,
-            &icae.decoder_input(
-                std::slice::from_ref(&compressed.slots),
+        let from_slots = generate(
+            &mut decoder,
+            request(
+                slots(),
                 Mode::Answer,
-                Some(&prompt_ids),
-            )?,
-            &params,
-        )?;
-        let (from_text, text_s) = answer(
-            &icae,
-            &icae.baseline_input(&ids, Mode::Answer, Some(&prompt_ids))?,
-            &params,
-        )?;
+                &record.prompt,
+                args.max_answer_tokens,
+            ),
+        )
+        .await?;
+        let baseline = generate(
+            &mut decoder,
+            request(
+                generate_request::Context::BaselineText(article.clone()),
+                Mode::Answer,
+                &record.prompt,
+                args.max_answer_tokens,
+            ),
+        )
+        .await?;
+        println!("\nQ: {}\n  reference: {}", record.prompt, record.answer);
         println!(
-            "Q: {}\n  reference:         {}",
-            record.prompt, record.answer
+            "  slots     ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
+            from_slots.prompt_positions,
+            from_slots.first_token_s,
+            from_slots.total_s,
+            excerpt(&from_slots.text)
         );
-        println!("  from slots  {slots_s:5.2}s: {}", excerpt(&from_slots));
-        println!("  full text   {text_s:5.2}s: {}", excerpt(&from_text));
+        println!(
+            "  full text ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
+            baseline.prompt_positions,
+            baseline.first_token_s,
+            baseline.total_s,
+            excerpt(&baseline.text)
+        );
     }
     Ok(())
-}
-
-fn answer(
-    icae: &IcaeModel,
-    embeds: &tch::Tensor,
-    params: &SamplingParams,
-) -> Result<(String, f64)> {
-    let started = Instant::now();
-    let generation = icae.generate(embeds, params.clone(), |_| {})?;
-    Ok((generation.text, started.elapsed().as_secs_f64()))
 }
 
 fn excerpt(text: &str) -> String {

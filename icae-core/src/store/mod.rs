@@ -31,6 +31,8 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+// One per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Standalone(Client),
     Cluster(ClusterClient),
