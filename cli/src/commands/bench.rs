@@ -20,6 +20,8 @@ use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs};
 pub enum BenchCommand {
     /// Compression tokens/s per input length, vs matmul peak and vs HF transformers.
     Forward(ForwardArgs),
+    /// Latency, throughput and bytes of the running services (see scripts/bench-serve.sh).
+    Serve(crate::commands::bench_serve::ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +52,10 @@ pub struct ForwardArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(args) => forward(args),
+        BenchCommand::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::commands::bench_serve::run(args)),
     }
 }
 

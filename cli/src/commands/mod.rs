@@ -1,5 +1,6 @@
 pub mod adapter;
 pub mod bench;
+pub mod bench_serve;
 pub mod client;
 pub mod compress;
 pub mod demo;
