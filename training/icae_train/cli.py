@@ -1,0 +1,258 @@
+"""icae-train: build data, pretrain, fine-tune, evaluate and export ICAE adapters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _device(name: str) -> tuple[str, torch.dtype]:
+    """bf16 on GPU, f32 on CPU (never fp16: slots overflow it)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return name, (torch.float32 if name == "cpu" else torch.bfloat16)
+
+
+def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="HF-layout base model directory")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
+def _train_args(p: argparse.ArgumentParser):
+    p.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics, loss.png and the adapter go here")
+    p.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--memory-lr", type=float, default=None, help="learning rate of memory_token_embed (default: --lr)")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor as a share of the peak lr")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-accum", type=int, default=1, help="examples per optimizer step")
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help="run at most this many steps in this session (resumable)")
+
+
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        lr=args.lr,
+        memory_lr=args.memory_lr,
+        warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
+        weight_decay=args.weight_decay,
+        grad_accum=args.grad_accum,
+        max_grad_norm=args.max_grad_norm,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+
+
+def _tokenize_documents(tokenizer, path: Path, limit: int | None) -> list[list[int]]:
+    from .data import read_jsonl
+
+    texts = [d["text"] for d in read_jsonl(path)][:limit]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def cmd_build_corpus(args):
+    from .corpus import build
+
+    print(json.dumps(build(args.out, args.heldout_percent), indent=2))
+
+
+def cmd_make_qa(args):
+    from .data import read_jsonl
+    from .qa import make_qa
+
+    documents = [d["text"] for d in read_jsonl(args.corpus / "train.jsonl")]
+    print(json.dumps(make_qa(args.model, documents, args.count, args.seed, args.out)))
+
+
+def cmd_pretrain(args):
+    from transformers import AutoTokenizer
+
+    from .adapter_io import save_adapter
+    from .data import PretrainStream
+    from .model import ICAE, IcaeConfig
+    from .train import train
+
+    device, dtype = _device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    config = IcaeConfig(
+        mem_size=args.mem_size,
+        compression_rate=args.compression_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        target_modules=args.target_modules.split(","),
+        lm_token=args.lm_token,
+    )
+    torch.manual_seed(args.seed)
+    model = ICAE(args.model, config, dtype=dtype, device=device)
+    capacity = config.mem_size * config.compression_rate
+    stream = PretrainStream(
+        _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents),
+        seed=args.seed,
+        max_tokens=capacity * args.max_segments,
+        min_tokens=args.min_tokens,
+        lm_ratio=args.lm_ratio,
+        min_lm_tokens=args.min_lm_tokens,
+    )
+
+    def loss_for(step, micro):
+        example = stream.example(step, micro)
+        if example.is_lm:
+            loss, n = model.lm_loss(example.context, example.continuation, args.leave_tokens_for_lm)
+            return loss, n, "lm"
+        loss, n = model.autoencode_loss(example.context)
+        return loss, n, "ae"
+
+    meta = {"objective": "pretrain", "icae": config.__dict__, "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
+    train(model, _train_config(args), args.run_dir, loss_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
+    notes = f"pretrained (AE + LM, lm_ratio {args.lm_ratio}) by icae-train for {args.run_dir.name}; see docs/training.md"
+    save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
+    print(f"adapter written to {args.run_dir / 'adapter'}")
+
+
+def cmd_finetune(args):
+    from transformers import AutoTokenizer
+
+    from .adapter_io import chat_pieces, load_adapter, save_adapter
+    from .data import FinetuneStream, read_jsonl
+    from .train import train
+
+    device, dtype = _device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    pieces = chat_pieces(tokenizer)
+    if pieces is None:
+        sys.exit("error: the base model has no chat template icae-train knows (chatml, llama-3, [INST])")
+    model = load_adapter(args.model, args.init_adapter, device=device, dtype=dtype)
+    records = [r for path in args.data for r in read_jsonl(path)]
+    stream = FinetuneStream(records, tokenizer, args.seed, args.max_context_tokens)
+
+    def loss_for(step, micro):
+        ex = stream.example(step, micro)
+        loss, n = model.answer_loss(ex.context, ex.prompt, ex.answer, pieces["prefix_ids"], pieces["suffix_ids"])
+        return loss, n, "ft"
+
+    meta = {"objective": "finetune", "icae": model.config.__dict__, "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
+    train(model, _train_config(args), args.run_dir, loss_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
+    notes = f"fine-tuned (ANSWER layout) from {args.init_adapter} by icae-train for {args.run_dir.name}; see docs/training.md"
+    save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
+    print(f"adapter written to {args.run_dir / 'adapter'}")
+
+
+def cmd_eval(args):
+    from transformers import AutoTokenizer
+
+    from .adapter_io import load_adapter
+    from .data import read_jsonl
+    from .evaluate import answer_eval, autoencode_eval
+
+    device, dtype = _device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = load_adapter(args.model, args.adapter, device=device, dtype=dtype)
+    report = {"adapter": str(args.adapter)}
+    if args.heldout:
+        documents = _tokenize_documents(tokenizer, args.heldout, None)
+        report["autoencode"] = autoencode_eval(model, documents, args.passage_tokens, args.passages, args.seed)
+    if args.pwc:
+        records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
+        report["answers"] = answer_eval(model, tokenizer, records, args.max_new_tokens)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+def cmd_export(args):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from .adapter_io import save_adapter
+    from .model import ICAE, IcaeConfig
+
+    progress = json.loads((args.run_dir / "checkpoint" / "progress.json").read_text())
+    config = IcaeConfig(**progress["meta"]["icae"])
+    model = ICAE(args.model, config)
+    model.load_trainable(load_file(str(args.run_dir / "checkpoint" / "trainable.safetensors")))
+    notes = f"{progress['meta']['objective']} checkpoint at step {progress['step']} of {args.run_dir.name}; see docs/training.md"
+    save_adapter(model, args.model, args.out, AutoTokenizer.from_pretrained(args.model), notes)
+    print(f"adapter (step {progress['step']}) written to {args.out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="icae-train", description=__doc__)
+    sub = parser.add_subparsers(required=True)
+
+    p = sub.add_parser("build-corpus", help="build the offline plain-text corpus (train / held-out)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--heldout-percent", type=int, default=5)
+    p.set_defaults(func=cmd_build_corpus)
+
+    p = sub.add_parser("make-qa", help="write (input, prompt, answer) triples with the base model itself")
+    p.add_argument("--model", required=True)
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--count", type=int, default=300, help="passages to try")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_make_qa)
+
+    p = sub.add_parser("pretrain", help="autoencoding + language-modelling pretraining")
+    _model_args(p)
+    _train_args(p)
+    p.add_argument("--corpus", type=Path, required=True, help="directory with train.jsonl")
+    p.add_argument("--max-documents", type=int, default=None)
+    p.add_argument("--mem-size", type=int, default=32)
+    p.add_argument("--compression-rate", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=32)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--target-modules", default="q_proj,v_proj")
+    p.add_argument("--lm-ratio", type=float, default=0.5, help="share of LM examples (paper: about 0.4-0.6 of AE)")
+    p.add_argument("--lm-token", action="store_true", help="put the LM special token after the slots for LM examples")
+    p.add_argument("--max-segments", type=int, default=1, help="longest example, in segments of mem_size x rate tokens")
+    p.add_argument("--min-tokens", type=int, default=16)
+    p.add_argument("--min-lm-tokens", type=int, default=16, help="an LM example needs at least this many continuation tokens")
+    p.add_argument("--leave-tokens-for-lm", type=int, default=8, help="first continuation tokens without loss")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="instruction fine-tuning on PwC-format JSONL (ANSWER layout)")
+    _model_args(p)
+    _train_args(p)
+    p.add_argument("--init-adapter", type=Path, required=True, help="pretrained adapter directory")
+    p.add_argument("--data", type=Path, nargs="+", required=True)
+    p.add_argument("--max-context-tokens", type=int, default=2048)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="AE BLEU / exact prefix on held-out text; ROUGE-L on PwC data")
+    _model_args(p)
+    p.add_argument("--adapter", type=Path, required=True)
+    p.add_argument("--heldout", type=Path, help="held-out corpus JSONL")
+    p.add_argument("--passages", type=int, default=50)
+    p.add_argument("--passage-tokens", type=int, default=128)
+    p.add_argument("--pwc", type=Path, nargs="*", help="PwC-format JSONL files")
+    p.add_argument("--questions", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write the adapter of a run's latest checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Training examples. Every example is a pure function of (seed, step, micro-step), so the
+data position of a run is just its step: resuming continues the exact same stream."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@dataclass
+class PretrainExample:
+    context: list[int]
+    continuation: list[int]  # empty for autoencoding
+
+    @property
+    def is_lm(self) -> bool:
+        return bool(self.continuation)
+
+
+class PretrainStream:
+    """Autoencoding and language-modelling examples from tokenized documents, following the
+    official `text_extraction`: with probability `lm_ratio` an LM example (a context window
+    and the tokens after it), else an AE example (a window of the document)."""
+
+    def __init__(self, documents: list[list[int]], seed: int, max_tokens: int, min_tokens: int, lm_ratio: float, min_lm_tokens: int):
+        self.documents = [d for d in documents if len(d) >= min_tokens]
+        if not self.documents:
+            raise ValueError(f"no document has at least {min_tokens} tokens")
+        self.seed = seed
+        self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
+        self.lm_ratio = lm_ratio
+        self.min_lm_tokens = min_lm_tokens
+
+    def example(self, step: int, micro: int) -> PretrainExample:
+        rng = random.Random(f"{self.seed}:{step}:{micro}")
+        doc = self.documents[rng.randrange(len(self.documents))]
+        length = rng.randint(self.min_tokens, self.max_tokens)
+        if rng.random() < self.lm_ratio and len(doc) >= length + self.min_lm_tokens:
+            start = rng.randint(0, len(doc) - length - self.min_lm_tokens)
+            context = doc[start : start + length]
+            continuation = doc[start + length : start + length + self.max_tokens]
+            return PretrainExample(context, continuation)
+        length = min(length, len(doc))
+        start = rng.randint(0, len(doc) - length)
+        return PretrainExample(doc[start : start + length], [])
+
+
+@dataclass
+class AnswerExample:
+    context: list[int]
+    prompt: list[int]
+    answer: list[int]
+
+
+class FinetuneStream:
+    """(context, prompt, answer) triples in the PwC JSONL format, tokenized without special
+    tokens as the official `instruct_ft_tokenize_function`, drawn uniformly per step."""
+
+    def __init__(self, records: list[dict], tokenizer, seed: int, max_context_tokens: int):
+        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        self.examples = []
+        for r in records:
+            context = encode(r["input"])[:max_context_tokens]
+            answer = encode(r["answer"])
+            if context and answer and r["prompt"].strip():
+                self.examples.append(AnswerExample(context, encode(r["prompt"]), answer))
+        if not self.examples:
+            raise ValueError("no usable (input, prompt, answer) records")
+        self.seed = seed
+
+    def example(self, step: int, micro: int) -> AnswerExample:
+        rng = random.Random(f"{self.seed}:{step}:{micro}")
+        return self.examples[rng.randrange(len(self.examples))]

@@ -1,0 +1,80 @@
+"""Evaluation: autoencoding of held-out passages (BLEU-4, exact prefix, token accuracy) at
+the adapter's compression rate, and for PwC-style data ROUGE-L of answers from slots vs
+answers from the full context vs the references."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from .adapter_io import chat_pieces
+from .metrics import corpus_bleu, prefix_match, rouge_l, words
+from .model import ICAE
+
+
+@torch.no_grad()
+def autoencode_eval(model: ICAE, documents: list[list[int]], passage_tokens: int, count: int, seed: int = 0) -> dict:
+    model.eval()
+    rng = random.Random(seed)
+    candidates = [d for d in documents if len(d) >= passage_tokens]
+    rng.shuffle(candidates)
+    passages = []
+    for doc in candidates[:count]:
+        start = rng.randint(0, len(doc) - passage_tokens)
+        passages.append(doc[start : start + passage_tokens])
+    hypotheses, started = [], time.time()
+    for passage in passages:
+        slots = model.compress(passage)
+        hypotheses.append(model.greedy(model.ae_layout(slots), passage_tokens + 8))
+    accuracy = sum(sum(a == b for a, b in zip(p, h)) for p, h in zip(passages, hypotheses)) / max(1, sum(map(len, passages)))
+    return {
+        "passages": len(passages),
+        "passage_tokens": passage_tokens,
+        "slots": model.num_segments(passage_tokens) * model.config.mem_size,
+        "bleu4": corpus_bleu(passages, hypotheses),
+        "exact_prefix": sum(prefix_match(p, h) for p, h in zip(passages, hypotheses)) / max(1, len(passages)),
+        "token_accuracy": accuracy,
+        "seconds": time.time() - started,
+    }
+
+
+@torch.no_grad()
+def answer_eval(model: ICAE, tokenizer, records: list[dict], max_new_tokens: int = 64, max_context_tokens: int = 4096) -> dict:
+    """ROUGE-L (on lower-cased words) of answers from slots and from the full context."""
+    model.eval()
+    pieces = chat_pieces(tokenizer)
+    if pieces is None:
+        raise ValueError("the base model has no chat template this trainer knows")
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    rows = []
+    for r in records:
+        context = tokenizer.encode(r["input"], add_special_tokens=False)[:max_context_tokens]
+        prompt = tokenizer.encode(r["prompt"], add_special_tokens=False)
+        slots = model.compress(context)
+        from_slots = model.greedy(model.answer_layout(slots, prompt, pieces["prefix_ids"], pieces["suffix_ids"]), max_new_tokens)
+        # The baseline: the base model reading the whole context (what icae-core's baseline_input builds).
+        full = model.embed(pieces["prefix_ids"] + context + newline + prompt + pieces["suffix_ids"])
+        from_text = model.greedy(full, max_new_tokens)
+        slots_text = tokenizer.decode(from_slots, skip_special_tokens=True)
+        full_text = tokenizer.decode(from_text, skip_special_tokens=True)
+        rows.append(
+            {
+                "prompt": r["prompt"],
+                "reference": r["answer"],
+                "from_slots": slots_text,
+                "from_full_context": full_text,
+                "rouge_l_slots": rouge_l(words(r["answer"]), words(slots_text)),
+                "rouge_l_full_context": rouge_l(words(r["answer"]), words(full_text)),
+            }
+        )
+    mean = lambda key: sum(row[key] for row in rows) / max(1, len(rows))  # noqa: E731
+    slots_score, full_score = mean("rouge_l_slots"), mean("rouge_l_full_context")
+    return {
+        "questions": len(rows),
+        "rouge_l_slots": slots_score,
+        "rouge_l_full_context": full_score,
+        "slots_over_full_context": slots_score / full_score if full_score else None,
+        "answers": rows,
+    }

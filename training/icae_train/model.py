@@ -1,0 +1,171 @@
+"""The ICAE module, laid out like the official v2 code (getao/icae, modeling_icae_multi_span.py):
+`self.icae` is the peft-wrapped base model and `self.memory_token_embed` the table of
+`mem_size` memory tokens plus the AE, LM and FT tokens, so the trainable state dict has the
+official keys (`icae.base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default.weight`,
+`memory_token_embed.weight`).
+
+The decoder is the same base model with the adapter disabled (the official code keeps a
+second frozen copy for training; the computation is the same)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+AE, LM, FT = 0, 1, 2
+
+
+@dataclass
+class IcaeConfig:
+    mem_size: int = 32
+    compression_rate: int = 4
+    lora_r: int = 32
+    lora_alpha: float = 32.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_dropout: float = 0.0
+    # Append the LM token after the slots for the LM objective (official default: no).
+    lm_token: bool = False
+
+
+class ICAE(nn.Module):
+    def __init__(self, model_dir: str, config: IcaeConfig, dtype=torch.float32, device="cpu"):
+        super().__init__()
+        self.config = config
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        for p in base.parameters():
+            p.requires_grad = False
+        self.eos_ids = _eos_ids(base)
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            target_modules=list(config.target_modules),
+            lora_dropout=config.lora_dropout,
+            bias="none",
+        )
+        self.icae = get_peft_model(base, lora)
+        hidden = base.config.hidden_size
+        self.memory_token_embed = nn.Embedding(config.mem_size + 3, hidden)
+        # Memory tokens start on the scale of real token embeddings (nn.Embedding's N(0, 1)
+        # is ~8x larger than SmolLM2's embedding rows and slows early training).
+        with torch.no_grad():
+            rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt().item()
+            self.memory_token_embed.weight.normal_(0.0, rms)
+        self.to(device)
+        self.device = torch.device(device)
+
+    # ------------------------------------------------------------------ pieces
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        table = self.icae.get_base_model().model.embed_tokens
+        return table(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    def special(self, which: int) -> torch.Tensor:
+        return self.memory_token_embed.weight[self.config.mem_size + which].unsqueeze(0)
+
+    def num_segments(self, length: int) -> int:
+        return math.ceil(length / (self.config.mem_size * self.config.compression_rate))
+
+    def compress(self, ids: list[int]) -> torch.Tensor:
+        """Slots `[n_seg * mem_size, hidden]`, segment by segment as the official `_compress`:
+        each segment is [tokens ++ memory tokens] through the LoRA model, and the final hidden
+        states (after the last norm) at the memory positions are kept."""
+        assert ids, "cannot compress an empty text"
+        k = self.config.mem_size
+        n_seg = self.num_segments(len(ids))
+        seg_len = math.ceil(len(ids) / n_seg)
+        memory = self.memory_token_embed.weight[:k]
+        out = []
+        for s in range(n_seg):
+            segment = ids[s * seg_len : (s + 1) * seg_len]
+            x = torch.cat([self.embed(segment), memory.to(self.dtype)], dim=0).unsqueeze(0)
+            hidden = self.icae(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
+            out.append(hidden[0, -k:])
+        return torch.cat(out)
+
+    @property
+    def dtype(self):
+        return self.icae.get_base_model().model.embed_tokens.weight.dtype
+
+    def decode_logits(self, embeds: torch.Tensor) -> torch.Tensor:
+        with self.icae.disable_adapter():
+            return self.icae(inputs_embeds=embeds.unsqueeze(0)).logits[0]
+
+    # ------------------------------------------------------------------ layouts
+
+    def ae_layout(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.cat([slots, self.special(AE).to(slots.dtype)])
+
+    def answer_layout(self, slots: torch.Tensor, prompt_ids: list[int], prefix_ids: list[int], suffix_ids: list[int]) -> torch.Tensor:
+        return torch.cat(
+            [self.embed(prefix_ids), slots, self.special(FT).to(slots.dtype), self.embed(prompt_ids), self.embed(suffix_ids)]
+        )
+
+    # ------------------------------------------------------------------ objectives
+
+    def _loss(self, prompt: torch.Tensor, target_ids: list[int], ignored: int = 0) -> tuple[torch.Tensor, int]:
+        """Cross-entropy of `target_ids` after `prompt` (the first `ignored` targets carry no
+        loss), as the official labels [-100] * len(prompt) + answer with logits[:-1] vs
+        labels[1:]."""
+        x = torch.cat([prompt, self.embed(target_ids)])
+        logits = self.decode_logits(x)
+        start = prompt.shape[0] - 1
+        predicted = logits[start : start + len(target_ids)].float()
+        targets = torch.tensor(target_ids, device=self.device)
+        if ignored:
+            predicted, targets = predicted[ignored:], targets[ignored:]
+        return nn.functional.cross_entropy(predicted, targets), len(targets)
+
+    def autoencode_loss(self, ids: list[int]):
+        return self._loss(self.ae_layout(self.compress(ids)), ids + [self.eos_ids[0]])
+
+    def lm_loss(self, context: list[int], continuation: list[int], leave: int):
+        slots = self.compress(context)
+        prompt = torch.cat([slots, self.special(LM).to(slots.dtype)]) if self.config.lm_token else slots
+        return self._loss(prompt, continuation, ignored=leave)
+
+    def answer_loss(self, context, prompt_ids, answer_ids, prefix_ids, suffix_ids):
+        slots = self.compress(context)
+        return self._loss(self.answer_layout(slots, prompt_ids, prefix_ids, suffix_ids), answer_ids + [self.eos_ids[0]])
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def greedy(self, embeds: torch.Tensor, max_new_tokens: int) -> list[int]:
+        """Greedy decoding with the adapter off, stopping at an end-of-sequence token."""
+        out = []
+        with self.icae.disable_adapter():
+            result = self.icae(inputs_embeds=embeds.unsqueeze(0), use_cache=True)
+            for _ in range(max_new_tokens):
+                token = int(result.logits[0, -1].argmax())
+                if token in self.eos_ids:
+                    break
+                out.append(token)
+                ids = torch.tensor([[token]], device=self.device)
+                result = self.icae(input_ids=ids, past_key_values=result.past_key_values, use_cache=True)
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The official v2 file content: LoRA tensors and memory_token_embed only."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable(self, tensors: dict[str, torch.Tensor]):
+        missing = set(self.trainable_state()) - set(tensors)
+        unexpected = set(tensors) - set(self.trainable_state())
+        if missing or unexpected:
+            raise ValueError(f"adapter tensors do not match: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        self.load_state_dict({k: v.to(self.device) for k, v in tensors.items()}, strict=False)
+
+
+def _eos_ids(model) -> list[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = model.config.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]

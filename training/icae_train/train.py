@@ -1,0 +1,196 @@
+"""The training loop shared by pretraining and fine-tuning: AdamW with warmup and cosine
+decay, gradient accumulation and clipping, checkpoints with exact resume, progress bars,
+a metrics log and a loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .model import ICAE
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float = 1e-4
+    memory_lr: float | None = None  # defaults to lr
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio`."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def optimizer_for(model: ICAE, cfg: TrainConfig):
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "memory_token_embed" not in n]
+    memory = [model.memory_token_embed.weight]
+    groups = [
+        {"params": lora, "lr": cfg.lr},
+        {"params": memory, "lr": cfg.memory_lr or cfg.lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+    return optimizer, scheduler
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model: ICAE, optimizer, scheduler, step: int, history: list[dict], meta: dict):
+    """Everything needed to continue exactly: trainable tensors, optimizer and scheduler
+    state, the step (= data position), RNG states. Written beside the old one, then swapped."""
+    final = run_dir / CHECKPOINT
+    staging = run_dir / (CHECKPOINT + ".writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: v.contiguous().cpu() for k, v in model.trainable_state().items()}, str(staging / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+        staging / "state.pt",
+    )
+    (staging / "progress.json").write_text(json.dumps({"step": step, "history": history, "meta": meta}))
+    old = run_dir / (CHECKPOINT + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model: ICAE, optimizer, scheduler) -> tuple[int, list[dict], dict]:
+    ckpt = run_dir / CHECKPOINT
+    model.load_trainable(load_file(str(ckpt / "trainable.safetensors")))
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    progress = json.loads((ckpt / "progress.json").read_text())
+    return progress["step"], progress["history"], progress["meta"]
+
+
+def plot_losses(history: list[dict], path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for kind in sorted({h["kind"] for h in history}):
+        points = [(h["step"], h["loss"]) for h in history if h["kind"] == kind]
+        steps, losses = zip(*points)
+        ax.plot(steps, losses, alpha=0.25, linewidth=0.8, label=f"{kind} (per step)")
+        window = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, linewidth=2, label=f"{kind} (mean of {window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def train(
+    model: ICAE,
+    cfg: TrainConfig,
+    run_dir: Path,
+    loss_for: Callable[[int, int], tuple[torch.Tensor, int, str]],
+    meta: dict,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Run steps [start, cfg.steps). `loss_for(step, micro)` returns (mean loss, target
+    tokens, kind) for one micro-batch. `stop_after` ends the session early (the run stays
+    resumable), e.g. to fit a time budget."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    optimizer, scheduler = optimizer_for(model, cfg)
+    start, history = 0, []
+    if resume and (run_dir / CHECKPOINT).exists():
+        start, history, saved_meta = load_checkpoint(run_dir, model, optimizer, scheduler)
+        if saved_meta.get("objective") != meta.get("objective"):
+            raise ValueError(f"{run_dir} holds a {saved_meta.get('objective')} run, not {meta.get('objective')}")
+        print(f"resuming {run_dir} at step {start}/{cfg.steps}")
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    (run_dir / "run.json").write_text(json.dumps({"train": cfg.__dict__, **meta}, indent=2))
+    metrics = open(run_dir / "metrics.jsonl", "a")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=meta.get("objective", "train"), dynamic_ncols=True)
+    window_tokens, window_started = 0, time.time()
+    model.train()
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        total, tokens, kinds = 0.0, 0, []
+        for micro in range(cfg.grad_accum):
+            loss, n, kind = loss_for(step, micro)
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            tokens += n
+            kinds.append(kind)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        window_tokens += tokens
+        elapsed = time.time() - window_started
+        record = {
+            "step": step + 1,
+            "loss": total,
+            "kind": kinds[0] if len(set(kinds)) == 1 else "mixed",
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "time": time.time(),
+        }
+        history.append(record)
+        metrics.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}", lr=f"{record['lr']:.1e}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            metrics.flush()
+            save_checkpoint(run_dir, model, optimizer, scheduler, step + 1, history, meta)
+            plot_losses(history, run_dir / "loss.png", f"{meta.get('objective', 'train')}: {run_dir.name}")
+            window_tokens, window_started = 0, time.time()
+    metrics.close()
+    return history
