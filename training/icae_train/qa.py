@@ -1,5 +1,6 @@
-"""Fine-tuning data made offline: the default model itself writes one extractive question
-and answer per held-in passage; pairs whose answer is not found in the passage are dropped."""
+"""Fine-tuning data made offline: the default model itself writes one question per held-in
+passage, then answers it from the passage; pairs whose answer is not found in the passage
+are dropped (the 135M model is too small to do both in one reply)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-PROMPT = (
-    "Read the text and write one question that the text answers, then the answer copied "
-    "from the text.\n\nText:\n{passage}\n\nReply in exactly this format:\nQuestion: <question>\nAnswer: <answer>"
-)
+ASK = "Read the text and write one question that the text answers.\n\nText:\n{passage}\n\nReply with the question only."
+ANSWER = "Text:\n{passage}\n\nAnswer the question with a short phrase copied from the text.\nQuestion: {question}"
 
 
 def passages(documents: list[str], count: int, seed: int, min_chars: int = 300, max_chars: int = 1200):
@@ -29,18 +28,26 @@ def passages(documents: list[str], count: int, seed: int, min_chars: int = 300, 
     return candidates[:count]
 
 
-def parse(reply: str):
-    q = re.search(r"Question:\s*(.+)", reply)
-    a = re.search(r"Answer:\s*(.+)", reply)
-    if not q or not a:
-        return None
-    return q.group(1).strip(), a.group(1).strip().strip('"')
+def question_of(reply: str) -> str | None:
+    """The first line that reads like a question."""
+    for line in reply.splitlines():
+        line = re.sub(r"^(Question|Q)\s*:\s*", "", line.strip()).strip('"')
+        if 10 <= len(line) <= 200 and line.endswith("?") and line.count("?") == 1:
+            return line
+    return None
 
 
 def extractive(answer: str, passage: str) -> bool:
     words = re.findall(r"\w+", answer.lower())
     text = set(re.findall(r"\w+", passage.lower()))
     return 1 <= len(words) <= 30 and sum(w in text for w in words) >= 0.8 * len(words)
+
+
+def _reply(model, tokenizer, content: str, max_new_tokens: int) -> str:
+    messages = [{"role": "user", "content": content}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)[0, ids.shape[1] :]
+    return tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
 @torch.no_grad()
@@ -51,11 +58,12 @@ def make_qa(model_dir: str, documents: list[str], count: int, seed: int, out_pat
     with open(out_path, "w") as out:
         for passage in tqdm(passages(documents, count, seed), desc="questions"):
             tried += 1
-            messages = [{"role": "user", "content": PROMPT.format(passage=passage)}]
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-            reply_ids = model.generate(ids, max_new_tokens=64, do_sample=False)[0, ids.shape[1] :]
-            pair = parse(tokenizer.decode(reply_ids, skip_special_tokens=True))
-            if pair and pair[0].endswith("?") and extractive(pair[1], passage):
-                out.write(json.dumps({"input": passage, "prompt": pair[0], "answer": pair[1]}) + "\n")
+            question = question_of(_reply(model, tokenizer, ASK.format(passage=passage), 48))
+            if question is None:
+                continue
+            answer = _reply(model, tokenizer, ANSWER.format(passage=passage, question=question), 32).split("\n")[0].strip()
+            answer = re.sub(r"^(Answer|A)\s*:\s*", "", answer).strip('"')
+            if extractive(answer, passage):
+                out.write(json.dumps({"input": passage, "prompt": question, "answer": answer}) + "\n")
                 kept += 1
     return {"passages": tried, "kept": kept}

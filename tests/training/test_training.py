@@ -1,0 +1,130 @@
+"""icae_train: data semantics, the official loss layout, exact resume, export in the
+official key layout that the Rust engine loads."""
+
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_icae_json
+from icae_train.data import PretrainStream
+from icae_train.metrics import corpus_bleu, prefix_match, rouge_l
+from icae_train.model import ICAE, IcaeConfig
+
+OFFICIAL_KEY = re.compile(r"^icae\.base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.default\.weight$")
+TEXT = (
+    "The memory slots of an in-context autoencoder hold a compressed copy of the text. "
+    "A frozen decoder reads them like ordinary tokens and reconstructs, continues or answers. "
+) * 6
+
+
+def test_metrics():
+    ref = list("the cat sat on the mat".split())
+    assert corpus_bleu([ref], [ref]) == pytest.approx(1.0)
+    assert corpus_bleu([ref], [["dog"]]) == 0.0
+    assert rouge_l(ref, ref) == pytest.approx(1.0)
+    # LCS("the cat sat", "the sat") = 2: P = 1, R = 2/3.
+    assert rouge_l("the cat sat".split(), "the sat".split()) == pytest.approx(0.8)
+    assert prefix_match([1, 2, 3, 4], [1, 2, 9, 4]) == 0.5
+
+
+def test_pretrain_stream_is_deterministic_and_bounded():
+    docs = [list(range(i, i + 300)) for i in range(0, 3000, 300)]
+    stream = PretrainStream(docs, seed=3, max_tokens=64, min_tokens=8, lm_ratio=0.5, min_lm_tokens=16)
+    a = [stream.example(s, 0) for s in range(200)]
+    b = [stream.example(s, 0) for s in range(200)]
+    assert [(x.context, x.continuation) for x in a] == [(x.context, x.continuation) for x in b]
+    assert all(8 <= len(x.context) <= 64 for x in a)
+    lm = [x for x in a if x.is_lm]
+    assert 0.3 < len(lm) / len(a) < 0.7
+    for x in lm:
+        # The continuation follows the context in the document.
+        assert x.continuation[0] == x.context[-1] + 1 and len(x.continuation) >= 16
+
+
+@pytest.fixture(scope="module")
+def small_icae(model_dir):
+    torch.manual_seed(0)
+    model = ICAE(str(model_dir), IcaeConfig(mem_size=8, lora_r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # non-zero LoRA B so the encoder differs from the decoder
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model
+
+
+def test_autoencode_loss_follows_the_official_labels(small_icae, model_dir):
+    """Rebuild the official v2 AE example (prompt_answer_ids with mem placeholders, labels
+    -100 on the prompt, loss on logits[:-1] vs labels[1:]) and compare."""
+    from transformers import AutoTokenizer
+
+    model = small_icae
+    ids = AutoTokenizer.from_pretrained(str(model_dir)).encode(TEXT, add_special_tokens=False)[:40]
+    k = model.config.mem_size
+    with torch.no_grad():
+        loss, n = model.autoencode_loss(ids)
+        slots = model.compress(ids)
+        eos = model.eos_ids[0]
+        answer = ids + [eos]
+        n_prompt = slots.shape[0] + 1
+        embeds = torch.cat([slots, model.memory_token_embed.weight[k : k + 1], model.embed(answer)])
+        labels = torch.tensor([-100] * n_prompt + answer)
+        with model.icae.disable_adapter():
+            logits = model.icae(inputs_embeds=embeds.unsqueeze(0)).logits[0]
+        expected = torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100)
+    assert n == len(answer)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert slots.shape == (math.ceil(len(ids) / (k * 4)) * k, model.icae.config.hidden_size)
+
+
+def write_corpus(path: Path):
+    path.mkdir(parents=True, exist_ok=True)
+    docs = [TEXT + f" Document {i} adds its own words: " + " ".join(f"item{i}-{j}" for j in range(40)) for i in range(6)]
+    (path / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+
+def pretrain(model_dir, corpus, run_dir, *extra):
+    cmd = [
+        "icae-train", "pretrain", "--model", str(model_dir), "--corpus", str(corpus), "--run-dir", str(run_dir),
+        "--steps", "4", "--checkpoint-every", "1", "--mem-size", "8", "--lora-r", "4", "--min-tokens", "8",
+        "--lm-ratio", "0.5", "--min-lm-tokens", "8", "--leave-tokens-for-lm", "2", "--warmup-steps", "2",
+        "--lr", "1e-3", "--grad-accum", "2", "--device", "cpu", *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_exact_resume_and_export(model_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    pretrain(model_dir, corpus, straight)
+    pretrain(model_dir, corpus, stopped, "--stop-after", "2")
+    assert json.loads((stopped / "checkpoint" / "progress.json").read_text())["step"] == 2
+    pretrain(model_dir, corpus, stopped)  # resumes at step 2
+
+    def history(run):
+        return [(h["step"], h["loss"], h["lr"]) for h in json.loads((run / "checkpoint" / "progress.json").read_text())["history"]]
+
+    assert history(straight) == history(stopped)
+    a = load_file(str(straight / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(stopped / "checkpoint" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "loss.png").stat().st_size > 1000
+
+    # The adapter: official keys, and the Rust engine loads it.
+    adapter = straight / "adapter"
+    tensors = load_file(str(adapter / "adapter.safetensors"))
+    assert "memory_token_embed.weight" in tensors and tensors["memory_token_embed.weight"].shape == (11, 576)
+    lora = [k for k in tensors if k != "memory_token_embed.weight"]
+    assert lora and all(OFFICIAL_KEY.match(k) for k in lora), lora[:3]
+    assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k), "training must move LoRA B"
+    info = run_icae_json("info", "--model", model_dir, "--adapter", adapter, "--device", "cpu", "--json")
+    config = json.loads((adapter / "icae_config.json").read_text())
+    assert info["adapter"]["mem_size"] == 8 and info["adapter"]["trained"] is True
+    assert config["base_model"]["fingerprint"] == info["base_fingerprint"]
