@@ -14,5 +14,7 @@ fi
 unset _torch_lib
 # The deterministic untrained adapter (`icae adapter init`), used for plumbing and tests.
 export ICAE_UNTRAINED_ADAPTER="$ICAE_HOME/adapters/untrained-m32"
-# The adapter the demo and services use by default.
-export ICAE_DEFAULT_ADAPTER="${ICAE_DEFAULT_ADAPTER:-$ICAE_UNTRAINED_ADAPTER}"
+# The adapter the demo and services use by default: the trained one committed under models/.
+_repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ICAE_DEFAULT_ADAPTER="${ICAE_DEFAULT_ADAPTER:-$_repo_root/models/smollm2-135m-icae}"
+unset _repo_root

@@ -57,13 +57,16 @@ def base_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()[:32]
 
 
-def save_adapter(model: ICAE, model_dir: str | Path, out: str | Path, tokenizer, notes: str, trained: bool = True):
-    """Write the adapter directory atomically (assembled beside `out`, then renamed)."""
+def save_adapter(model: ICAE, model_dir: str | Path, out: str | Path, tokenizer, notes: str, trained: bool = True, lora_dtype=torch.float32):
+    """Write the adapter directory atomically (assembled beside `out`, then renamed). LoRA
+    tensors may be stored in bf16 (as the official release does); memory embeddings stay f32."""
     out = Path(out)
     staging = out.with_name(out.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    tensors = {k: v.float().contiguous().cpu() for k, v in model.trainable_state().items()}
+    tensors = {
+        k: (v.to(lora_dtype) if "lora_" in k else v.float()).contiguous().cpu() for k, v in model.trainable_state().items()
+    }
     save_file(tensors, str(staging / TENSORS_FILE), metadata={"format": "pt"})
     base = model.icae.get_base_model().config
     c = model.config

@@ -22,6 +22,10 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
+    /// transformers v5 writes `rope_parameters` (theta and scaling together) instead of
+    /// `rope_theta` + `rope_scaling`; `from_json` folds it into those two.
+    #[serde(default)]
+    rope_parameters: Option<RopeScaling>,
     pub vocab_size: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -69,6 +73,9 @@ pub struct RopeScaling {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    /// Only in transformers v5 `rope_parameters`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
 }
 
 fn default_model_type() -> String {
@@ -86,8 +93,16 @@ fn default_max_positions() -> usize {
 
 impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let config: ModelConfig = serde_json::from_str(text)
+        let mut config: ModelConfig = serde_json::from_str(text)
             .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        if let Some(params) = config.rope_parameters.take() {
+            if let Some(theta) = params.rope_theta {
+                config.rope_theta = theta;
+            }
+            if params.rope_type != "default" {
+                config.rope_scaling = Some(params);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
