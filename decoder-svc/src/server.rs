@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use icae_core::service::{deadline, traceparent, Admission, Permit, ServiceError};
+use icae_core::service::{
+    common_limits, deadline, info_response, traceparent, Admission, Permit, ServiceError,
+};
 use icae_core::slots::decode_slots;
 use icae_core::store::SlotStore;
 use icae_core::tokenizer::TextTokenizer;
@@ -23,7 +25,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, info_span};
 
-use crate::worker::{Context, Deadline, Event, Finished, Job, WorkerHandle};
+use crate::worker::{Context, Deadline, Event, Finished, Job, Worker};
 use crate::Config;
 
 /// Tokens a prompt may have.
@@ -34,13 +36,12 @@ const DEFAULT_NEW_TOKENS: usize = 256;
 pub struct DecoderService {
     store: Arc<SlotStore>,
     tokenizer: Arc<TextTokenizer>,
-    worker: WorkerHandle,
+    worker: Worker,
     admission: Admission,
     max_input_tokens: usize,
     max_new_tokens: usize,
     max_spans: usize,
-    max_message_bytes: usize,
-    default_ttl: u32,
+    limits: Limits,
 }
 
 /// A validated request, before its slots are fetched.
@@ -55,7 +56,7 @@ impl DecoderService {
         config: &Config,
         store: Arc<SlotStore>,
         tokenizer: Arc<TextTokenizer>,
-        worker: WorkerHandle,
+        worker: Worker,
         admission: Admission,
     ) -> Self {
         DecoderService {
@@ -66,8 +67,7 @@ impl DecoderService {
             max_input_tokens: config.common.max_input_tokens,
             max_new_tokens: config.common.max_new_tokens,
             max_spans: config.max_spans,
-            max_message_bytes: config.common.max_message_bytes,
-            default_ttl: config.common.slot_ttl_seconds,
+            limits: common_limits(&config.common),
         }
     }
 
@@ -375,30 +375,15 @@ impl Decoder for DecoderService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let summary = self.worker.summary()?;
-        Ok(Response::new(InfoResponse {
-            service: icae_proto::DECODER_SERVICE.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            model: summary.model.clone(),
-            adapter: summary.adapter.clone(),
-            adapter_trained: summary.adapter_trained,
-            model_fingerprint: summary.fingerprint.clone(),
-            hidden_size: summary.hidden_size as u32,
-            mem_size: summary.mem_size as u32,
-            compression_rate: summary.compression_rate as u32,
-            device: summary.device.clone(),
-            dtype: summary.dtype.clone(),
-            limits: Some(Limits {
-                max_input_tokens: self.max_input_tokens as u32,
-                max_new_tokens: self.max_new_tokens as u32,
-                max_concurrent_requests: self.admission.limit() as u32,
-                max_message_bytes: self.max_message_bytes as u64,
-                default_ttl_seconds: self.default_ttl,
-                max_documents_per_request: 0,
-                max_spans: self.max_spans as u32,
-            }),
-            active_sequences: self.worker.state.active() as u32,
-            queue_size: self.worker.state.queued() as u32,
-            kv_bytes_per_position: summary.kv_bytes_per_position,
-        }))
+        let limits = Limits {
+            max_spans: self.max_spans as u32,
+            ..self.limits
+        };
+        Ok(Response::new(info_response(
+            icae_proto::DECODER_SERVICE,
+            summary,
+            limits,
+            &self.worker,
+        )))
     }
 }

@@ -3,17 +3,15 @@
 //! steps and dropping sequences whose client went away.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use icae_core::generate::{decode_batch, Sequence};
 use icae_core::service::runtime::{CommonArgs, Readiness};
-use icae_core::service::ServiceError;
-use icae_core::{FinishReason, IcaeError, IcaeModel, Mode, ModelSummary, SamplingParams};
+use icae_core::service::{ModelState, ModelThread, ServiceError};
+use icae_core::{FinishReason, IcaeError, IcaeModel, Mode, SamplingParams};
 use tch::Tensor;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::error;
 
 /// What the decoder reads: slot sets (in order) or, for the baseline, the document's tokens.
 pub enum Context {
@@ -57,82 +55,19 @@ pub enum Event {
     Failed(ServiceError),
 }
 
-#[derive(Default)]
-pub struct WorkerState {
-    pub summary: OnceLock<ModelSummary>,
-    pub max_positions: OnceLock<usize>,
-    queued: AtomicUsize,
-    active: AtomicUsize,
-}
+pub type Worker = ModelThread<Job>;
 
-impl WorkerState {
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Clone)]
-pub struct WorkerHandle {
-    tx: mpsc::Sender<Job>,
-    pub state: Arc<WorkerState>,
-}
-
-impl WorkerHandle {
-    pub fn summary(&self) -> Result<&ModelSummary, ServiceError> {
-        self.state
-            .summary
-            .get()
-            .ok_or_else(|| ServiceError::ModelUnavailable("the model is still loading".into()))
-    }
-
-    pub fn submit(&self, job: Job) -> Result<(), ServiceError> {
-        self.summary()?;
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServiceError::QueueFull {
-                limit: self.tx.max_capacity(),
-            },
-            mpsc::error::TrySendError::Closed(_) => {
-                ServiceError::ModelUnavailable("the model thread stopped".into())
-            }
-        })?;
-        let queued = self.state.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("icae_queue_size", "service" => "decoder").set(queued as f64);
-        Ok(())
-    }
-}
-
-pub fn spawn(common: CommonArgs, max_batch: usize, readiness: Readiness) -> WorkerHandle {
-    let (tx, rx) = mpsc::channel(common.max_concurrent_requests);
-    let state = Arc::new(WorkerState::default());
-    let thread_state = state.clone();
-    let handle = tokio::runtime::Handle::current();
-    std::thread::Builder::new()
-        .name("icae-decoder-model".into())
-        .spawn(move || {
-            let started = Instant::now();
-            let model = match IcaeModel::load(&common.model, &common.adapter, &common.load_options(), common.device) {
-                Ok(model) => model,
-                Err(e) => {
-                    error!(error = %e, "loading the model failed");
-                    std::process::exit(1);
-                }
-            };
-            let summary = model.summary(&common.model, &common.adapter);
-            if !summary.adapter_trained {
-                warn!(adapter = %summary.adapter, "the adapter is UNTRAINED: answers from its slots are noise");
-            }
-            info!(seconds = started.elapsed().as_secs_f64(), fingerprint = %summary.fingerprint, device = %summary.device, "model loaded");
-            let _ = thread_state.max_positions.set(model.base.config.max_position_embeddings);
-            let _ = thread_state.summary.set(summary);
-            handle.block_on(readiness.set_ready());
-            Scheduler { model: &model, state: &thread_state, max_batch, active: Vec::new() }.run(rx);
-        })
-        .expect("spawning the model thread");
-    WorkerHandle { tx, state }
+/// Start the generation scheduler on the model thread.
+pub fn spawn(common: &CommonArgs, max_batch: usize, readiness: Readiness) -> Worker {
+    ModelThread::spawn("decoder", common, readiness, move |model, rx, state| {
+        Scheduler {
+            model: &model,
+            state: &state,
+            max_batch,
+            active: Vec::new(),
+        }
+        .run(rx)
+    })
 }
 
 struct Active {
@@ -146,7 +81,7 @@ struct Active {
 
 struct Scheduler<'a> {
     model: &'a IcaeModel,
-    state: &'a WorkerState,
+    state: &'a ModelState,
     max_batch: usize,
     active: Vec<Active>,
 }
@@ -169,20 +104,13 @@ impl Scheduler<'_> {
             }
             self.drop_abandoned();
             self.step();
-            self.state
-                .active
-                .store(self.active.len(), Ordering::Relaxed);
+            self.state.set_active(self.active.len());
         }
     }
 
     /// Prefill a new request (its first logits come out of the prefill).
     fn admit(&mut self, job: Job) {
-        let queued = self
-            .state
-            .queued
-            .fetch_sub(1, Ordering::Relaxed)
-            .saturating_sub(1);
-        metrics::gauge!("icae_queue_size", "service" => "decoder").set(queued as f64);
+        self.state.dequeued(1);
         if job.events.is_closed() {
             return;
         }
@@ -208,9 +136,7 @@ impl Scheduler<'_> {
                     started,
                     first_token: None,
                 });
-                self.state
-                    .active
-                    .store(self.active.len(), Ordering::Relaxed);
+                self.state.set_active(self.active.len());
             }
             Ok(Err(e)) => {
                 let _ = job.events.send(Event::Failed(e.into()));

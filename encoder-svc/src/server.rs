@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use icae_core::service::{deadline, traceparent, Admission, ServiceError};
+use icae_core::service::{
+    common_limits, deadline, info_response, traceparent, Admission, ServiceError,
+};
 use icae_core::slots::{decode_slots, encode_slots, SlotMeta};
 use icae_core::store::{slot_key, Namespace, SlotStore};
 use icae_core::tokenizer::TextTokenizer;
@@ -17,7 +19,7 @@ use icae_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
-use crate::worker::WorkerHandle;
+use crate::worker::{self, Worker};
 use crate::Config;
 
 /// Longest TTL a request may ask for: 30 days.
@@ -26,13 +28,12 @@ const MAX_TTL_SECONDS: u32 = 30 * 24 * 3600;
 pub struct EncoderService {
     store: Arc<SlotStore>,
     tokenizer: Arc<TextTokenizer>,
-    worker: WorkerHandle,
+    worker: Worker,
     admission: Admission,
     max_input_tokens: usize,
     max_documents: usize,
     default_ttl: u32,
-    max_message_bytes: usize,
-    max_new_tokens: usize,
+    limits: Limits,
 }
 
 impl EncoderService {
@@ -40,7 +41,7 @@ impl EncoderService {
         config: &Config,
         store: Arc<SlotStore>,
         tokenizer: Arc<TextTokenizer>,
-        worker: WorkerHandle,
+        worker: Worker,
         admission: Admission,
     ) -> Self {
         EncoderService {
@@ -51,8 +52,7 @@ impl EncoderService {
             max_input_tokens: config.common.max_input_tokens,
             max_documents: config.max_documents_per_request,
             default_ttl: config.common.slot_ttl_seconds,
-            max_message_bytes: config.common.max_message_bytes,
-            max_new_tokens: config.common.max_new_tokens,
+            limits: common_limits(&config.common),
         }
     }
 
@@ -136,7 +136,7 @@ impl EncoderService {
         let mut model_seconds = 0.0;
         if !misses.is_empty() {
             let docs = misses.iter().map(|&i| token_ids[i].clone()).collect();
-            let batch = self.worker.submit(docs)?.await.map_err(|_| {
+            let batch = worker::submit(&self.worker, docs)?.await.map_err(|_| {
                 ServiceError::ModelUnavailable("the model thread dropped the request".into())
             })??;
             queue_seconds = batch.queue_seconds;
@@ -293,30 +293,15 @@ impl Encoder for EncoderService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let summary = self.worker.summary()?;
-        Ok(Response::new(InfoResponse {
-            service: icae_proto::ENCODER_SERVICE.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            model: summary.model.clone(),
-            adapter: summary.adapter.clone(),
-            adapter_trained: summary.adapter_trained,
-            model_fingerprint: summary.fingerprint.clone(),
-            hidden_size: summary.hidden_size as u32,
-            mem_size: summary.mem_size as u32,
-            compression_rate: summary.compression_rate as u32,
-            device: summary.device.clone(),
-            dtype: summary.dtype.clone(),
-            limits: Some(Limits {
-                max_input_tokens: self.max_input_tokens as u32,
-                max_new_tokens: self.max_new_tokens as u32,
-                max_concurrent_requests: self.admission.limit() as u32,
-                max_message_bytes: self.max_message_bytes as u64,
-                default_ttl_seconds: self.default_ttl,
-                max_documents_per_request: self.max_documents as u32,
-                max_spans: 0,
-            }),
-            active_sequences: self.worker.state.active() as u32,
-            queue_size: self.worker.state.queued() as u32,
-            kv_bytes_per_position: summary.kv_bytes_per_position,
-        }))
+        let limits = Limits {
+            max_documents_per_request: self.max_documents as u32,
+            ..self.limits
+        };
+        Ok(Response::new(info_response(
+            icae_proto::ENCODER_SERVICE,
+            summary,
+            limits,
+            &self.worker,
+        )))
     }
 }

@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::tiny_model::{tiny_model, write_random_adapter};
-use icae_core::adapter::LoadOptions;
+use common::tiny_model::{tiny_icae, tiny_model};
 use icae_core::model::LlamaModel;
-use icae_core::{DeviceSpec, IcaeModel, Mode, SamplingParams};
+use icae_core::{Mode, SamplingParams};
 use tch::{Device, Kind, Tensor};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -116,16 +115,7 @@ fn a_left_padded_batch_equals_each_row_alone() {
 
 #[test]
 fn batched_segments_equal_segments_compressed_alone() {
-    let tiny = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
-    let icae = IcaeModel::load(
-        &tiny.path,
-        &adapter,
-        &LoadOptions::default(),
-        DeviceSpec::Cpu,
-    )
-    .unwrap();
+    let (tiny, _dir, icae) = tiny_icae();
     let capacity = icae.adapter.segment_capacity(); // 16 tokens per segment
     let vocab = tiny.config.vocab_size as u32;
     let doc: Vec<u32> = (0..(3 * capacity + 5) as u32)
@@ -144,16 +134,7 @@ fn batched_segments_equal_segments_compressed_alone() {
 
 #[test]
 fn lora_changes_the_encoder_but_never_the_decoder() {
-    let tiny = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
-    let icae = IcaeModel::load(
-        &tiny.path,
-        &adapter,
-        &LoadOptions::default(),
-        DeviceSpec::Cpu,
-    )
-    .unwrap();
+    let (_tiny, _dir, icae) = tiny_icae();
     let _guard = tch::no_grad_guard();
     let x = icae.base.embed(&ids(&[3, 4, 5, 6]));
     let with = icae
@@ -192,16 +173,7 @@ fn lora_changes_the_encoder_but_never_the_decoder() {
 
 #[test]
 fn decoder_layouts_have_the_documented_lengths() {
-    let tiny = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
-    let mut icae = IcaeModel::load(
-        &tiny.path,
-        &adapter,
-        &LoadOptions::default(),
-        DeviceSpec::Cpu,
-    )
-    .unwrap();
+    let (_tiny, _dir, mut icae) = tiny_icae();
     let a = icae.compress(&[3, 4, 5]).unwrap().slots;
     let b = icae.compress(&[6, 7, 8, 9]).unwrap().slots;
     let len = |t: Tensor| t.size()[1];
@@ -257,16 +229,7 @@ fn decoder_layouts_have_the_documented_lengths() {
 
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused_before_the_model() {
-    let tiny = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
-    let icae = IcaeModel::load(
-        &tiny.path,
-        &adapter,
-        &LoadOptions::default(),
-        DeviceSpec::Cpu,
-    )
-    .unwrap();
+    let (tiny, _dir, icae) = tiny_icae();
     let vocab = tiny.config.vocab_size as u32;
     let err = icae
         .check_token_ids(&[1, vocab + 5], 100)
@@ -287,16 +250,7 @@ fn token_ids_outside_the_vocabulary_are_refused_before_the_model() {
 #[test]
 fn batched_decoding_of_unequal_sequences_equals_each_alone() {
     use icae_core::generate::{decode_batch, Sequence};
-    let tiny = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
-    let icae = IcaeModel::load(
-        &tiny.path,
-        &adapter,
-        &LoadOptions::default(),
-        DeviceSpec::Cpu,
-    )
-    .unwrap();
+    let (_tiny, _dir, icae) = tiny_icae();
     let prompts: Vec<Tensor> = [vec![3u32, 4, 5], vec![6, 7, 8, 9, 10, 11, 12], vec![13]]
         .iter()
         .map(|doc| {
@@ -333,16 +287,7 @@ fn batched_decoding_of_unequal_sequences_equals_each_alone() {
 
 #[test]
 fn documents_compressed_together_equal_documents_compressed_alone() {
-    let tiny = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
-    let icae = IcaeModel::load(
-        &tiny.path,
-        &adapter,
-        &LoadOptions::default(),
-        DeviceSpec::Cpu,
-    )
-    .unwrap();
+    let (tiny, _dir, icae) = tiny_icae();
     let vocab = tiny.config.vocab_size as u32;
     let docs: Vec<Vec<u32>> = [5usize, 16, 40, 16, 33]
         .iter()

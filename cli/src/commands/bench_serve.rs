@@ -9,13 +9,12 @@ use clap::Args;
 use icae_proto::v1::decoder_client::DecoderClient;
 use icae_proto::v1::encoder_client::EncoderClient;
 use icae_proto::v1::{
-    document, generate_request, generate_response, slot_ref, CompressOptions, CompressRequest,
-    Document, GenerateRequest, InfoRequest, Mode, Sampling, SlotList, SlotRef,
+    document, generate_request, slot_ref, CompressOptions, CompressRequest, Document, InfoRequest,
+    Mode, SlotList, SlotRef,
 };
 use serde_json::json;
-use tonic::transport::Channel;
 
-use crate::commands::demo::read_pwc;
+use crate::commands::demo::{generate, read_pwc, request, rpc_error};
 use crate::common::print_json;
 
 #[derive(Debug, Args)]
@@ -39,37 +38,9 @@ pub struct ServeArgs {
     pub json: bool,
 }
 
-fn rpc_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// (time to first token, seconds per generated token after it, generated tokens).
-async fn timed_stream(
-    decoder: &mut DecoderClient<Channel>,
-    request: GenerateRequest,
-) -> Result<(f64, f64, usize)> {
-    let started = Instant::now();
-    let mut stream = decoder
-        .generate(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
-    let (mut first, mut tokens) = (None, 0usize);
-    while let Some(message) = stream.message().await.map_err(rpc_error)? {
-        if let Some(generate_response::Event::Delta(delta)) = message.event {
-            first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-            tokens += delta.token_ids.len();
-        }
-    }
-    let first = first.unwrap_or_default();
-    let per_token =
-        (started.elapsed().as_secs_f64() - first) / (tokens.saturating_sub(1).max(1)) as f64;
-    Ok((first, per_token, tokens))
 }
 
 fn slots(key: &str) -> generate_request::Context {
@@ -78,23 +49,6 @@ fn slots(key: &str) -> generate_request::Context {
             source: Some(slot_ref::Source::Key(key.into())),
         }],
     })
-}
-
-fn generation(
-    context: generate_request::Context,
-    mode: Mode,
-    prompt: &str,
-    tokens: u32,
-) -> GenerateRequest {
-    GenerateRequest {
-        context: Some(context),
-        mode: mode as i32,
-        prompt: prompt.into(),
-        sampling: Some(Sampling {
-            max_new_tokens: tokens,
-            ..Default::default()
-        }),
-    }
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -168,21 +122,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let (mut slot_ttft, mut slot_tpot, mut full_ttft, mut full_tpot) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.rounds {
-        let (t, p, _) = timed_stream(
+        let with_slots = generate(
             &mut decoder,
-            generation(slots(&key), Mode::Answer, &record.prompt, args.tokens),
+            request(slots(&key), Mode::Answer, &record.prompt, args.tokens),
         )
         .await?;
-        slot_ttft.push(t);
-        slot_tpot.push(p);
+        slot_ttft.push(with_slots.first_token_s);
+        slot_tpot.push(with_slots.per_token_s());
         let baseline = generate_request::Context::BaselineText(article.clone());
-        let (t, p, _) = timed_stream(
+        let full = generate(
             &mut decoder,
-            generation(baseline, Mode::Answer, &record.prompt, args.tokens),
+            request(baseline, Mode::Answer, &record.prompt, args.tokens),
         )
         .await?;
-        full_ttft.push(t);
-        full_tpot.push(p);
+        full_ttft.push(full.first_token_s);
+        full_tpot.push(full.per_token_s());
     }
 
     // Aggregate generation throughput at N concurrent streams.
@@ -194,9 +148,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 let (url, key, tokens) = (args.decoder.clone(), key.clone(), args.tokens);
                 tokio::spawn(async move {
                     let mut client = DecoderClient::connect(url).await?;
-                    timed_stream(
+                    generate(
                         &mut client,
-                        generation(slots(&key), Mode::Autoencode, "", tokens),
+                        request(slots(&key), Mode::Autoencode, "", tokens),
                     )
                     .await
                 })
@@ -204,7 +158,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .collect();
         let mut generated = 0;
         for task in tasks {
-            generated += task.await??.2;
+            generated += task.await??.tokens;
         }
         throughput.push((n, generated as f64 / started.elapsed().as_secs_f64()));
     }

@@ -61,27 +61,37 @@ pub fn run(args: DemoArgs) -> Result<()> {
 }
 
 /// What one generation produced and how long it took.
-struct Timed {
-    text: String,
-    tokens: usize,
-    prompt_positions: u32,
-    first_token_s: f64,
-    total_s: f64,
+pub struct Timed {
+    pub text: String,
+    pub tokens: usize,
+    pub prompt_positions: u32,
+    pub first_token_s: f64,
+    pub total_s: f64,
 }
 
-async fn generate(decoder: &mut DecoderClient<Channel>, request: GenerateRequest) -> Result<Timed> {
+impl Timed {
+    /// Seconds per generated token after the first.
+    pub fn per_token_s(&self) -> f64 {
+        (self.total_s - self.first_token_s) / self.tokens.saturating_sub(1).max(1) as f64
+    }
+}
+
+pub fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+pub async fn generate(
+    decoder: &mut DecoderClient<Channel>,
+    request: GenerateRequest,
+) -> Result<Timed> {
     let started = Instant::now();
     let mut stream = decoder
         .generate(request)
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     let (mut text, mut tokens, mut first) = (String::new(), 0, None);
-    while let Some(message) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-    {
+    while let Some(message) = stream.message().await.map_err(rpc_error)? {
         match message.event {
             Some(generate_response::Event::Delta(delta)) => {
                 first.get_or_insert_with(|| started.elapsed().as_secs_f64());
@@ -103,7 +113,7 @@ async fn generate(decoder: &mut DecoderClient<Channel>, request: GenerateRequest
     anyhow::bail!("the stream ended without a final message")
 }
 
-fn request(
+pub fn request(
     context: generate_request::Context,
     mode: Mode,
     prompt: &str,
@@ -155,7 +165,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let response = encoder
         .compress(compress)
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     let compress_s = started.elapsed().as_secs_f64();
     let doc = response

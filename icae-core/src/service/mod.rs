@@ -3,9 +3,13 @@
 
 mod admission;
 mod error;
+mod info;
 mod metadata;
+mod model_thread;
 pub mod runtime;
 
 pub use admission::{Admission, Permit};
 pub use error::ServiceError;
+pub use info::{common_limits, info_response};
 pub use metadata::{deadline, traceparent};
+pub use model_thread::{ModelState, ModelThread};

@@ -3,18 +3,23 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use super::Admission;
 use crate::device::DeviceSpec;
+use crate::store::SlotStore;
+use crate::tokenizer::TextTokenizer;
 
 /// Flags both services take; every flag can also be set by its environment variable.
 #[derive(Debug, Clone, Args)]
@@ -156,49 +161,77 @@ impl Readiness {
     }
 }
 
-/// Everything needed to run one service.
-pub struct ServeOptions {
-    pub host: String,
-    pub port: u16,
-    pub grace: Duration,
+/// What every service builds before its own gRPC service: the slot store, the tokenizer,
+/// admission control and health (readiness starts NOT_SERVING until the model loads).
+pub struct Shared {
+    pub store: Arc<SlotStore>,
+    pub tokenizer: Arc<TextTokenizer>,
     pub admission: Admission,
-    pub file_descriptor_set: &'static [u8],
+    pub readiness: Readiness,
+    health: HealthServer<HealthService>,
 }
 
-/// Create the health reporter first, so the model loader can flip readiness later.
-pub async fn health(
-    service: &'static str,
-    admission: Admission,
-) -> (
-    Readiness,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    let (reporter, server) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+pub async fn prepare(common: &CommonArgs, service: &'static str) -> Result<Shared, String> {
+    common.validate()?;
+    init_metrics(&common.host, common.metrics_port)?;
+    let store = Arc::new(
+        SlotStore::new(&common.redis_url, common.redis_timeout()).map_err(|e| e.to_string())?,
+    );
+    let tokenizer = Arc::new(TextTokenizer::load(&common.model).map_err(|e| e.to_string())?);
+    let admission = Admission::new(common.max_concurrent_requests);
+    let reporter = HealthReporter::new();
     reporter
         .set_service_status(service, ServingStatus::NotServing)
         .await;
-    (
-        Readiness {
+    let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
+    info!(model = %common.model.display(), adapter = %common.adapter.display(), redis = %store.describe(), service, "starting");
+    Ok(Shared {
+        store,
+        tokenizer,
+        admission: admission.clone(),
+        readiness: Readiness {
             reporter,
             service,
             admission,
         },
-        server,
-    )
+        health,
+    })
+}
+
+/// Parse nothing, set up logging and a tokio runtime, run `run` and turn its outcome into the
+/// process exit code.
+pub fn main_with<F, Fut>(name: &str, json_logs: bool, run: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    init_logging(json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(error = %e, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Serve `service` with health and reflection until SIGTERM/SIGINT; then refuse new requests,
 /// mark the service NOT_SERVING, let in-flight requests finish (up to the grace period) and
 /// return.
-pub async fn serve<S, H>(
-    options: ServeOptions,
-    readiness: Readiness,
-    health: H,
-    service: S,
-) -> Result<(), String>
+pub async fn serve<S>(common: &CommonArgs, shared: Shared, service: S) -> Result<(), String>
 where
     S: tower_service::Service<
             http::Request<tonic::body::Body>,
@@ -210,31 +243,22 @@ where
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    H: tower_service::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    H::Future: Send + 'static,
 {
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(options.file_descriptor_set)
+        .register_encoded_file_descriptor_set(icae_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("building reflection: {e}"))?;
-    let addr = format!("{}:{}", options.host, options.port);
+    let addr = format!("{}:{}", common.host, common.port);
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
+    let readiness = shared.readiness;
     info!(address = %listener.local_addr().map_err(|e| e.to_string())?, service = readiness.service, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admission = options.admission.clone();
-    let grace = options.grace;
+    let admission = shared.admission;
+    let grace = Duration::from_secs(common.shutdown_grace_seconds);
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutdown signal: draining");
@@ -252,7 +276,7 @@ where
     });
 
     tonic::transport::Server::builder()
-        .add_service(health)
+        .add_service(shared.health)
         .add_service(reflection)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {

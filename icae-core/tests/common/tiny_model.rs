@@ -8,7 +8,7 @@ use icae_core::adapter::{
 };
 use icae_core::gguf::import_gguf;
 use icae_core::model::{ModelConfig, Target};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::gguf_builder::tiny_llama;
 
@@ -28,22 +28,24 @@ pub fn tiny_model() -> TinyModel {
     let config =
         ModelConfig::from_json(&std::fs::read_to_string(path.join("config.json")).unwrap())
             .unwrap();
-    tch::manual_seed(7);
     let weights = icae_core::model::TensorMap::load_file(
         &path.join("model.safetensors"),
         tch::Device::Cpu,
         None,
     )
     .unwrap();
-    let mut named: Vec<(String, Tensor)> = weights
-        .names()
-        .map(|n| {
-            let t = weights.get(n).unwrap();
+    let mut names: Vec<&String> = weights.names().collect();
+    names.sort();
+    let mut named: Vec<(String, Tensor)> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let shape = weights.get(n).unwrap().size();
+            let seed = 7000 + i as u64;
             let random = if n.ends_with("norm.weight") {
-                Tensor::ones(t.size(), (Kind::Float, tch::Device::Cpu))
-                    + Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.1
+                seeded_normal(&shape, seed, 0.1) + 1.0
             } else {
-                Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3
+                seeded_normal(&shape, seed, 0.3)
             };
             (n.clone(), random)
         })
@@ -62,20 +64,20 @@ pub fn random_adapter_tensors(
     config: &ModelConfig,
     mem_size: usize,
     rank: usize,
-    seed: i64,
+    seed: u64,
 ) -> Vec<NamedTensor> {
-    tch::manual_seed(seed);
     let h = config.hidden_size;
     let kv = config.kv_heads() * config.head_dim();
-    let mut out = vec![named(MEMORY_EMBED, &[mem_size + 3, h], 0.3)];
+    let mut next_seed = seed * 1000;
+    let mut next = |name: &str, shape: &[usize], scale: f64| {
+        next_seed += 1;
+        seeded_named(name, shape, scale, next_seed)
+    };
+    let mut out = vec![next(MEMORY_EMBED, &[mem_size + 3, h], 0.3)];
     for layer in 0..config.num_hidden_layers {
         for (target, out_dim) in [(Target::Q, h), (Target::V, kv)] {
-            out.push(named(
-                &official_key(layer, target, Half::A),
-                &[rank, h],
-                0.2,
-            ));
-            out.push(named(
+            out.push(next(&official_key(layer, target, Half::A), &[rank, h], 0.2));
+            out.push(next(
                 &official_key(layer, target, Half::B),
                 &[out_dim, rank],
                 0.2,
@@ -85,9 +87,14 @@ pub fn random_adapter_tensors(
     out
 }
 
+/// A random f32 tensor to save under `name`.
 pub fn named(name: &str, shape: &[usize], scale: f64) -> NamedTensor {
+    seeded_named(name, shape, scale, 99)
+}
+
+fn seeded_named(name: &str, shape: &[usize], scale: f64, seed: u64) -> NamedTensor {
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let t = Tensor::randn(&dims, (Kind::Float, tch::Device::Cpu)) * scale;
+    let t = seeded_normal(&dims, seed, scale);
     NamedTensor {
         name: name.into(),
         shape: shape.to_vec(),
@@ -95,6 +102,20 @@ pub fn named(name: &str, shape: &[usize], scale: f64) -> NamedTensor {
     }
 }
 
+/// N(0, scale²) values from a private generator: tests run in parallel, and libtorch's global
+/// generator would make each test's weights depend on the others.
+pub fn seeded_normal(shape: &[i64], seed: u64, scale: f64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.gen_range(f64::MIN_POSITIVE..1.0), rng.gen());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * scale) as f32
+        })
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
 pub fn adapter_config(config: &ModelConfig, mem_size: usize, rank: usize) -> AdapterConfig {
     AdapterConfig {
         mem_size,
@@ -131,4 +152,16 @@ pub fn write_random_adapter(
     )
     .unwrap();
     path
+}
+
+/// A tiny model with a random adapter (mem_size 4, rank 2), loaded on the CPU.
+pub fn tiny_icae() -> (TinyModel, tempfile::TempDir, icae_core::IcaeModel) {
+    let tiny = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
+    let options = icae_core::adapter::LoadOptions::default();
+    let icae =
+        icae_core::IcaeModel::load(&tiny.path, &adapter, &options, icae_core::DeviceSpec::Cpu)
+            .unwrap();
+    (tiny, dir, icae)
 }
