@@ -201,3 +201,42 @@ async fn health_and_reflection_answer() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let redis = Redis::start();
+    let port = free_port();
+    let encoder = Service::start(
+        Kind::Encoder,
+        &redis.url(),
+        &["--metrics-port", &port.to_string()],
+    )
+    .await;
+    compress_key(&encoder.url(), DOC).await;
+    compress_key(&encoder.url(), DOC).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    for name in [
+        "icae_request_duration_seconds",
+        "icae_queue_size",
+        "icae_batch_size",
+        "icae_redis_op_duration_seconds",
+        "icae_slot_bytes",
+        "icae_cache_lookups_total",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    assert!(
+        body.contains(r#"icae_cache_lookups_total{result="hit"} 1"#),
+        "{body}"
+    );
+}
