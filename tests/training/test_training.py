@@ -128,3 +128,40 @@ def test_exact_resume_and_export(model_dir, tmp_path):
     config = json.loads((adapter / "icae_config.json").read_text())
     assert info["adapter"]["mem_size"] == 8 and info["adapter"]["trained"] is True
     assert config["base_model"]["fingerprint"] == info["base_fingerprint"]
+
+
+def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    pretrained = tmp_path / "pretrain"
+    pretrain(model_dir, corpus, pretrained)
+    qa = tmp_path / "qa.jsonl"
+    records = [
+        {"input": TEXT, "prompt": "What do memory slots hold?", "answer": "a compressed copy of the text"},
+        {"input": TEXT, "prompt": "Who reads the slots?", "answer": "a frozen decoder"},
+    ]
+    qa.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = tmp_path / "finetune"
+    cmd = [
+        "icae-train", "finetune", "--model", str(model_dir), "--init-adapter", str(pretrained / "adapter"),
+        "--data", str(qa), "--run-dir", str(run), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-3",
+        "--warmup-steps", "1", "--device", "cpu",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((run / "checkpoint" / "progress.json").read_text())["history"]
+    assert [h["kind"] for h in history] == ["ft", "ft"] and all(math.isfinite(h["loss"]) for h in history)
+    before = load_file(str(pretrained / "adapter" / "adapter.safetensors"))
+    after = load_file(str(run / "adapter" / "adapter.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning must change the adapter"
+
+    out = tmp_path / "eval.json"
+    cmd = [
+        "icae-train", "eval", "--model", str(model_dir), "--adapter", str(run / "adapter"), "--device", "cpu",
+        "--pwc", str(qa), "--questions", "2", "--max-new-tokens", "8", "--out", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())["answers"]
+    assert report["questions"] == 2 and 0.0 <= report["rouge_l_slots"] <= 1.0
+    assert all("from_slots" in a and "from_full_context" in a for a in report["answers"])
