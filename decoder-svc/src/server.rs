@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use icae_core::service::{
-    common_limits, deadline, info_response, traceparent, Admission, Permit, ServiceError,
-};
+use icae_core::service::telemetry::{continue_trace, link_to};
+use icae_core::service::{common_limits, deadline, info_response, Admission, Permit, ServiceError};
 use icae_core::slots::decode_slots;
 use icae_core::store::SlotStore;
 use icae_core::tokenizer::TextTokenizer;
@@ -23,7 +22,7 @@ use tch::Tensor;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tracing::{info, info_span};
+use tracing::{debug, info_span, Instrument, Span};
 
 use crate::worker::{Context, Deadline, Event, Finished, Job, Worker};
 use crate::Config;
@@ -82,7 +81,6 @@ impl DecoderService {
             at: Instant::now() + d,
             seconds: d.as_secs_f64(),
         });
-        let client_trace = traceparent(request.metadata());
         let request = request.into_inner();
         let validated = self.validate(&request).await?;
 
@@ -99,15 +97,7 @@ impl DecoderService {
                 }
                 let mut spans = Vec::with_capacity(list.items.len());
                 for (index, item) in list.items.into_iter().enumerate() {
-                    spans.push(
-                        self.fetch(
-                            index,
-                            item.source,
-                            &summary.fingerprint,
-                            client_trace.as_deref(),
-                        )
-                        .await?,
-                    );
+                    spans.push(self.fetch(index, item.source, &summary.fingerprint).await?);
                 }
                 Context::Slots(spans)
             }
@@ -209,7 +199,6 @@ impl DecoderService {
         index: usize,
         source: Option<slot_ref::Source>,
         fingerprint: &str,
-        client_trace: Option<&str>,
     ) -> Result<Tensor, ServiceError> {
         let (key, bytes) = match source {
             Some(slot_ref::Source::Key(key)) => {
@@ -243,8 +232,11 @@ impl DecoderService {
                 expected: fingerprint.to_string(),
             });
         }
-        // Link this request to the encoder request that made the slots.
-        info!(key = %key, encoder_traceparent = meta.traceparent.as_deref().unwrap_or(""), traceparent = client_trace.unwrap_or(""), "slots fetched");
+        // Link this request's trace to the encoder request that made the slots.
+        if let Some(encoder_trace) = &meta.traceparent {
+            link_to(&Span::current(), encoder_trace);
+        }
+        debug!(key = %key, encoder_traceparent = meta.traceparent.as_deref().unwrap_or(""), "slots fetched");
         Ok(slots)
     }
 }
@@ -335,8 +327,8 @@ impl Decoder for DecoderService {
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let started = Instant::now();
         let span = info_span!("generate");
-        let _enter = span.enter();
-        let (events, permit, store_seconds) = self.start(request).await?;
+        continue_trace(&span, request.metadata());
+        let (events, permit, store_seconds) = self.start(request).instrument(span).await?;
         Ok(Response::new(EventStream {
             events,
             store_seconds,
@@ -351,7 +343,9 @@ impl Decoder for DecoderService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateOnceResponse>, Status> {
         let started = Instant::now();
-        let (mut events, _permit, store_seconds) = self.start(request).await?;
+        let span = info_span!("generate_once");
+        continue_trace(&span, request.metadata());
+        let (mut events, _permit, store_seconds) = self.start(request).instrument(span).await?;
         let mut response = GenerateOnceResponse::default();
         while let Some(event) = events.recv().await {
             match event {

@@ -29,7 +29,8 @@ pub struct Config {
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    runtime::main_with("encoder-svc", config.common.json_output, || run(config))
+    let common = config.common.clone();
+    runtime::main_with("encoder-svc", &common, || run(config))
 }
 
 async fn run(config: Config) -> Result<(), String> {

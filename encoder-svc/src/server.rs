@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use icae_core::service::telemetry::{continue_trace, traceparent_of};
 use icae_core::service::{
     common_limits, deadline, info_response, traceparent, Admission, ServiceError,
 };
@@ -273,12 +274,10 @@ impl Encoder for EncoderService {
     ) -> Result<Response<CompressResponse>, Status> {
         let _permit = self.admission.admit()?;
         let deadline = deadline(request.metadata());
-        let traceparent = traceparent(request.metadata());
-        let span = info_span!(
-            "compress",
-            documents = request.get_ref().documents.len(),
-            traceparent = traceparent.as_deref().unwrap_or("")
-        );
+        let span = info_span!("compress", documents = request.get_ref().documents.len());
+        continue_trace(&span, request.metadata());
+        // Stored with the slots: this request's span when tracing is on, else the caller's.
+        let traceparent = traceparent_of(&span).or_else(|| traceparent(request.metadata()));
         let work = self
             .compress(request.into_inner(), traceparent)
             .instrument(span);

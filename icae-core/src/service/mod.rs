@@ -7,6 +7,7 @@ mod info;
 mod metadata;
 mod model_thread;
 pub mod runtime;
+pub mod telemetry;
 
 pub use admission::{Admission, Permit};
 pub use error::ServiceError;

@@ -16,7 +16,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
-use super::Admission;
+use super::{telemetry, Admission};
 use crate::device::DeviceSpec;
 use crate::store::SlotStore;
 use crate::tokenizer::TextTokenizer;
@@ -75,6 +75,10 @@ pub struct CommonArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "ICAE_JSON_OUTPUT")]
     pub json_output: bool,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector (e.g.
+    /// http://otel-collector:4317); W3C `traceparent` metadata continues the caller's trace.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// After SIGTERM, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "ICAE_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -105,20 +109,6 @@ impl CommonArgs {
             Some((name, _)) => Err(format!("{name} must be at least 1, got 0")),
             None => Ok(()),
         }
-    }
-}
-
-/// Human or JSON logs, filtered by RUST_LOG (default info).
-pub fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 
@@ -198,34 +188,45 @@ pub async fn prepare(common: &CommonArgs, service: &'static str) -> Result<Share
     })
 }
 
-/// Parse nothing, set up logging and a tokio runtime, run `run` and turn its outcome into the
-/// process exit code.
-pub fn main_with<F, Fut>(name: &str, json_logs: bool, run: F) -> ExitCode
+/// Start a tokio runtime, logging and tracing, run `run`, flush the traces, and turn the
+/// outcome into the process exit code.
+pub fn main_with<F, Fut>(name: &'static str, common: &CommonArgs, run: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    init_logging(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            error!(error = %e, "cannot start the tokio runtime");
+            eprintln!("error: cannot start the tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
-        Ok(()) => {
-            info!("stopped");
-            ExitCode::SUCCESS
+    runtime.block_on(async {
+        let telemetry =
+            match telemetry::init(common.json_output, common.otlp_endpoint.as_deref(), name) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        let result = run().await;
+        telemetry.shutdown().await;
+        match result {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "{name} failed");
+                ExitCode::FAILURE
+            }
         }
-        Err(e) => {
-            error!(error = %e, "{name} failed");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Serve `service` with health and reflection until SIGTERM/SIGINT; then refuse new requests,
