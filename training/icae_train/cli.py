@@ -95,7 +95,15 @@ def cmd_pretrain(args):
         lm_token=args.lm_token,
     )
     torch.manual_seed(args.seed)
-    model = ICAE(args.model, config, dtype=dtype, device=device)
+    if args.init_adapter:
+        # Warm start from an adapter directory (e.g. the committed default adapter): its
+        # configuration wins; the optimizer starts fresh.
+        from .adapter_io import load_adapter
+
+        model = load_adapter(args.model, args.init_adapter, device=device, dtype=dtype)
+        config = model.config
+    else:
+        model = ICAE(args.model, config, dtype=dtype, device=device)
     capacity = config.mem_size * config.compression_rate
     stream = PretrainStream(
         _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents),
@@ -211,6 +219,8 @@ def main(argv=None):
     _train_args(p)
     p.add_argument("--corpus", type=Path, required=True, help="directory with train.jsonl")
     p.add_argument("--max-documents", type=int, default=None)
+    p.add_argument("--init-adapter", type=Path, default=None,
+                   help="start from this adapter directory (its mem_size/rate/LoRA settings win) instead of a fresh one")
     p.add_argument("--mem-size", type=int, default=32)
     p.add_argument("--compression-rate", type=int, default=4)
     p.add_argument("--lora-r", type=int, default=32)
