@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,10 +12,17 @@ import torch
 
 
 def _device(name: str) -> tuple[str, torch.dtype]:
-    """bf16 on GPU, f32 on CPU (never fp16: slots overflow it)."""
+    """bf16 on GPU, f32 on CPU (never fp16: slots overflow it). Under a multi-process launch
+    (torchrun / accelerate launch) each process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     return name, (torch.float32 if name == "cpu" else torch.bfloat16)
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _model_args(p: argparse.ArgumentParser):
@@ -114,16 +122,16 @@ def cmd_pretrain(args):
         min_lm_tokens=args.min_lm_tokens,
     )
 
-    def loss_for(step, micro):
-        example = stream.example(step, micro)
+    def example_for(step, index):
+        example = stream.example(step, index)
         if example.is_lm:
-            loss, n = model.lm_loss(example.context, example.continuation, args.leave_tokens_for_lm)
-            return loss, n, "lm"
-        loss, n = model.autoencode_loss(example.context)
-        return loss, n, "ae"
+            return "lm", (example.context, example.continuation, args.leave_tokens_for_lm)
+        return "ae", (example.context,)
 
     meta = {"objective": "pretrain", "icae": config.__dict__, "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
-    train(model, _train_config(args), args.run_dir, loss_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
+    train(model, _train_config(args), args.run_dir, example_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
+    if not _is_main_process():
+        return
     notes = f"pretrained (AE + LM, lm_ratio {args.lm_ratio}) by icae-train for {args.run_dir.name}; see docs/training.md"
     save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
     print(f"adapter written to {args.run_dir / 'adapter'}")
@@ -145,13 +153,14 @@ def cmd_finetune(args):
     records = [r for path in args.data for r in read_jsonl(path)]
     stream = FinetuneStream(records, tokenizer, args.seed, args.max_context_tokens)
 
-    def loss_for(step, micro):
-        ex = stream.example(step, micro)
-        loss, n = model.answer_loss(ex.context, ex.prompt, ex.answer, pieces["prefix_ids"], pieces["suffix_ids"])
-        return loss, n, "ft"
+    def example_for(step, index):
+        ex = stream.example(step, index)
+        return "ft", (ex.context, ex.prompt, ex.answer, pieces["prefix_ids"], pieces["suffix_ids"])
 
     meta = {"objective": "finetune", "icae": model.config.__dict__, "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
-    train(model, _train_config(args), args.run_dir, loss_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
+    train(model, _train_config(args), args.run_dir, example_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
+    if not _is_main_process():
+        return
     notes = f"fine-tuned (ANSWER layout) from {args.init_adapter} by icae-train for {args.run_dir.name}; see docs/training.md"
     save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
     print(f"adapter written to {args.run_dir / 'adapter'}")

@@ -132,6 +132,13 @@ class ICAE(nn.Module):
         slots = self.compress(context)
         return self._loss(self.answer_layout(slots, prompt_ids, prefix_ids, suffix_ids), answer_ids + [self.eos_ids[0]])
 
+    def forward(self, kind: str, *args):
+        """(mean loss, target tokens) of one example: "ae" (ids), "lm" (context, continuation,
+        leave), "ft" (context, prompt, answer, prefix, suffix). Training calls the module
+        itself, so DistributedDataParallel sees a forward pass."""
+        objective = {"ae": self.autoencode_loss, "lm": self.lm_loss, "ft": self.answer_loss}[kind]
+        return objective(*args)
+
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()

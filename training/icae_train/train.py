@@ -1,9 +1,12 @@
 """The training loop shared by pretraining and fine-tuning: AdamW with warmup and cosine
 decay, gradient accumulation and clipping, checkpoints with exact resume, progress bars,
-a metrics log and a loss-curve PNG."""
+a metrics log and a loss-curve PNG. Data-parallel across processes with accelerate
+(`accelerate launch` or `torchrun`): each step takes `grad_accum x processes` examples,
+process r computing examples r, r + P, r + 2P, ...; a single process is the same run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -137,14 +140,18 @@ def train(
     model: ICAE,
     cfg: TrainConfig,
     run_dir: Path,
-    loss_for: Callable[[int, int], tuple[torch.Tensor, int, str]],
+    example_for: Callable[[int, int], tuple[str, tuple]],
     meta: dict,
     resume: bool = True,
     stop_after: int | None = None,
 ) -> list[dict]:
-    """Run steps [start, cfg.steps). `loss_for(step, micro)` returns (mean loss, target
-    tokens, kind) for one micro-batch. `stop_after` ends the session early (the run stays
-    resumable), e.g. to fit a time budget."""
+    """Run steps [start, cfg.steps). `example_for(step, index)` gives the objective and
+    arguments of example `index` of a step (see `ICAE.forward`). `stop_after` ends the
+    session early (the run stays resumable), e.g. to fit a time budget."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=model.device.type == "cpu")
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     optimizer, scheduler = optimizer_for(model, cfg)
@@ -153,26 +160,37 @@ def train(
         start, history, saved_meta = load_checkpoint(run_dir, model, optimizer, scheduler)
         if saved_meta.get("objective") != meta.get("objective"):
             raise ValueError(f"{run_dir} holds a {saved_meta.get('objective')} run, not {meta.get('objective')}")
-        print(f"resuming {run_dir} at step {start}/{cfg.steps}")
+        if main:
+            print(f"resuming {run_dir} at step {start}/{cfg.steps}")
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    (run_dir / "run.json").write_text(json.dumps({"train": cfg.__dict__, **meta}, indent=2))
-    metrics = open(run_dir / "metrics.jsonl", "a")
+    # The scheduler is stepped by hand once per optimizer step; accelerate only wraps the
+    # model (DistributedDataParallel when there are several processes) and the optimizer.
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=meta.get("objective", "train"), dynamic_ncols=True)
+    metrics = None
+    if main:
+        (run_dir / "run.json").write_text(json.dumps({"train": cfg.__dict__, "processes": world, **meta}, indent=2))
+        metrics = open(run_dir / "metrics.jsonl", "a")
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=meta.get("objective", "train"), dynamic_ncols=True, disable=not main)
     window_tokens, window_started = 0, time.time()
     model.train()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         total, tokens, kinds = 0.0, 0, []
         for micro in range(cfg.grad_accum):
-            loss, n, kind = loss_for(step, micro)
-            (loss / cfg.grad_accum).backward()
+            kind, args = example_for(step, micro * world + rank)
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(ddp_model):
+                loss, n = ddp_model(kind, *args)
+                accelerator.backward(loss / cfg.grad_accum)
             total += loss.item() / cfg.grad_accum
             tokens += n
             kinds.append(kind)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item()
+        grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
+        total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean").item()
+        tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item())
         window_tokens += tokens
         elapsed = time.time() - window_started
         record = {
@@ -185,12 +203,16 @@ def train(
             "time": time.time(),
         }
         history.append(record)
-        metrics.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}", lr=f"{record['lr']:.1e}")
+        if main:
+            metrics.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}", lr=f"{record['lr']:.1e}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            metrics.flush()
-            save_checkpoint(run_dir, model, optimizer, scheduler, step + 1, history, meta)
-            plot_losses(history, run_dir / "loss.png", f"{meta.get('objective', 'train')}: {run_dir.name}")
+            if main:
+                metrics.flush()
+                save_checkpoint(run_dir, model, optimizer, scheduler, step + 1, history, meta)
+                plot_losses(history, run_dir / "loss.png", f"{meta.get('objective', 'train')}: {run_dir.name}")
+            accelerator.wait_for_everyone()
             window_tokens, window_started = 0, time.time()
-    metrics.close()
+    if metrics:
+        metrics.close()
     return history
