@@ -66,7 +66,10 @@ impl DecoderService {
             max_input_tokens: config.common.max_input_tokens,
             max_new_tokens: config.common.max_new_tokens,
             max_spans: config.max_spans,
-            limits: common_limits(&config.common),
+            limits: Limits {
+                max_spans: config.max_spans as u32,
+                ..common_limits(&config.common)
+            },
         }
     }
 
@@ -369,14 +372,10 @@ impl Decoder for DecoderService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let summary = self.worker.summary()?;
-        let limits = Limits {
-            max_spans: self.max_spans as u32,
-            ..self.limits
-        };
         Ok(Response::new(info_response(
             icae_proto::DECODER_SERVICE,
             summary,
-            limits,
+            self.limits,
             &self.worker,
         )))
     }

@@ -209,6 +209,7 @@ impl Scheduler<'_> {
         }
         let mut keep = keep.into_iter();
         self.active.retain(|_| keep.next().unwrap_or(false));
+        self.state.set_active(self.active.len());
         if self.active.is_empty() {
             return;
         }

@@ -53,7 +53,10 @@ impl EncoderService {
             max_input_tokens: config.common.max_input_tokens,
             max_documents: config.max_documents_per_request,
             default_ttl: config.common.slot_ttl_seconds,
-            limits: common_limits(&config.common),
+            limits: Limits {
+                max_documents_per_request: config.max_documents_per_request as u32,
+                ..common_limits(&config.common)
+            },
         }
     }
 
@@ -292,14 +295,10 @@ impl Encoder for EncoderService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let summary = self.worker.summary()?;
-        let limits = Limits {
-            max_documents_per_request: self.max_documents as u32,
-            ..self.limits
-        };
         Ok(Response::new(info_response(
             icae_proto::ENCODER_SERVICE,
             summary,
-            limits,
+            self.limits,
             &self.worker,
         )))
     }
