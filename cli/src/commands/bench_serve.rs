@@ -9,11 +9,11 @@ use clap::Args;
 use icae_proto::v1::decoder_client::DecoderClient;
 use icae_proto::v1::encoder_client::EncoderClient;
 use icae_proto::v1::{
-    document, generate_request, slot_ref, CompressOptions, CompressRequest, Document, InfoRequest,
-    Mode, SlotList, SlotRef,
+    generate_request, slot_ref, CompressOptions, InfoRequest, Mode, SlotList, SlotRef,
 };
 use serde_json::json;
 
+use crate::commands::client::one_document;
 use crate::commands::demo::{generate, read_pwc, request, rpc_error};
 use crate::common::print_json;
 
@@ -72,15 +72,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     for round in 0..args.rounds {
         let text = format!("{article}\n(revision {round} {})", std::process::id());
         let started = Instant::now();
-        let request = CompressRequest {
-            documents: vec![Document {
-                content: Some(document::Content::Text(text)),
-            }],
-            options: Some(CompressOptions {
+        let request = one_document(
+            text,
+            CompressOptions {
                 return_slots: true,
                 ..Default::default()
-            }),
-        };
+            },
+        );
         let response = encoder
             .compress(request)
             .await
@@ -96,16 +94,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         num_tokens = handle.num_tokens;
     }
     // The last document is stored: compressing it again is a cache hit.
-    let hit = CompressRequest {
-        documents: vec![Document {
-            content: Some(document::Content::Text(format!(
-                "{article}\n(revision {} {})",
-                args.rounds - 1,
-                std::process::id()
-            ))),
-        }],
-        options: None,
-    };
+    let last = format!(
+        "{article}\n(revision {} {})",
+        args.rounds - 1,
+        std::process::id()
+    );
+    let hit = one_document(last, CompressOptions::default());
     let cache_hit_started = Instant::now();
     let response = encoder.compress(hit).await.map_err(rpc_error)?.into_inner();
     let cache_hit_seconds = cache_hit_started.elapsed().as_secs_f64();

@@ -157,16 +157,12 @@ pub async fn compress_text(
 ) -> Result<icae_proto::v1::CompressResponse> {
     let mut client = EncoderClient::new(channel(encoder).await?)
         .max_decoding_message_size(connect.max_message_bytes);
-    let message = CompressRequest {
-        documents: vec![Document {
-            content: Some(document::Content::Text(text)),
-        }],
-        options: Some(CompressOptions {
-            ttl_seconds,
-            namespace: namespace.to_string(),
-            return_slots: false,
-        }),
+    let options = CompressOptions {
+        ttl_seconds,
+        namespace: namespace.to_string(),
+        return_slots: false,
     };
+    let message = one_document(text, options);
     Ok(client
         .compress(request(message, connect))
         .await
@@ -202,6 +198,16 @@ async fn compress(args: CompressArgs) -> Result<()> {
         handle.key, handle.num_tokens, handle.num_slots, handle.cache_hit, timings.total_seconds
     );
     Ok(())
+}
+
+/// A Compress request for one text.
+pub fn one_document(text: String, options: CompressOptions) -> CompressRequest {
+    CompressRequest {
+        documents: vec![Document {
+            content: Some(document::Content::Text(text)),
+        }],
+        options: Some(options),
+    }
 }
 
 fn sampling(args: &SamplingArgs) -> Sampling {

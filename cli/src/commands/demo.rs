@@ -10,10 +10,12 @@ use clap::Args;
 use icae_proto::v1::decoder_client::DecoderClient;
 use icae_proto::v1::encoder_client::EncoderClient;
 use icae_proto::v1::{
-    document, generate_request, generate_response, slot_ref, CompressOptions, CompressRequest,
-    Document, GenerateRequest, InfoRequest, Mode, Sampling, SlotList, SlotRef,
+    generate_request, generate_response, slot_ref, CompressOptions, GenerateRequest, InfoRequest,
+    Mode, Sampling, SlotList, SlotRef,
 };
 use serde::Deserialize;
+
+use crate::commands::client::one_document;
 use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
@@ -153,15 +155,13 @@ async fn demo(args: DemoArgs) -> Result<()> {
     }
 
     let started = Instant::now();
-    let compress = CompressRequest {
-        documents: vec![Document {
-            content: Some(document::Content::Text(article.clone())),
-        }],
-        options: Some(CompressOptions {
+    let compress = one_document(
+        article.clone(),
+        CompressOptions {
             return_slots: true,
             ..Default::default()
-        }),
-    };
+        },
+    );
     let response = encoder
         .compress(compress)
         .await
