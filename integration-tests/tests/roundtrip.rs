@@ -136,3 +136,95 @@ async fn grpc_round_trip_matches_the_cli_and_caches() {
     assert_eq!(once.text, ae.text);
     assert_eq!(once.prompt_positions, 33);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_client_talks_to_the_services() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let (enc, dec) = (encoder.url(), decoder.url());
+
+    let handle = icae_json(&[
+        "client",
+        "compress",
+        "--encoder",
+        &enc,
+        "--text",
+        TEXT,
+        "--json",
+    ]);
+    let key = handle["key"].as_str().unwrap().to_string();
+    assert_eq!(handle["cache_hit"], false);
+    assert_eq!(handle["num_slots"], 32);
+
+    let via_cli = icae_json(&[
+        "client",
+        "generate",
+        "--decoder",
+        &dec,
+        "--key",
+        &key,
+        "--mode",
+        "autoencode",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    let via_grpc = generate(&dec, from_keys(&[&key], Mode::Autoencode, "", greedy(8)))
+        .await
+        .unwrap();
+    let ids: Vec<u32> = via_cli["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, via_grpc.token_ids);
+    assert_eq!(via_cli["text"].as_str().unwrap(), via_grpc.text);
+
+    let answer = icae_json(&[
+        "client",
+        "ask",
+        "--encoder",
+        &enc,
+        "--decoder",
+        &dec,
+        "--text",
+        TEXT,
+        "--prompt",
+        "Who was arrested?",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ]);
+    assert!(answer["token_ids"].as_array().unwrap().len() <= 6);
+    assert!(["eos", "length", "stop"].contains(&answer["finish_reason"].as_str().unwrap()));
+
+    let info = icae_json(&["client", "info", "--decoder", &dec]);
+    assert_eq!(
+        info["model_fingerprint"].as_str().unwrap(),
+        handle["model_fingerprint"].as_str().unwrap()
+    );
+    assert_eq!(info["service"], "icae.v1.Decoder");
+
+    // Errors come back as one line naming the status code.
+    let output = std::process::Command::new(bin("icae"))
+        .args([
+            "client",
+            "generate",
+            "--decoder",
+            &dec,
+            "--key",
+            "icae:v1:missing",
+            "--mode",
+            "continue",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("NotFound") && stderr.contains("icae:v1:missing"),
+        "{stderr}"
+    );
+}
