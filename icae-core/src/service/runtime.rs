@@ -18,8 +18,10 @@ use tracing::{error, info, warn};
 
 use super::{telemetry, Admission};
 use crate::device::DeviceSpec;
-use crate::store::SlotStore;
+use crate::store::{SlotStore, StoreOptions};
 use crate::tokenizer::TextTokenizer;
+
+const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// Flags both services take; every flag can also be set by its environment variable.
 #[derive(Debug, Clone, Args)]
@@ -37,10 +39,14 @@ pub struct CommonArgs {
     /// Compression rate for official adapter files (adapter directories record their own).
     #[arg(long, env = "ICAE_COMPRESSION_RATE", default_value_t = crate::adapter::DEFAULT_COMPRESSION_RATE)]
     pub compression_rate: usize,
-    /// Redis: redis://[:password@]host:port[/db], rediss:// for TLS, or Redis Cluster as
-    /// redis+cluster://host:port,host:port.
+    /// Redis: redis://[user:password@]host:port[/db], rediss:// for TLS, or Redis Cluster as
+    /// redis+cluster://host:port,host:port (rediss+cluster:// for TLS).
     #[arg(long, env = "ICAE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// PEM file of the CA that signed the Redis server's certificate, for TLS URLs with a
+    /// private CA (without it, TLS trusts the web PKI roots).
+    #[arg(long, env = "ICAE_REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<PathBuf>,
     /// Timeout of each Redis operation (and of connecting), in milliseconds.
     #[arg(long, env = "ICAE_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
@@ -94,6 +100,32 @@ impl CommonArgs {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    /// Timeout and CA certificate for the slot store (reads --redis-ca-cert).
+    pub fn store_options(&self) -> Result<StoreOptions, String> {
+        let ca_cert_pem = match &self.redis_ca_cert {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read --redis-ca-cert {}: {e}", path.display()))?;
+                if !pem
+                    .windows(PEM_CERTIFICATE.len())
+                    .any(|w| w == PEM_CERTIFICATE)
+                {
+                    return Err(format!(
+                        "--redis-ca-cert {} holds no PEM certificate (no {:?} line)",
+                        path.display(),
+                        String::from_utf8_lossy(PEM_CERTIFICATE)
+                    ));
+                }
+                Some(pem)
+            }
+        };
+        Ok(StoreOptions {
+            timeout: self.redis_timeout(),
+            ca_cert_pem,
+        })
     }
 
     /// Refuse limits that would make the service unusable.
@@ -165,7 +197,7 @@ pub async fn prepare(common: &CommonArgs, service: &'static str) -> Result<Share
     common.validate()?;
     init_metrics(&common.host, common.metrics_port)?;
     let store = Arc::new(
-        SlotStore::new(&common.redis_url, common.redis_timeout()).map_err(|e| e.to_string())?,
+        SlotStore::new(&common.redis_url, common.store_options()?).map_err(|e| e.to_string())?,
     );
     let tokenizer = Arc::new(TextTokenizer::load(&common.model).map_err(|e| e.to_string())?);
     let admission = Admission::new(common.max_concurrent_requests);

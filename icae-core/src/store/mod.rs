@@ -1,5 +1,7 @@
 //! The Redis slot store: standalone (`redis://`, `rediss://`, with AUTH in the URL) or
-//! Redis Cluster (`redis+cluster://host:port,host:port` or a comma-separated node list).
+//! Redis Cluster (`redis+cluster://host:port,host:port`, `rediss+cluster://…` for TLS, or a
+//! comma-separated list of node URLs). TLS trusts the web PKI roots, or only the CA given
+//! in [`StoreOptions::ca_cert_pem`] (a private CA, as in most in-cluster Redis set-ups).
 //!
 //! Connections are made lazily and re-made after failures, so a Redis outage shows up as
 //! `StoreError::Unavailable` on the requests it affects and the service recovers by itself.
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, Client, RedisResult};
+use redis::{AsyncCommands, Client, RedisResult, TlsCertificates};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -38,6 +40,25 @@ enum Target {
     Cluster(ClusterClient),
 }
 
+/// How to reach Redis, besides the URL.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Timeout of connecting and of each operation.
+    pub timeout: Duration,
+    /// PEM of the CA that signed the server certificate (TLS URLs only); `None` trusts the
+    /// web PKI roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
+}
+
+impl StoreOptions {
+    pub fn with_timeout(timeout: Duration) -> Self {
+        StoreOptions {
+            timeout,
+            ca_cert_pem: None,
+        }
+    }
+}
+
 pub struct SlotStore {
     target: Target,
     conn: Mutex<Option<Conn>>,
@@ -47,27 +68,54 @@ pub struct SlotStore {
 
 impl SlotStore {
     /// Parse the URL (no network I/O happens here).
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+    pub fn new(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
             url: redact(url),
             reason,
         };
         let nodes: Vec<String> = if let Some(rest) = url.strip_prefix("redis+cluster://") {
             rest.split(',').map(|n| format!("redis://{n}")).collect()
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            rest.split(',').map(|n| format!("rediss://{n}")).collect()
         } else if url.contains(',') {
             url.split(',').map(str::to_owned).collect()
         } else {
             Vec::new()
         };
-        let target = if nodes.is_empty() {
-            Target::Standalone(Client::open(url).map_err(|e| bad(e.to_string()))?)
+        let uses_tls = if nodes.is_empty() {
+            url.starts_with("rediss://")
         } else {
-            let client = ClusterClient::builder(nodes)
+            nodes.iter().all(|n| n.starts_with("rediss://"))
+        };
+        let certificates = match options.ca_cert_pem {
+            Some(_) if !uses_tls => {
+                return Err(bad(
+                    "a CA certificate was given but the URL does not use TLS \
+                     (rediss:// or rediss+cluster://)"
+                        .into(),
+                ))
+            }
+            Some(pem) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            }),
+            None => None,
+        };
+        let timeout = options.timeout;
+        let target = if nodes.is_empty() {
+            let client = match certificates {
+                Some(certs) => Client::build_with_tls(url, certs),
+                None => Client::open(url),
+            };
+            Target::Standalone(client.map_err(|e| bad(e.to_string()))?)
+        } else {
+            let mut builder = ClusterClient::builder(nodes)
                 .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
-            Target::Cluster(client)
+                .response_timeout(timeout);
+            if let Some(certs) = certificates {
+                builder = builder.certs(certs);
+            }
+            Target::Cluster(builder.build().map_err(|e| bad(e.to_string()))?)
         };
         Ok(SlotStore {
             target,
@@ -246,18 +294,33 @@ mod tests {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
+    fn parse(url: &str, ca_cert_pem: Option<Vec<u8>>) -> Result<SlotStore, StoreError> {
+        let options = StoreOptions {
+            ca_cert_pem,
+            ..StoreOptions::with_timeout(Duration::from_secs(1))
+        };
+        SlotStore::new(url, options)
+    }
+
     #[test]
     fn urls_are_parsed_without_connecting() {
-        assert!(SlotStore::new("redis://127.0.0.1:1", Duration::from_secs(1)).is_ok());
-        assert!(SlotStore::new(
-            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
-            Duration::from_secs(1)
-        )
-        .is_ok());
-        let err = SlotStore::new("http://nope", Duration::from_secs(1))
-            .err()
-            .unwrap()
-            .to_string();
+        assert!(parse("redis://127.0.0.1:1", None).is_ok());
+        assert!(parse("redis+cluster://127.0.0.1:1,127.0.0.1:2", None).is_ok());
+        assert!(parse("rediss+cluster://127.0.0.1:1,127.0.0.1:2", None).is_ok());
+        let err = parse("http://nope", None).err().unwrap().to_string();
         assert!(err.contains("http://nope"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_certificate_needs_a_tls_url() {
+        let pem = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+        for url in [
+            "redis://:pw@127.0.0.1:1",
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        ] {
+            let err = parse(url, Some(pem.clone())).err().unwrap().to_string();
+            assert!(err.contains("does not use TLS"), "{err}");
+            assert!(!err.contains("pw"), "the password leaked: {err}");
+        }
     }
 }
