@@ -72,9 +72,11 @@ fn openssl(args: &str) {
 enum Security {
     Plain,
     Password(String),
-    /// TLS only, with a self-signed certificate that is its own CA.
+    /// TLS only, with a server certificate signed by a private CA (PEM file paths).
     Tls {
-        ca_cert: PathBuf,
+        ca_cert: String,
+        cert: String,
+        key: String,
     },
 }
 
@@ -130,24 +132,19 @@ impl Redis {
             "x509 -req -days 1 -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial \
              -extfile {ext} -out {cert}"
         ));
-        let port = free_port().to_string();
-        let args = format!(
-            "--port 0 --tls-port {port} --tls-cert-file {cert} --tls-key-file {key} \
-             --tls-ca-cert-file {ca} --tls-auth-clients no"
-        );
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let mut redis = Self::start_secured(&args, Security::Tls { ca_cert: ca.into() });
+        let security = Security::Tls {
+            ca_cert: ca,
+            cert,
+            key,
+        };
+        let mut redis = Self::start_secured(&[], security);
         redis._cert_dir = Some(dir);
         redis
     }
 
     fn start_secured(extra: &[&str], security: Security) -> Redis {
-        let port = match extra.iter().position(|a| *a == "--tls-port") {
-            Some(i) => extra[i + 1].parse().unwrap(),
-            None => free_port(),
-        };
         let mut redis = Redis {
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             pid: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -170,14 +167,14 @@ impl Redis {
     /// The CA certificate of a TLS server.
     pub fn ca_cert(&self) -> Option<&Path> {
         match &self.security {
-            Security::Tls { ca_cert } => Some(ca_cert),
+            Security::Tls { ca_cert, .. } => Some(Path::new(ca_cert)),
             _ => None,
         }
     }
 
     fn client(&self) -> redis::Client {
         match &self.security {
-            Security::Tls { ca_cert } => redis::Client::build_with_tls(
+            Security::Tls { ca_cert, .. } => redis::Client::build_with_tls(
                 self.url(),
                 redis::TlsCertificates {
                     client_tls: None,
@@ -192,17 +189,27 @@ impl Redis {
     fn launch(&mut self) {
         let pidfile = self.dir.path().join("redis.pid");
         let _ = std::fs::remove_file(&pidfile);
-        let status = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let listen: Vec<&str> = match &self.security {
+            Security::Tls { ca_cert, cert, key } => vec![
                 "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca_cert,
+                "--tls-auth-clients",
                 "no",
-            ])
+            ],
+            _ => vec!["--port", &port],
+        };
+        let status = Command::new("redis-server")
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--daemonize", "yes", "--pidfile"])

@@ -55,7 +55,11 @@ async fn tls_with_a_private_ca() {
     // Without the CA the server's certificate is not trusted: no connection, no slots.
     let untrusting = Service::start(Kind::Encoder, &redis.url(), &[]).await;
     let result = compress(&untrusting.url(), TEXT, 0).await;
-    assert_status(result, Code::Unavailable, &["Redis is unavailable", "certificate"]);
+    assert_status(
+        result,
+        Code::Unavailable,
+        &["Redis is unavailable", "certificate"],
+    );
 }
 
 #[test]
