@@ -2,6 +2,8 @@
 //! and the slot format shared by the encoder and decoder services.
 
 pub mod adapter;
+#[cfg(feature = "clap")]
+pub mod args;
 pub mod device;
 pub mod error;
 pub mod fingerprint;
@@ -9,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod icae;
 pub mod model;
+#[cfg(feature = "clap")]
 pub mod service;
 pub mod slots;
 pub mod store;

@@ -364,3 +364,11 @@ fn check_identity(id: &BaseModelId, model: &ModelConfig) -> Result<(), AdapterEr
     }
     Ok(())
 }
+
+/// The one warning every command and service gives for an untrained adapter.
+pub fn untrained_warning(adapter: &Path) -> String {
+    format!(
+        "adapter {} is UNTRAINED (made by `icae adapter init`): its slots carry no information, so reconstructions and answers are noise",
+        adapter.display()
+    )
+}

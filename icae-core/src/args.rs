@@ -1,0 +1,43 @@
+//! Command-line arguments shared by the `icae` CLI and both services (behind the `clap`
+//! feature, so the engine itself does not depend on clap).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::adapter::{DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA};
+use crate::{DeviceSpec, LoadOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// HF-layout model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = "ICAE_MODEL")]
+    pub model: PathBuf,
+    /// Where to run the model: cpu, cuda, cuda:N or auto (first GPU if any).
+    #[arg(long, env = "ICAE_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AdapterArgs {
+    /// Adapter directory (adapter.safetensors + icae_config.json) or an official ICAE v2
+    /// .safetensors file. A decoder needs the same adapter as its encoder (for the special
+    /// tokens and the fingerprint).
+    #[arg(long, env = "ICAE_ADAPTER")]
+    pub adapter: PathBuf,
+    /// LoRA alpha for official adapter files (adapter directories record their own).
+    #[arg(long, env = "ICAE_LORA_ALPHA", default_value_t = DEFAULT_LORA_ALPHA)]
+    pub lora_alpha: f64,
+    /// Mean compression rate for official adapter files (adapter directories record their own).
+    #[arg(long, env = "ICAE_COMPRESSION_RATE", default_value_t = DEFAULT_COMPRESSION_RATE)]
+    pub compression_rate: usize,
+}
+
+impl AdapterArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            lora_alpha: self.lora_alpha,
+            compression_rate: self.compression_rate,
+        }
+    }
+}
