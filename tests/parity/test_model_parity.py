@@ -23,17 +23,20 @@ LORA_R = 8
 LORA_ALPHA = 32
 ARTICLE = (
     "The Franco-Korean Friendship Association was founded in 2005. Its president, a senior civil "
-    "servant, was arrested on Monday on suspicion of spying. Prosecutors said the investigation began "
-    "in March, when officers of the domestic security agency noticed unusual contacts. The suspect "
-    "denies the charges and his lawyer, Mr. Dupont, said 14 documents seized at his office were "
-    "public. The case has drawn attention in Paris, Seoul and Pyongyang, where officials declined to "
-    "comment. Analysts note that 3 similar cases were opened in Europe since 2016, and 2 of them "
-    "ended without charges. "
+    "servant, was arrested on Monday on suspicion of spying. Prosecutors said the investigation "
+    "began in March, when officers of the domestic security agency noticed unusual contacts. The "
+    "suspect denies the charges and his lawyer, Mr. Dupont, said 14 documents seized at his "
+    "office were public. The case has drawn attention in Paris, Seoul and Pyongyang, where "
+    "officials declined to comment. Analysts note that 3 similar cases were opened in Europe "
+    "since 2016, and 2 of them ended without charges. "
 ) * 3
 
 
 def test_base_logits_match(model_dir, hf_model, tmp_path):
-    text = "The capital of France is Paris. In 1889, 2,000 workers built the Eiffel Tower in 26 months!"
+    text = (
+        "The capital of France is Paris. "
+        "In 1889, 2,000 workers built the Eiffel Tower in 26 months!"
+    )
     out = tmp_path / "logits.safetensors"
     run_icae("logits", "--model", model_dir, "--device", "cpu", "--text", text, "--out", out)
     ours = load_file(out)
@@ -55,8 +58,12 @@ def official_adapter(tmp_path_factory, hf_model):
     for i in range(cfg.num_hidden_layers):
         for module, out_dim in (("q_proj", hidden), ("v_proj", kv_dim)):
             key = f"icae.base_model.model.model.layers.{i}.self_attn.{module}"
-            tensors[f"{key}.lora_A.default.weight"] = (torch.randn(LORA_R, hidden, generator=gen) * 0.05).bfloat16()
-            tensors[f"{key}.lora_B.default.weight"] = (torch.randn(out_dim, LORA_R, generator=gen) * 0.05).bfloat16()
+            tensors[f"{key}.lora_A.default.weight"] = (
+                torch.randn(LORA_R, hidden, generator=gen) * 0.05
+            ).bfloat16()
+            tensors[f"{key}.lora_B.default.weight"] = (
+                torch.randn(out_dim, LORA_R, generator=gen) * 0.05
+            ).bfloat16()
     path = tmp_path_factory.mktemp("adapter") / "random_icae_v2.safetensors"
     save_file(tensors, str(path))
     return path, tensors
@@ -66,11 +73,15 @@ def official_adapter(tmp_path_factory, hf_model):
 def oracle(hf_model, official_adapter):
     """peft LoRA on the HF model, loaded from the official keys by our own mapping."""
     _, tensors = official_adapter
-    config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, bias="none")
+    config = LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        target_modules=["q_proj", "v_proj"],
+        lora_dropout=0.0,
+        bias="none",
+    )
     model = get_peft_model(hf_model, config)
-    state = {
-        k[len("icae.") :]: v.float() for k, v in tensors.items() if k.startswith("icae.")
-    }
+    state = {k[len("icae.") :]: v.float() for k, v in tensors.items() if k.startswith("icae.")}
     missing = model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys
     model.eval()
@@ -103,7 +114,11 @@ def oracle_greedy(model, embeds, steps):
             out.append(token)
             if token == 2:
                 break
-            result = model(input_ids=torch.tensor([[token]]), past_key_values=result.past_key_values, use_cache=True)
+            result = model(
+                input_ids=torch.tensor([[token]]),
+                past_key_values=result.past_key_values,
+                use_cache=True,
+            )
     return out
 
 
@@ -114,18 +129,26 @@ def test_slots_and_autoencode_tokens_match(segments, model_dir, official_adapter
     # Cut the article to a length that needs exactly `segments` segments.
     capacity = MEM_SIZE * RATE
     target_len = (segments - 1) * capacity + capacity // 2 + 3
-    ids = run_icae_json("tokenize", "--model", model_dir, "--text", ARTICLE, "--json")["token_ids"][:target_len]
+    ids = run_icae_json("tokenize", "--model", model_dir, "--text", ARTICLE, "--json")["token_ids"][
+        :target_len
+    ]
     # Write the text of exactly these ids and re-tokenize it, so both sides see the same tokens.
     tok = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"))
     token_file = tmp_path / "text.txt"
     token_file.write_text(tok.decode(ids))
-    ids = run_icae_json("tokenize", "--model", model_dir, "--text-file", token_file, "--json")["token_ids"]
+    ids = run_icae_json("tokenize", "--model", model_dir, "--text-file", token_file, "--json")[
+        "token_ids"
+    ]
     assert len(ids) in range(target_len - 2, target_len + 3)
 
     slots_file = tmp_path / "slots.safetensors"
     adapter_args = ["--adapter", path, "--lora-alpha", LORA_ALPHA, "--compression-rate", RATE]
-    summary = run_icae_json("compress", "--model", model_dir, "--device", "cpu", *adapter_args,
-                            "--text-file", token_file, "--out", slots_file, "--json")
+    # fmt: off
+    summary = run_icae_json(
+        "compress", "--model", model_dir, "--device", "cpu", *adapter_args,
+        "--text-file", token_file, "--out", slots_file, "--json",
+    )
+    # fmt: on
     ours = load_file(slots_file)["slots"]
     expected, n_seg = oracle_compress(model, memory, ids)
     assert summary["num_segments"] == n_seg == segments
@@ -133,9 +156,12 @@ def test_slots_and_autoencode_tokens_match(segments, model_dir, official_adapter
     diff = (ours - expected).abs().max().item()
     assert diff <= 1e-3 * expected.abs().max().item(), diff
 
-    generated = run_icae_json("generate", "--model", model_dir, "--device", "cpu", *adapter_args,
-                              "--slots", slots_file, "--mode", "autoencode", "--greedy",
-                              "--max-new-tokens", 16, "--json")
+    # fmt: off
+    generated = run_icae_json(
+        "generate", "--model", model_dir, "--device", "cpu", *adapter_args,
+        "--slots", slots_file, "--mode", "autoencode", "--greedy", "--max-new-tokens", 16, "--json",
+    )
+    # fmt: on
     ae_embed = memory[MEM_SIZE : MEM_SIZE + 1]
     want = oracle_greedy(model, torch.cat([expected, ae_embed]).unsqueeze(0), 16)
     got = generated["token_ids"] + ([2] if generated["finish_reason"] == "eos" else [])

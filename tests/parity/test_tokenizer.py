@@ -12,7 +12,7 @@ TEXTS = [
     "emoji: 🚀🔥👩‍👩‍👧‍👦 and flags 🇫🇷🇰🇵",
     "tabs\tand   multiple     spaces\n\n\nnewlines\r\n end",
     "   leading and trailing   ",
-    "code: fn main() { println!(\"{}\", 42); } // comment",
+    'code: fn main() { println!("{}", 42); } // comment',
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
     "Phone +33 (0)1 23 45 67 89, ISBN 978-3-16-148410-0, v1.2.3-rc4",
     "don't won't it's we'll they're I'm you've",

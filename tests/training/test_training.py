@@ -14,9 +14,18 @@ from safetensors.torch import load_file
 from conftest import run_icae_json
 from icae_train.data import PretrainStream
 from icae_train.metrics import corpus_bleu, prefix_match, rouge_l
-from icae_train.model import ICAE, IcaeConfig
+from icae_train.model import (
+    ICAE,
+    AnswerInput,
+    AutoencodeInput,
+    IcaeConfig,
+    LmInput,
+    Objective,
+)
 
-OFFICIAL_KEY = re.compile(r"^icae\.base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.default\.weight$")
+OFFICIAL_KEY = re.compile(
+    r"^icae\.base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.default\.weight$"
+)
 TEXT = (
     "The memory slots of an in-context autoencoder hold a compressed copy of the text. "
     "A frozen decoder reads them like ordinary tokens and reconstructs, continues or answers. "
@@ -35,7 +44,9 @@ def test_metrics():
 
 def test_pretrain_stream_is_deterministic_and_bounded():
     docs = [list(range(i, i + 300)) for i in range(0, 3000, 300)]
-    stream = PretrainStream(docs, seed=3, max_tokens=64, min_tokens=8, lm_ratio=0.5, min_lm_tokens=16)
+    stream = PretrainStream(
+        docs, seed=3, max_tokens=64, min_tokens=8, lm_ratio=0.5, min_lm_tokens=16
+    )
     a = [stream.example(s, 0) for s in range(200)]
     b = [stream.example(s, 0) for s in range(200)]
     assert [(x.context, x.continuation) for x in a] == [(x.context, x.continuation) for x in b]
@@ -50,7 +61,9 @@ def test_pretrain_stream_is_deterministic_and_bounded():
 @pytest.fixture(scope="module")
 def small_icae(model_dir):
     torch.manual_seed(0)
-    model = ICAE(str(model_dir), IcaeConfig(mem_size=8, lora_r=4, target_modules=["q_proj", "v_proj"]))
+    model = ICAE(
+        str(model_dir), IcaeConfig(mem_size=8, lora_r=4, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():  # non-zero LoRA B so the encoder differs from the decoder
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -82,19 +95,55 @@ def test_autoencode_loss_follows_the_official_labels(small_icae, model_dir):
     assert slots.shape == (math.ceil(len(ids) / (k * 4)) * k, model.icae.config.hidden_size)
 
 
+def test_objectives_keep_their_recorded_names_and_token_rows():
+    """Run histories record an example's objective by value ("kind" in metrics.jsonl and the
+    checkpoint), and its special token is row mem_size + token_row of memory_token_embed."""
+    assert [(o.value, o.token_row) for o in Objective] == [("ae", 0), ("lm", 1), ("ft", 2)]
+    assert AutoencodeInput([1]).objective is Objective.AUTOENCODE
+    assert LmInput([1], [2], 0).objective is Objective.LM
+    assert AnswerInput([1], [2], [3], [], []).objective is Objective.FINETUNE
+
+
+def test_forward_dispatches_on_the_typed_example(small_icae):
+    """Training calls the module (so DistributedDataParallel sees a forward pass): it gives
+    the loss of the example's own objective."""
+    model = small_icae
+    ids = list(range(1000, 1040))
+    cases = [
+        (AutoencodeInput(ids), lambda: model.autoencode_loss(ids)),
+        (LmInput(ids[:24], ids[24:], 2), lambda: model.lm_loss(ids[:24], ids[24:], 2)),
+        (
+            AnswerInput(ids[:24], ids[24:30], ids[30:], [1, 2], [3]),
+            lambda: model.finetune_loss(ids[:24], ids[24:30], ids[30:], [1, 2], [3]),
+        ),
+    ]
+    with torch.no_grad():
+        for example, direct in cases:
+            (loss, n), (want_loss, want_n) = model(example), direct()
+            assert n == want_n and torch.equal(loss, want_loss), example.objective
+        with pytest.raises(TypeError):
+            model(("ae", (ids,)))
+
+
 def write_corpus(path: Path):
     path.mkdir(parents=True, exist_ok=True)
-    docs = [TEXT + f" Document {i} adds its own words: " + " ".join(f"item{i}-{j}" for j in range(40)) for i in range(6)]
+    docs = [
+        TEXT + f" Document {i} adds its own words: " + " ".join(f"item{i}-{j}" for j in range(40))
+        for i in range(6)
+    ]
     (path / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
 
 def pretrain(model_dir, corpus, run_dir, *extra):
+    # fmt: off
     cmd = [
-        "icae-train", "pretrain", "--model", str(model_dir), "--corpus", str(corpus), "--run-dir", str(run_dir),
-        "--steps", "4", "--checkpoint-every", "1", "--mem-size", "8", "--lora-r", "4", "--min-tokens", "8",
-        "--lm-ratio", "0.5", "--min-lm-tokens", "8", "--leave-tokens-for-lm", "2", "--warmup-steps", "2",
-        "--lr", "1e-3", "--grad-accum", "2", "--device", "cpu", *extra,
+        "icae-train", "pretrain", "--model", str(model_dir), "--corpus", str(corpus),
+        "--run-dir", str(run_dir), "--steps", "4", "--checkpoint-every", "1", "--mem-size", "8",
+        "--lora-r", "4", "--min-tokens", "8", "--lm-ratio", "0.5", "--min-lm-tokens", "8",
+        "--leave-tokens-for-lm", "2", "--warmup-steps", "2", "--lr", "1e-3", "--grad-accum", "2",
+        "--device", "cpu", *extra,
     ]
+    # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -109,7 +158,10 @@ def test_exact_resume_and_export(model_dir, tmp_path):
     pretrain(model_dir, corpus, stopped)  # resumes at step 2
 
     def history(run):
-        return [(h["step"], h["loss"], h["lr"]) for h in json.loads((run / "checkpoint" / "progress.json").read_text())["history"]]
+        return [
+            (h["step"], h["loss"], h["lr"])
+            for h in json.loads((run / "checkpoint" / "progress.json").read_text())["history"]
+        ]
 
     assert history(straight) == history(stopped)
     a = load_file(str(straight / "checkpoint" / "trainable.safetensors"))
@@ -120,11 +172,17 @@ def test_exact_resume_and_export(model_dir, tmp_path):
     # The adapter: official keys, and the Rust engine loads it.
     adapter = straight / "adapter"
     tensors = load_file(str(adapter / "adapter.safetensors"))
-    assert "memory_token_embed.weight" in tensors and tensors["memory_token_embed.weight"].shape == (11, 576)
+    assert "memory_token_embed.weight" in tensors and tensors[
+        "memory_token_embed.weight"
+    ].shape == (11, 576)
     lora = [k for k in tensors if k != "memory_token_embed.weight"]
     assert lora and all(OFFICIAL_KEY.match(k) for k in lora), lora[:3]
-    assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k), "training must move LoRA B"
-    info = run_icae_json("info", "--model", model_dir, "--adapter", adapter, "--device", "cpu", "--json")
+    assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k), (
+        "training must move LoRA B"
+    )
+    info = run_icae_json(
+        "info", "--model", model_dir, "--adapter", adapter, "--device", "cpu", "--json"
+    )
     config = json.loads((adapter / "icae_config.json").read_text())
     assert info["adapter"]["mem_size"] == 8 and info["adapter"]["trained"] is True
     assert config["base_model"]["fingerprint"] == info["base_fingerprint"]
@@ -137,29 +195,43 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     pretrain(model_dir, corpus, pretrained)
     qa = tmp_path / "qa.jsonl"
     records = [
-        {"input": TEXT, "prompt": "What do memory slots hold?", "answer": "a compressed copy of the text"},
+        {
+            "input": TEXT,
+            "prompt": "What do memory slots hold?",
+            "answer": "a compressed copy of the text",
+        },
         {"input": TEXT, "prompt": "Who reads the slots?", "answer": "a frozen decoder"},
     ]
     qa.write_text("".join(json.dumps(r) + "\n" for r in records))
     run = tmp_path / "finetune"
+    # fmt: off
     cmd = [
-        "icae-train", "finetune", "--model", str(model_dir), "--init-adapter", str(pretrained / "adapter"),
-        "--data", str(qa), "--run-dir", str(run), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-3",
-        "--warmup-steps", "1", "--device", "cpu",
+        "icae-train", "finetune", "--model", str(model_dir),
+        "--init-adapter", str(pretrained / "adapter"), "--data", str(qa), "--run-dir", str(run),
+        "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-3", "--warmup-steps", "1",
+        "--device", "cpu",
     ]
+    # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((run / "checkpoint" / "progress.json").read_text())["history"]
-    assert [h["kind"] for h in history] == ["ft", "ft"] and all(math.isfinite(h["loss"]) for h in history)
+    assert [h["kind"] for h in history] == ["ft", "ft"] and all(
+        math.isfinite(h["loss"]) for h in history
+    )
     before = load_file(str(pretrained / "adapter" / "adapter.safetensors"))
     after = load_file(str(run / "adapter" / "adapter.safetensors"))
-    assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning must change the adapter"
+    assert any(not torch.equal(before[k], after[k]) for k in before), (
+        "fine-tuning must change the adapter"
+    )
 
     out = tmp_path / "eval.json"
+    # fmt: off
     cmd = [
-        "icae-train", "eval", "--model", str(model_dir), "--adapter", str(run / "adapter"), "--device", "cpu",
-        "--pwc", str(qa), "--questions", "2", "--max-new-tokens", "8", "--out", str(out),
+        "icae-train", "eval", "--model", str(model_dir), "--adapter", str(run / "adapter"),
+        "--device", "cpu", "--pwc", str(qa), "--questions", "2", "--max-new-tokens", "8",
+        "--out", str(out),
     ]
+    # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())["answers"]
@@ -175,17 +247,25 @@ def test_data_parallel_run_matches_one_process(model_dir, tmp_path):
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same reduction order in both runs
+    # fmt: off
     flags = [
-        "--model", str(model_dir), "--corpus", str(corpus), "--steps", "1", "--checkpoint-every", "1",
-        "--mem-size", "8", "--lora-r", "4", "--min-tokens", "8", "--lm-ratio", "0.5", "--min-lm-tokens", "8",
-        "--warmup-steps", "1", "--device", "cpu",
+        "--model", str(model_dir), "--corpus", str(corpus), "--steps", "1",
+        "--checkpoint-every", "1", "--mem-size", "8", "--lora-r", "4", "--min-tokens", "8",
+        "--lm-ratio", "0.5", "--min-lm-tokens", "8", "--warmup-steps", "1", "--device", "cpu",
     ]
-    single = subprocess.run(["icae-train", "pretrain", *flags, "--run-dir", str(tmp_path / "one"), "--grad-accum", "2"],
-                            capture_output=True, text=True, env=env, timeout=900)
+    single = subprocess.run(
+        ["icae-train", "pretrain", *flags, "--run-dir", str(tmp_path / "one"), "--grad-accum", "2"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    # fmt: on
     assert single.returncode == 0, single.stderr[-3000:]
-    multi = subprocess.run(["torchrun", "--nproc_per_node", "2", "-m", "icae_train.cli", "pretrain", *flags,
-                            "--run-dir", str(tmp_path / "two"), "--grad-accum", "1"],
-                           capture_output=True, text=True, env=env, timeout=900)
+    # fmt: off
+    multi = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", "-m", "icae_train.cli", "pretrain", *flags,
+         "--run-dir", str(tmp_path / "two"), "--grad-accum", "1"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    # fmt: on
     assert multi.returncode == 0, multi.stderr[-3000:]
     [a] = json.loads((tmp_path / "one" / "checkpoint" / "progress.json").read_text())["history"]
     [b] = json.loads((tmp_path / "two" / "checkpoint" / "progress.json").read_text())["history"]

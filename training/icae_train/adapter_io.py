@@ -20,7 +20,12 @@ TENSORS_FILE = "adapter.safetensors"
 # The ANSWER layout's pieces for chat templates we know (as icae-core's tokenizer.rs).
 CHAT_FAMILIES = [
     ("<|im_start|>", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", False),
-    ("<|start_header_id|>", "<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", True),
+    (
+        "<|start_header_id|>",
+        "<|start_header_id|>user<|end_header_id|>\n\n",
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        True,
+    ),
     ("[INST]", "[INST]", " [/INST]", True),
 ]
 
@@ -29,7 +34,9 @@ def chat_pieces(tokenizer) -> dict | None:
     template = getattr(tokenizer, "chat_template", None) or ""
     for marker, prefix, suffix, with_bos in CHAT_FAMILIES:
         if marker in template:
-            prefix_ids = ([tokenizer.bos_token_id] if with_bos else []) + tokenizer.encode(prefix, add_special_tokens=False)
+            prefix_ids = ([tokenizer.bos_token_id] if with_bos else []) + tokenizer.encode(
+                prefix, add_special_tokens=False
+            )
             return {
                 "prefix": prefix,
                 "suffix": suffix,
@@ -57,7 +64,15 @@ def base_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()[:32]
 
 
-def save_adapter(model: ICAE, model_dir: str | Path, out: str | Path, tokenizer, notes: str, trained: bool = True, lora_dtype=torch.float32):
+def save_adapter(
+    model: ICAE,
+    model_dir: str | Path,
+    out: str | Path,
+    tokenizer,
+    notes: str,
+    trained: bool = True,
+    lora_dtype=torch.float32,
+):
     """Write the adapter directory atomically (assembled beside `out`, then renamed). LoRA
     tensors may be stored in bf16 (as the official release does); memory embeddings stay f32."""
     out = Path(out)
@@ -65,7 +80,8 @@ def save_adapter(model: ICAE, model_dir: str | Path, out: str | Path, tokenizer,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tensors = {
-        k: (v.to(lora_dtype) if "lora_" in k else v.float()).contiguous().cpu() for k, v in model.trainable_state().items()
+        k: (v.to(lora_dtype) if "lora_" in k else v.float()).contiguous().cpu()
+        for k, v in model.trainable_state().items()
     }
     save_file(tensors, str(staging / TENSORS_FILE), metadata={"format": "pt"})
     base = model.icae.get_base_model().config
@@ -106,8 +122,12 @@ def read_config(adapter_dir: str | Path) -> IcaeConfig:
     )
 
 
-def load_adapter(model_dir: str | Path, adapter_dir: str | Path, device="cpu", dtype=torch.float32) -> ICAE:
+def load_adapter(
+    model_dir: str | Path, adapter_dir: str | Path, device="cpu", dtype=torch.float32
+) -> ICAE:
     model = ICAE(str(model_dir), read_config(adapter_dir), dtype=dtype, device=device)
     tensors = load_file(str(Path(adapter_dir) / TENSORS_FILE))
-    model.load_trainable({k: v.to(dtype if "lora" in k else torch.float32) for k, v in tensors.items()})
+    model.load_trainable(
+        {k: v.to(dtype if "lora" in k else torch.float32) for k, v in tensors.items()}
+    )
     return model

@@ -31,19 +31,43 @@ def _model_args(p: argparse.ArgumentParser):
 
 
 def _train_args(p: argparse.ArgumentParser):
-    p.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics, loss.png and the adapter go here")
+    p.add_argument(
+        "--run-dir",
+        required=True,
+        type=Path,
+        help="checkpoints, metrics, loss.png and the adapter go here",
+    )
     p.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--memory-lr", type=float, default=None, help="learning rate of memory_token_embed (default: --lr)")
+    p.add_argument(
+        "--memory-lr",
+        type=float,
+        default=None,
+        help="learning rate of memory_token_embed (default: --lr)",
+    )
     p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor as a share of the peak lr")
+    p.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=0.1,
+        help="cosine decay floor as a share of the peak lr",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-accum", type=int, default=1, help="examples per optimizer step")
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, help="run at most this many steps in this session (resumable)")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if the run directory has a checkpoint",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="run at most this many steps in this session (resumable)",
+    )
 
 
 def _train_config(args):
@@ -84,13 +108,38 @@ def cmd_make_qa(args):
     print(json.dumps(make_qa(args.model, documents, args.count, args.seed, args.out)))
 
 
+def _train_and_export(args, model, tokenizer, example_for, objective: str, notes: str):
+    """The tail pretraining and fine-tuning share: run (or resume) the training loop in
+    `args.run_dir`, then, on the main process, write the adapter to `run_dir/adapter`.
+    `objective` ("pretrain" or "finetune") is recorded in the checkpoint; a resume checks it."""
+    from .adapter_io import save_adapter
+    from .train import train
+
+    meta = {
+        "objective": objective,
+        "icae": model.config.__dict__,
+        "args": {k: str(v) for k, v in vars(args).items() if k != "func"},
+    }
+    train(
+        model,
+        _train_config(args),
+        args.run_dir,
+        example_for,
+        meta,
+        resume=not args.no_resume,
+        stop_after=args.stop_after,
+    )
+    if not _is_main_process():
+        return
+    save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
+    print(f"adapter written to {args.run_dir / 'adapter'}")
+
+
 def cmd_pretrain(args):
     from transformers import AutoTokenizer
 
-    from .adapter_io import save_adapter
     from .data import PretrainStream
-    from .model import ICAE, IcaeConfig
-    from .train import train
+    from .model import ICAE, AutoencodeInput, IcaeConfig, LmInput
 
     device, dtype = _device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -125,45 +174,45 @@ def cmd_pretrain(args):
     def example_for(step, index):
         example = stream.example(step, index)
         if example.is_lm:
-            return "lm", (example.context, example.continuation, args.leave_tokens_for_lm)
-        return "ae", (example.context,)
+            return LmInput(example.context, example.continuation, args.leave_tokens_for_lm)
+        return AutoencodeInput(example.context)
 
-    meta = {"objective": "pretrain", "icae": config.__dict__, "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
-    train(model, _train_config(args), args.run_dir, example_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
-    if not _is_main_process():
-        return
-    notes = f"pretrained (AE + LM, lm_ratio {args.lm_ratio}) by icae-train for {args.run_dir.name}; see docs/training.md"
-    save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
-    print(f"adapter written to {args.run_dir / 'adapter'}")
+    notes = (
+        f"pretrained (AE + LM, lm_ratio {args.lm_ratio}) by icae-train for {args.run_dir.name}; "
+        "see docs/training.md"
+    )
+    _train_and_export(args, model, tokenizer, example_for, "pretrain", notes)
 
 
 def cmd_finetune(args):
     from transformers import AutoTokenizer
 
-    from .adapter_io import chat_pieces, load_adapter, save_adapter
+    from .adapter_io import chat_pieces, load_adapter
     from .data import FinetuneStream, read_jsonl
-    from .train import train
+    from .model import AnswerInput
 
     device, dtype = _device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     pieces = chat_pieces(tokenizer)
     if pieces is None:
-        sys.exit("error: the base model has no chat template icae-train knows (chatml, llama-3, [INST])")
+        sys.exit(
+            "error: the base model has no chat template icae-train knows (chatml, llama-3, [INST])"
+        )
     model = load_adapter(args.model, args.init_adapter, device=device, dtype=dtype)
     records = [r for path in args.data for r in read_jsonl(path)]
     stream = FinetuneStream(records, tokenizer, args.seed, args.max_context_tokens)
 
     def example_for(step, index):
         ex = stream.example(step, index)
-        return "ft", (ex.context, ex.prompt, ex.answer, pieces["prefix_ids"], pieces["suffix_ids"])
+        return AnswerInput(
+            ex.context, ex.prompt, ex.answer, pieces["prefix_ids"], pieces["suffix_ids"]
+        )
 
-    meta = {"objective": "finetune", "icae": model.config.__dict__, "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
-    train(model, _train_config(args), args.run_dir, example_for, meta, resume=not args.no_resume, stop_after=args.stop_after)
-    if not _is_main_process():
-        return
-    notes = f"fine-tuned (ANSWER layout) from {args.init_adapter} by icae-train for {args.run_dir.name}; see docs/training.md"
-    save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
-    print(f"adapter written to {args.run_dir / 'adapter'}")
+    notes = (
+        f"fine-tuned (ANSWER layout) from {args.init_adapter} by icae-train "
+        f"for {args.run_dir.name}; see docs/training.md"
+    )
+    _train_and_export(args, model, tokenizer, example_for, "finetune", notes)
 
 
 def cmd_eval(args):
@@ -179,7 +228,9 @@ def cmd_eval(args):
     report = {"adapter": str(args.adapter)}
     if args.heldout:
         documents = _tokenize_documents(tokenizer, args.heldout, None)
-        report["autoencode"] = autoencode_eval(model, documents, args.passage_tokens, args.passages, args.seed)
+        report["autoencode"] = autoencode_eval(
+            model, documents, args.passage_tokens, args.passages, args.seed
+        )
     if args.pwc:
         records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
         report["answers"] = answer_eval(model, tokenizer, records, args.max_new_tokens)
@@ -200,9 +251,20 @@ def cmd_export(args):
     config = IcaeConfig(**progress["meta"]["icae"])
     model = ICAE(args.model, config)
     model.load_trainable(load_file(str(args.run_dir / "checkpoint" / "trainable.safetensors")))
-    notes = args.notes or f"{progress['meta']['objective']} checkpoint at step {progress['step']} of {args.run_dir.name}; see docs/training.md"
+    notes = (
+        args.notes
+        or f"{progress['meta']['objective']} checkpoint at step {progress['step']} "
+        f"of {args.run_dir.name}; see docs/training.md"
+    )
     lora_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.lora_dtype]
-    save_adapter(model, args.model, args.out, AutoTokenizer.from_pretrained(args.model), notes, lora_dtype=lora_dtype)
+    save_adapter(
+        model,
+        args.model,
+        args.out,
+        AutoTokenizer.from_pretrained(args.model),
+        notes,
+        lora_dtype=lora_dtype,
+    )
     print(f"adapter (step {progress['step']}) written to {args.out}")
 
 
@@ -210,12 +272,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="icae-train", description=__doc__)
     sub = parser.add_subparsers(required=True)
 
-    p = sub.add_parser("build-corpus", help="build the offline plain-text corpus (train / held-out)")
+    p = sub.add_parser(
+        "build-corpus", help="build the offline plain-text corpus (train / held-out)"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--heldout-percent", type=int, default=5)
     p.set_defaults(func=cmd_build_corpus)
 
-    p = sub.add_parser("make-qa", help="write (input, prompt, answer) triples with the base model itself")
+    p = sub.add_parser(
+        "make-qa", help="write (input, prompt, answer) triples with the base model itself"
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--count", type=int, default=300, help="passages to try")
@@ -228,22 +294,50 @@ def main(argv=None):
     _train_args(p)
     p.add_argument("--corpus", type=Path, required=True, help="directory with train.jsonl")
     p.add_argument("--max-documents", type=int, default=None)
-    p.add_argument("--init-adapter", type=Path, default=None,
-                   help="start from this adapter directory (its mem_size/rate/LoRA settings win) instead of a fresh one")
+    p.add_argument(
+        "--init-adapter",
+        type=Path,
+        default=None,
+        help="start from this adapter directory (its mem_size/rate/LoRA settings win) "
+        "instead of a fresh one",
+    )
     p.add_argument("--mem-size", type=int, default=32)
     p.add_argument("--compression-rate", type=int, default=4)
     p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--target-modules", default="q_proj,v_proj")
-    p.add_argument("--lm-ratio", type=float, default=0.5, help="share of LM examples (paper: about 0.4-0.6 of AE)")
-    p.add_argument("--lm-token", action="store_true", help="put the LM special token after the slots for LM examples")
-    p.add_argument("--max-segments", type=int, default=1, help="longest example, in segments of mem_size x rate tokens")
+    p.add_argument(
+        "--lm-ratio",
+        type=float,
+        default=0.5,
+        help="share of LM examples (paper: about 0.4-0.6 of AE)",
+    )
+    p.add_argument(
+        "--lm-token",
+        action="store_true",
+        help="put the LM special token after the slots for LM examples",
+    )
+    p.add_argument(
+        "--max-segments",
+        type=int,
+        default=1,
+        help="longest example, in segments of mem_size x rate tokens",
+    )
     p.add_argument("--min-tokens", type=int, default=16)
-    p.add_argument("--min-lm-tokens", type=int, default=16, help="an LM example needs at least this many continuation tokens")
-    p.add_argument("--leave-tokens-for-lm", type=int, default=8, help="first continuation tokens without loss")
+    p.add_argument(
+        "--min-lm-tokens",
+        type=int,
+        default=16,
+        help="an LM example needs at least this many continuation tokens",
+    )
+    p.add_argument(
+        "--leave-tokens-for-lm", type=int, default=8, help="first continuation tokens without loss"
+    )
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="instruction fine-tuning on PwC-format JSONL (ANSWER layout)")
+    p = sub.add_parser(
+        "finetune", help="instruction fine-tuning on PwC-format JSONL (ANSWER layout)"
+    )
     _model_args(p)
     _train_args(p)
     p.add_argument("--init-adapter", type=Path, required=True, help="pretrained adapter directory")
@@ -268,7 +362,12 @@ def main(argv=None):
     p.add_argument("--model", required=True)
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--lora-dtype", choices=["f32", "bf16"], default="f32", help="bf16 halves the file, as the official release")
+    p.add_argument(
+        "--lora-dtype",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="bf16 halves the file, as the official release",
+    )
     p.add_argument("--notes", default=None, help="replace the notes recorded in icae_config.json")
     p.set_defaults(func=cmd_export)
 

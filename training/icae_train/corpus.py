@@ -16,8 +16,15 @@ import sysconfig
 from pathlib import Path
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst"}
-SKIP_NAMES = re.compile(r"(changelog|copyright|license|licence|copying|authors|record|requirements|top_level|entry_points|sources|installer|wheel|requested|direct_url|metadata|dependency_links|not-zip-safe|zip-safe)", re.I)
-LICENSE_TEXT = re.compile(r"(permission is hereby granted|gnu (lesser )?general public license|apache license|redistribution and use in source and binary forms)", re.I)
+SKIP_NAMES = re.compile(
+    r"(changelog|copyright|license|licence|copying|authors|record|requirements|top_level|entry_points|sources|installer|wheel|requested|direct_url|metadata|dependency_links|not-zip-safe|zip-safe)",
+    re.I,
+)
+LICENSE_TEXT = re.compile(
+    r"(permission is hereby granted|gnu (lesser )?general public license|apache license"
+    r"|redistribution and use in source and binary forms)",
+    re.I,
+)
 MIN_CHARS = 400
 MAX_CHARS = 200_000
 # Share of non-empty lines that must read like prose (five or more words).
@@ -25,8 +32,8 @@ MIN_PROSE_LINES = 0.3
 
 
 def prose_share(text: str) -> float:
-    lines = [l for l in text.split("\n") if l.strip()]
-    wordy = sum(len(re.findall(r"[A-Za-z]{2,}", l)) >= 5 for l in lines)
+    lines = [line for line in text.split("\n") if line.strip()]
+    wordy = sum(len(re.findall(r"[A-Za-z]{2,}", line)) >= 5 for line in lines)
     return wordy / max(1, len(lines))
 
 
@@ -69,7 +76,11 @@ def pypi_docs():
                 text = path.read_text(errors="ignore")
                 body = text.split("\n\n", 1)[1] if "\n\n" in text else ""
                 yield f"pypi:{path.parent.name}", body
-            elif path.suffix in TEXT_SUFFIXES and not SKIP_NAMES.search(path.stem) and ".dist-info" not in str(path):
+            elif (
+                path.suffix in TEXT_SUFFIXES
+                and not SKIP_NAMES.search(path.stem)
+                and ".dist-info" not in str(path)
+            ):
                 yield f"pypi:{path}", path.read_text(errors="ignore")
 
 

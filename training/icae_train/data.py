@@ -29,7 +29,15 @@ class PretrainStream:
     official `text_extraction`: with probability `lm_ratio` an LM example (a context window
     and the tokens after it), else an AE example (a window of the document)."""
 
-    def __init__(self, documents: list[list[int]], seed: int, max_tokens: int, min_tokens: int, lm_ratio: float, min_lm_tokens: int):
+    def __init__(
+        self,
+        documents: list[list[int]],
+        seed: int,
+        max_tokens: int,
+        min_tokens: int,
+        lm_ratio: float,
+        min_lm_tokens: int,
+    ):
         self.documents = [d for d in documents if len(d) >= min_tokens]
         if not self.documents:
             raise ValueError(f"no document has at least {min_tokens} tokens")

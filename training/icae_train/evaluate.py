@@ -15,7 +15,9 @@ from .model import ICAE
 
 
 @torch.no_grad()
-def autoencode_eval(model: ICAE, documents: list[list[int]], passage_tokens: int, count: int, seed: int = 0) -> dict:
+def autoencode_eval(
+    model: ICAE, documents: list[list[int]], passage_tokens: int, count: int, seed: int = 0
+) -> dict:
     model.eval()
     rng = random.Random(seed)
     candidates = [d for d in documents if len(d) >= passage_tokens]
@@ -28,20 +30,30 @@ def autoencode_eval(model: ICAE, documents: list[list[int]], passage_tokens: int
     for passage in passages:
         slots = model.compress(passage)
         hypotheses.append(model.greedy(model.ae_layout(slots), passage_tokens + 8))
-    accuracy = sum(sum(a == b for a, b in zip(p, h)) for p, h in zip(passages, hypotheses)) / max(1, sum(map(len, passages)))
+    accuracy = sum(
+        sum(a == b for a, b in zip(p, h, strict=False))
+        for p, h in zip(passages, hypotheses, strict=True)
+    ) / max(1, sum(map(len, passages)))
     return {
         "passages": len(passages),
         "passage_tokens": passage_tokens,
         "slots": model.num_segments(passage_tokens) * model.config.mem_size,
         "bleu4": corpus_bleu(passages, hypotheses),
-        "exact_prefix": sum(prefix_match(p, h) for p, h in zip(passages, hypotheses)) / max(1, len(passages)),
+        "exact_prefix": sum(prefix_match(p, h) for p, h in zip(passages, hypotheses, strict=True))
+        / max(1, len(passages)),
         "token_accuracy": accuracy,
         "seconds": time.time() - started,
     }
 
 
 @torch.no_grad()
-def answer_eval(model: ICAE, tokenizer, records: list[dict], max_new_tokens: int = 64, max_context_tokens: int = 4096) -> dict:
+def answer_eval(
+    model: ICAE,
+    tokenizer,
+    records: list[dict],
+    max_new_tokens: int = 64,
+    max_context_tokens: int = 4096,
+) -> dict:
     """ROUGE-L (on lower-cased words) of answers from slots and from the full context."""
     model.eval()
     pieces = chat_pieces(tokenizer)
@@ -53,8 +65,12 @@ def answer_eval(model: ICAE, tokenizer, records: list[dict], max_new_tokens: int
         context = tokenizer.encode(r["input"], add_special_tokens=False)[:max_context_tokens]
         prompt = tokenizer.encode(r["prompt"], add_special_tokens=False)
         slots = model.compress(context)
-        from_slots = model.greedy(model.answer_layout(slots, prompt, pieces["prefix_ids"], pieces["suffix_ids"]), max_new_tokens)
-        # The baseline: the base model reading the whole context (what icae-core's baseline_input builds).
+        from_slots = model.greedy(
+            model.answer_layout(slots, prompt, pieces["prefix_ids"], pieces["suffix_ids"]),
+            max_new_tokens,
+        )
+        # The baseline: the base model reading the whole context (what icae-core's
+        # baseline_input builds).
         full = model.embed(pieces["prefix_ids"] + context + newline + prompt + pieces["suffix_ids"])
         from_text = model.greedy(full, max_new_tokens)
         slots_text = tokenizer.decode(from_slots, skip_special_tokens=True)

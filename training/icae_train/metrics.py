@@ -15,7 +15,8 @@ def corpus_bleu(references: list[list], hypotheses: list[list], max_n: int = 4) 
     matches = [0] * max_n
     totals = [0] * max_n
     ref_len = hyp_len = 0
-    for ref, hyp in zip(references, hypotheses):
+    # A hypothesis list longer or shorter than the references is cut to the shorter one.
+    for ref, hyp in zip(references, hypotheses, strict=False):
         ref_len += len(ref)
         hyp_len += len(hyp)
         for n in range(1, max_n + 1):
@@ -24,7 +25,7 @@ def corpus_bleu(references: list[list], hypotheses: list[list], max_n: int = 4) 
             totals[n - 1] += max(0, len(hyp) - n + 1)
     if hyp_len == 0 or min(matches) == 0:
         return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / max_n
     brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
     return brevity * math.exp(log_precision)
 
@@ -49,7 +50,7 @@ def rouge_l(reference: list, hypothesis: list) -> float:
 def prefix_match(reference: list, hypothesis: list) -> float:
     """Share of the reference reproduced exactly before the first mismatch."""
     n = 0
-    for r, h in zip(reference, hypothesis):
+    for r, h in zip(reference, hypothesis, strict=False):
         if r != h:
             break
         n += 1

@@ -9,15 +9,69 @@ second frozen copy for training; the computation is the same)."""
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-AE, LM, FT = 0, 1, 2
+
+class Objective(enum.Enum):
+    """The three training objectives. The value is the name a run records for a step's
+    examples (`kind` in metrics.jsonl and the checkpoint history): keep it stable."""
+
+    AUTOENCODE = "ae"
+    LM = "lm"
+    FINETUNE = "ft"
+
+    @property
+    def token_row(self) -> int:
+        """Offset of the objective's special token after the `mem_size` memory tokens in
+        `memory_token_embed` (the official order: AE, LM, FT)."""
+        return _TOKEN_ROWS[self]
+
+
+_TOKEN_ROWS = {Objective.AUTOENCODE: 0, Objective.LM: 1, Objective.FINETUNE: 2}
+
+
+@dataclass(frozen=True)
+class AutoencodeInput:
+    """One autoencoding example: the text to compress and reconstruct."""
+
+    ids: list[int]
+    objective: ClassVar[Objective] = Objective.AUTOENCODE
+
+
+@dataclass(frozen=True)
+class LmInput:
+    """One language-modelling example: continue `context` (from its slots) with
+    `continuation`; the first `leave` continuation tokens carry no loss."""
+
+    context: list[int]
+    continuation: list[int]
+    leave: int
+    objective: ClassVar[Objective] = Objective.LM
+
+
+@dataclass(frozen=True)
+class AnswerInput:
+    """One fine-tuning example in the ANSWER layout: `prefix` slots [FT] `prompt` `suffix`,
+    then `answer`."""
+
+    context: list[int]
+    prompt: list[int]
+    answer: list[int]
+    prefix: list[int]
+    suffix: list[int]
+    objective: ClassVar[Objective] = Objective.FINETUNE
+
+
+# What `ICAE.forward` takes: one example of any objective.
+ObjectiveInput = AutoencodeInput | LmInput | AnswerInput
 
 
 @dataclass
@@ -64,8 +118,9 @@ class ICAE(nn.Module):
         table = self.icae.get_base_model().model.embed_tokens
         return table(torch.tensor(ids, dtype=torch.long, device=self.device))
 
-    def special(self, which: int) -> torch.Tensor:
-        return self.memory_token_embed.weight[self.config.mem_size + which].unsqueeze(0)
+    def special(self, objective: Objective) -> torch.Tensor:
+        row = self.config.mem_size + objective.token_row
+        return self.memory_token_embed.weight[row].unsqueeze(0)
 
     def num_segments(self, length: int) -> int:
         return math.ceil(length / (self.config.mem_size * self.config.compression_rate))
@@ -98,16 +153,30 @@ class ICAE(nn.Module):
     # ------------------------------------------------------------------ layouts
 
     def ae_layout(self, slots: torch.Tensor) -> torch.Tensor:
-        return torch.cat([slots, self.special(AE).to(slots.dtype)])
+        return torch.cat([slots, self.special(Objective.AUTOENCODE).to(slots.dtype)])
 
-    def answer_layout(self, slots: torch.Tensor, prompt_ids: list[int], prefix_ids: list[int], suffix_ids: list[int]) -> torch.Tensor:
+    def answer_layout(
+        self,
+        slots: torch.Tensor,
+        prompt_ids: list[int],
+        prefix_ids: list[int],
+        suffix_ids: list[int],
+    ) -> torch.Tensor:
         return torch.cat(
-            [self.embed(prefix_ids), slots, self.special(FT).to(slots.dtype), self.embed(prompt_ids), self.embed(suffix_ids)]
+            [
+                self.embed(prefix_ids),
+                slots,
+                self.special(Objective.FINETUNE).to(slots.dtype),
+                self.embed(prompt_ids),
+                self.embed(suffix_ids),
+            ]
         )
 
     # ------------------------------------------------------------------ objectives
 
-    def _loss(self, prompt: torch.Tensor, target_ids: list[int], ignored: int = 0) -> tuple[torch.Tensor, int]:
+    def _loss(
+        self, prompt: torch.Tensor, target_ids: list[int], ignored: int = 0
+    ) -> tuple[torch.Tensor, int]:
         """Cross-entropy of `target_ids` after `prompt` (the first `ignored` targets carry no
         loss), as the official labels [-100] * len(prompt) + answer with logits[:-1] vs
         labels[1:]."""
@@ -125,19 +194,32 @@ class ICAE(nn.Module):
 
     def lm_loss(self, context: list[int], continuation: list[int], leave: int):
         slots = self.compress(context)
-        prompt = torch.cat([slots, self.special(LM).to(slots.dtype)]) if self.config.lm_token else slots
+        prompt = (
+            torch.cat([slots, self.special(Objective.LM).to(slots.dtype)])
+            if self.config.lm_token
+            else slots
+        )
         return self._loss(prompt, continuation, ignored=leave)
 
-    def answer_loss(self, context, prompt_ids, answer_ids, prefix_ids, suffix_ids):
+    def finetune_loss(self, context, prompt_ids, answer_ids, prefix_ids, suffix_ids):
         slots = self.compress(context)
-        return self._loss(self.answer_layout(slots, prompt_ids, prefix_ids, suffix_ids), answer_ids + [self.eos_ids[0]])
+        return self._loss(
+            self.answer_layout(slots, prompt_ids, prefix_ids, suffix_ids),
+            answer_ids + [self.eos_ids[0]],
+        )
 
-    def forward(self, kind: str, *args):
-        """(mean loss, target tokens) of one example: "ae" (ids), "lm" (context, continuation,
-        leave), "ft" (context, prompt, answer, prefix, suffix). Training calls the module
-        itself, so DistributedDataParallel sees a forward pass."""
-        objective = {"ae": self.autoencode_loss, "lm": self.lm_loss, "ft": self.answer_loss}[kind]
-        return objective(*args)
+    def forward(self, example: ObjectiveInput):
+        """(mean loss, target tokens) of one typed example, by its objective. Training calls
+        the module itself, so DistributedDataParallel sees a forward pass."""
+        if isinstance(example, AutoencodeInput):
+            return self.autoencode_loss(example.ids)
+        if isinstance(example, LmInput):
+            return self.lm_loss(example.context, example.continuation, example.leave)
+        if isinstance(example, AnswerInput):
+            return self.finetune_loss(
+                example.context, example.prompt, example.answer, example.prefix, example.suffix
+            )
+        raise TypeError(f"not a training example: {type(example).__name__}")
 
     # ------------------------------------------------------------------ inference
 
@@ -153,7 +235,9 @@ class ICAE(nn.Module):
                     break
                 out.append(token)
                 ids = torch.tensor([[token]], device=self.device)
-                result = self.icae(input_ids=ids, past_key_values=result.past_key_values, use_cache=True)
+                result = self.icae(
+                    input_ids=ids, past_key_values=result.past_key_values, use_cache=True
+                )
         return out
 
     # ------------------------------------------------------------------ state
@@ -167,7 +251,10 @@ class ICAE(nn.Module):
         missing = set(self.trainable_state()) - set(tensors)
         unexpected = set(tensors) - set(self.trainable_state())
         if missing or unexpected:
-            raise ValueError(f"adapter tensors do not match: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+            raise ValueError(
+                f"adapter tensors do not match: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}"
+            )
         self.load_state_dict({k: v.to(self.device) for k, v in tensors.items()}, strict=False)
 
 

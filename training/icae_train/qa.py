@@ -12,17 +12,29 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ASK = "Read the text and write one question that the text answers.\n\nText:\n{passage}\n\nReply with the question only."
-ANSWER = "Text:\n{passage}\n\nAnswer the question with a short phrase copied from the text.\nQuestion: {question}"
+ASK = (
+    "Read the text and write one question that the text answers.\n\n"
+    "Text:\n{passage}\n\n"
+    "Reply with the question only."
+)
+ANSWER = (
+    "Text:\n{passage}\n\n"
+    "Answer the question with a short phrase copied from the text.\n"
+    "Question: {question}"
+)
 
 
-def passages(documents: list[str], count: int, seed: int, min_chars: int = 300, max_chars: int = 1200):
+def passages(
+    documents: list[str], count: int, seed: int, min_chars: int = 300, max_chars: int = 1200
+):
     rng = random.Random(seed)
     candidates = []
     for doc in documents:
         for paragraph in doc.split("\n\n"):
             paragraph = paragraph.strip()
-            if min_chars <= len(paragraph) <= max_chars and sum(c.isalpha() for c in paragraph) > 0.7 * len(paragraph):
+            if min_chars <= len(paragraph) <= max_chars and sum(
+                c.isalpha() for c in paragraph
+            ) > 0.7 * len(paragraph):
                 candidates.append(paragraph)
     rng.shuffle(candidates)
     return candidates[:count]
@@ -45,7 +57,9 @@ def extractive(answer: str, passage: str) -> bool:
 
 def _reply(model, tokenizer, content: str, max_new_tokens: int) -> str:
     messages = [{"role": "user", "content": content}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)[0, ids.shape[1] :]
     return tokenizer.decode(out, skip_special_tokens=True).strip()
 
@@ -61,9 +75,15 @@ def make_qa(model_dir: str, documents: list[str], count: int, seed: int, out_pat
             question = question_of(_reply(model, tokenizer, ASK.format(passage=passage), 48))
             if question is None:
                 continue
-            answer = _reply(model, tokenizer, ANSWER.format(passage=passage, question=question), 32).split("\n")[0].strip()
+            answer = (
+                _reply(model, tokenizer, ANSWER.format(passage=passage, question=question), 32)
+                .split("\n")[0]
+                .strip()
+            )
             answer = re.sub(r"^(Answer|A)\s*:\s*", "", answer).strip('"')
             if extractive(answer, passage):
-                out.write(json.dumps({"input": passage, "prompt": question, "answer": answer}) + "\n")
+                out.write(
+                    json.dumps({"input": passage, "prompt": question, "answer": answer}) + "\n"
+                )
                 kept += 1
     return {"passages": tried, "kept": kept}

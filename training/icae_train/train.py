@@ -13,16 +13,16 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .model import ICAE
+from .model import ICAE, ObjectiveInput
 
 CHECKPOINT = "checkpoint"
 
@@ -46,11 +46,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, progress))
+    )
 
 
 def optimizer_for(model: ICAE, cfg: TrainConfig):
-    lora = [p for n, p in model.named_parameters() if p.requires_grad and "memory_token_embed" not in n]
+    lora = [
+        p for n, p in model.named_parameters() if p.requires_grad and "memory_token_embed" not in n
+    ]
     memory = [model.memory_token_embed.weight]
     groups = [
         {"params": lora, "lr": cfg.lr},
@@ -62,7 +66,11 @@ def optimizer_for(model: ICAE, cfg: TrainConfig):
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -76,19 +84,30 @@ def _set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model: ICAE, optimizer, scheduler, step: int, history: list[dict], meta: dict):
+def save_checkpoint(
+    run_dir: Path, model: ICAE, optimizer, scheduler, step: int, history: list[dict], meta: dict
+):
     """Everything needed to continue exactly: trainable tensors, optimizer and scheduler
     state, the step (= data position), RNG states. Written beside the old one, then swapped."""
     final = run_dir / CHECKPOINT
     staging = run_dir / (CHECKPOINT + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file({k: v.contiguous().cpu() for k, v in model.trainable_state().items()}, str(staging / "trainable.safetensors"))
+    save_file(
+        {k: v.contiguous().cpu() for k, v in model.trainable_state().items()},
+        str(staging / "trainable.safetensors"),
+    )
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        },
         staging / "state.pt",
     )
-    (staging / "progress.json").write_text(json.dumps({"step": step, "history": history, "meta": meta}))
+    (staging / "progress.json").write_text(
+        json.dumps({"step": step, "history": history, "meta": meta})
+    )
     old = run_dir / (CHECKPOINT + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -97,7 +116,9 @@ def save_checkpoint(run_dir: Path, model: ICAE, optimizer, scheduler, step: int,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path, model: ICAE, optimizer, scheduler) -> tuple[int, list[dict], dict]:
+def load_checkpoint(
+    run_dir: Path, model: ICAE, optimizer, scheduler
+) -> tuple[int, list[dict], dict]:
     ckpt = run_dir / CHECKPOINT
     model.load_trainable(load_file(str(ckpt / "trainable.safetensors")))
     state = torch.load(ckpt / "state.pt", weights_only=False)
@@ -119,7 +140,7 @@ def plot_losses(history: list[dict], path: Path, title: str):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for kind in sorted({h["kind"] for h in history}):
         points = [(h["step"], h["loss"]) for h in history if h["kind"] == kind]
-        steps, losses = zip(*points)
+        steps, losses = zip(*points, strict=True)
         ax.plot(steps, losses, alpha=0.25, linewidth=0.8, label=f"{kind} (per step)")
         window = max(1, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
@@ -140,18 +161,22 @@ def train(
     model: ICAE,
     cfg: TrainConfig,
     run_dir: Path,
-    example_for: Callable[[int, int], tuple[str, tuple]],
+    example_for: Callable[[int, int], ObjectiveInput],
     meta: dict,
     resume: bool = True,
     stop_after: int | None = None,
 ) -> list[dict]:
-    """Run steps [start, cfg.steps). `example_for(step, index)` gives the objective and
-    arguments of example `index` of a step (see `ICAE.forward`). `stop_after` ends the
+    """Run steps [start, cfg.steps). `example_for(step, index)` gives example `index` of a
+    step, typed by its objective (see `ICAE.forward`). `stop_after` ends the
     session early (the run stays resumable), e.g. to fit a time budget."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=model.device.type == "cpu")
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    world, rank, main = (
+        accelerator.num_processes,
+        accelerator.process_index,
+        accelerator.is_main_process,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     optimizer, scheduler = optimizer_for(model, cfg)
@@ -159,7 +184,9 @@ def train(
     if resume and (run_dir / CHECKPOINT).exists():
         start, history, saved_meta = load_checkpoint(run_dir, model, optimizer, scheduler)
         if saved_meta.get("objective") != meta.get("objective"):
-            raise ValueError(f"{run_dir} holds a {saved_meta.get('objective')} run, not {meta.get('objective')}")
+            raise ValueError(
+                f"{run_dir} holds a {saved_meta.get('objective')} run, not {meta.get('objective')}"
+            )
         if main:
             print(f"resuming {run_dir} at step {start}/{cfg.steps}")
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
@@ -169,34 +196,45 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     metrics = None
     if main:
-        (run_dir / "run.json").write_text(json.dumps({"train": cfg.__dict__, "processes": world, **meta}, indent=2))
+        (run_dir / "run.json").write_text(
+            json.dumps({"train": cfg.__dict__, "processes": world, **meta}, indent=2)
+        )
         metrics = open(run_dir / "metrics.jsonl", "a")
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=meta.get("objective", "train"), dynamic_ncols=True, disable=not main)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=cfg.steps,
+        desc=meta.get("objective", "train"),
+        dynamic_ncols=True,
+        disable=not main,
+    )
     window_tokens, window_started = 0, time.time()
     model.train()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
-        total, tokens, kinds = 0.0, 0, []
+        total, tokens, objectives = 0.0, 0, []
         for micro in range(cfg.grad_accum):
-            kind, args = example_for(step, micro * world + rank)
+            example = example_for(step, micro * world + rank)
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(ddp_model):
-                loss, n = ddp_model(kind, *args)
+                loss, n = ddp_model(example)
                 accelerator.backward(loss / cfg.grad_accum)
             total += loss.item() / cfg.grad_accum
             tokens += n
-            kinds.append(kind)
+            objectives.append(example.objective)
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean").item()
-        tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item())
+        tokens = int(
+            accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item()
+        )
         window_tokens += tokens
         elapsed = time.time() - window_started
         record = {
             "step": step + 1,
             "loss": total,
-            "kind": kinds[0] if len(set(kinds)) == 1 else "mixed",
+            "kind": objectives[0].value if len(set(objectives)) == 1 else "mixed",
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
             "tokens": tokens,
@@ -205,12 +243,20 @@ def train(
         history.append(record)
         if main:
             metrics.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}", lr=f"{record['lr']:.1e}")
+            bar.set_postfix(
+                loss=f"{total:.3f}",
+                tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}",
+                lr=f"{record['lr']:.1e}",
+            )
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             if main:
                 metrics.flush()
                 save_checkpoint(run_dir, model, optimizer, scheduler, step + 1, history, meta)
-                plot_losses(history, run_dir / "loss.png", f"{meta.get('objective', 'train')}: {run_dir.name}")
+                plot_losses(
+                    history,
+                    run_dir / "loss.png",
+                    f"{meta.get('objective', 'train')}: {run_dir.name}",
+                )
             accelerator.wait_for_everyone()
             window_tokens, window_started = 0, time.time()
     if metrics:
