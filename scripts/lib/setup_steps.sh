@@ -1,13 +1,14 @@
 # The steps of scripts/setup.sh. Source after scripts/env.sh.
 # Each step NAME has `need_NAME` (exit 0 when there is work to do; it must not fail when an
 # earlier step has not run yet: it only looks) and `do_NAME` (does the work).
-SETUP_STEPS=(system_packages python_env rust_build model_import untrained_adapter)
+SETUP_STEPS=(system_packages python_env training_package rust_build model_import untrained_adapter)
 SETUP_CURRENT_STEP="start"
 
 describe_step() {
   case "$1" in
     system_packages) echo "install redis-server and openssl (Debian)" ;;
     python_env) echo "create the Python environment in $ICAE_VENV (PyTorch 2.13.0 is large: a few minutes)" ;;
+    training_package) echo "install this checkout's training/ package (icae-train) into $ICAE_VENV" ;;
     rust_build) echo "build the Rust workspace (release)" ;;
     model_import) echo "import the default model into $ICAE_MODEL_DIR" ;;
     untrained_adapter) echo "write the untrained plumbing adapter $ICAE_UNTRAINED_ADAPTER" ;;
@@ -49,6 +50,22 @@ do_python_env() {
   requirements_hash >"$(python_stamp)"
   # env.sh found no torch/lib before the venv existed: pick it up now.
   source scripts/env.sh
+}
+
+# --- the training package ----------------------------------------------------------------
+# Installed in editable mode, so the venv points at the checkout that installed it: a venv
+# shared by several checkouts (CI's fresh clone reuses this machine's ICAE_HOME) must point
+# at this one, or the tests would exercise another checkout's code.
+training_package_dir() {
+  "$ICAE_VENV/bin/python" -c 'import os, icae_train; print(os.path.dirname(os.path.dirname(os.path.realpath(icae_train.__file__))))' 2>/dev/null || true
+}
+need_training_package() {
+  [ -f training/pyproject.toml ] || return 1
+  [ "$(training_package_dir)" != "$(cd training && pwd -P)" ]
+}
+# Its dependencies came with the Python environment: only the link to this checkout changes.
+do_training_package() {
+  "$ICAE_VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e training
 }
 
 # --- Rust workspace -----------------------------------------------------------------------
