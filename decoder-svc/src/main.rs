@@ -2,54 +2,87 @@
 //! them inline) and streams generated text; the model runs on one dedicated thread that
 //! steps all active sequences together.
 
+mod backend;
+mod pipeline;
+mod scheduler;
 mod server;
-mod worker;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use icae_core::service::runtime::{self, CommonArgs};
 use icae_proto::v1::decoder_server::DecoderServer;
+use icae_serving::model_thread::load_icae;
+use icae_serving::runtime::{run_service, ServiceParts};
+use icae_serving::{serve, Limits, Ports, ServiceArgs};
+
+use crate::pipeline::GeneratePipeline;
+use crate::scheduler::Scheduler;
+use crate::server::DecoderService;
 
 #[derive(Debug, Parser)]
+// A flag given twice takes its last value (scripts add to a base command line).
 #[command(
+    args_override_self = true,
     name = "decoder-svc",
     version,
     about = "ICAE decoder: generates text from memory slots stored in Redis"
 )]
 pub struct Config {
     #[command(flatten)]
-    pub common: CommonArgs,
-    /// Most slot sets (spans) one request may concatenate.
-    #[arg(long, env = "ICAE_MAX_SPANS", default_value_t = 16)]
-    pub max_spans: usize,
+    pub service: ServiceArgs,
+    /// Most slot sets one request may concatenate (in order).
+    #[arg(
+        long,
+        env = "ICAE_MAX_SLOT_SETS",
+        alias = "max-spans",
+        default_value_t = 16
+    )]
+    pub max_slot_sets: usize,
     /// Most sequences decoded together in one batched step.
     #[arg(long, env = "ICAE_MAX_BATCH_SEQUENCES", default_value_t = 16)]
     pub max_batch_sequences: usize,
 }
 
+/// gRPC 50052, metrics 9092: distinct from the other service's, so both run on one host.
+const DEFAULT_PORTS: Ports = Ports {
+    grpc: 50052,
+    metrics: 9092,
+};
+
 fn main() -> ExitCode {
     let config = Config::parse();
-    let common = config.common.clone();
-    runtime::main_with("decoder-svc", &common, || run(config))
+    let args = config.service.clone();
+    run_service("decoder-svc", &args, || run(config))
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    if config.max_spans == 0 || config.max_batch_sequences == 0 {
-        return Err("--max-spans and --max-batch-sequences must be at least 1".into());
+    if config.max_slot_sets == 0 || config.max_batch_sequences == 0 {
+        return Err("--max-slot-sets and --max-batch-sequences must be at least 1".into());
     }
-    let common = &config.common;
-    let shared = runtime::prepare(common, icae_proto::DECODER_SERVICE).await?;
-    let worker = worker::spawn(common, config.max_batch_sequences, shared.readiness.clone());
-    let service = server::DecoderService::new(
-        &config,
-        shared.store.clone(),
-        shared.tokenizer.clone(),
-        worker,
-        shared.admission.clone(),
+    let args = &config.service;
+    let parts = ServiceParts::build(args, icae_proto::DECODER_SERVICE, DEFAULT_PORTS).await?;
+    let (model, adapter) = (args.model.clone(), args.adapter.clone());
+    let (scheduler, load_failure) = Scheduler::spawn(
+        args.max_concurrent_requests,
+        config.max_batch_sequences,
+        parts.readiness.clone(),
+        move || load_icae(&model, &adapter),
     );
+    let limits = Limits {
+        max_slot_sets: config.max_slot_sets,
+        ..Limits::from_args(args)
+    };
+    let service = DecoderService {
+        pipeline: GeneratePipeline {
+            store: parts.store.clone(),
+            tokenizer: parts.tokenizer.clone(),
+            scheduler,
+            limits,
+        },
+        admission: parts.admission.clone(),
+    };
     let server = DecoderServer::new(service)
-        .max_decoding_message_size(common.max_message_bytes)
-        .max_encoding_message_size(common.max_message_bytes);
-    runtime::serve(common, shared, server).await
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+    serve(args, parts, server, load_failure).await
 }

@@ -1,24 +1,34 @@
 //! encoder-svc: the ICAE Encoder gRPC service. Compresses documents into memory slots on a
 //! dedicated model thread and stores them in Redis under content-addressed keys.
 
+mod backend;
+mod batcher;
+mod pipeline;
 mod server;
-mod worker;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use icae_core::service::runtime::{self, CommonArgs};
 use icae_proto::v1::encoder_server::EncoderServer;
+use icae_serving::model_thread::load_icae;
+use icae_serving::runtime::{run_service, ServiceParts};
+use icae_serving::{serve, Limits, Ports, ServiceArgs};
+
+use crate::batcher::Batcher;
+use crate::pipeline::CompressPipeline;
+use crate::server::EncoderService;
 
 #[derive(Debug, Parser)]
+// A flag given twice takes its last value (scripts add to a base command line).
 #[command(
+    args_override_self = true,
     name = "encoder-svc",
     version,
     about = "ICAE encoder: compresses documents into memory slots stored in Redis"
 )]
 pub struct Config {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub service: ServiceArgs,
     /// Most documents in one Compress request.
     #[arg(long, env = "ICAE_MAX_DOCUMENTS_PER_REQUEST", default_value_t = 64)]
     pub max_documents_per_request: usize,
@@ -27,10 +37,16 @@ pub struct Config {
     pub max_batch_documents: usize,
 }
 
+/// gRPC 50051, metrics 9091: distinct from the other service's, so both run on one host.
+const DEFAULT_PORTS: Ports = Ports {
+    grpc: 50051,
+    metrics: 9091,
+};
+
 fn main() -> ExitCode {
     let config = Config::parse();
-    let common = config.common.clone();
-    runtime::main_with("encoder-svc", &common, || run(config))
+    let args = config.service.clone();
+    run_service("encoder-svc", &args, || run(config))
 }
 
 async fn run(config: Config) -> Result<(), String> {
@@ -39,18 +55,30 @@ async fn run(config: Config) -> Result<(), String> {
             "--max-documents-per-request and --max-batch-documents must be at least 1".into(),
         );
     }
-    let common = &config.common;
-    let shared = runtime::prepare(common, icae_proto::ENCODER_SERVICE).await?;
-    let worker = worker::spawn(common, config.max_batch_documents, shared.readiness.clone());
-    let service = server::EncoderService::new(
-        &config,
-        shared.store.clone(),
-        shared.tokenizer.clone(),
-        worker,
-        shared.admission.clone(),
+    let args = &config.service;
+    let parts = ServiceParts::build(args, icae_proto::ENCODER_SERVICE, DEFAULT_PORTS).await?;
+    let (model, adapter) = (args.model.clone(), args.adapter.clone());
+    let (batcher, load_failure) = Batcher::spawn(
+        args.max_concurrent_requests,
+        config.max_batch_documents,
+        parts.readiness.clone(),
+        move || load_icae(&model, &adapter),
     );
+    let limits = Limits {
+        max_documents_per_request: config.max_documents_per_request,
+        ..Limits::from_args(args)
+    };
+    let service = EncoderService {
+        pipeline: CompressPipeline {
+            store: parts.store.clone(),
+            tokenizer: parts.tokenizer.clone(),
+            batcher,
+            limits,
+        },
+        admission: parts.admission.clone(),
+    };
     let server = EncoderServer::new(service)
-        .max_decoding_message_size(common.max_message_bytes)
-        .max_encoding_message_size(common.max_message_bytes);
-    runtime::serve(common, shared, server).await
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+    serve(args, parts, server, load_failure).await
 }

@@ -1,5 +1,5 @@
-//! Error types of the core library, one enum per concern. Services map them to gRPC status
-//! codes in one place (`status.rs` of each service).
+//! Error types of the core library, one enum per concern. The services map them to gRPC
+//! status codes in one place (`ServiceError` in icae-serving).
 
 use thiserror::Error;
 

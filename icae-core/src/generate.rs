@@ -9,6 +9,11 @@ use crate::error::{IcaeError, InputError};
 use crate::model::{KvCache, LlamaModel};
 use crate::tokenizer::TextTokenizer;
 
+/// Most stop strings one request may give.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_STRING_BYTES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     pub max_new_tokens: usize,
@@ -60,11 +65,16 @@ impl SamplingParams {
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("top_p", self.top_p.to_string(), "must be in (0, 1]".into());
         }
-        if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        if self.stop.len() > MAX_STOP_STRINGS
+            || self
+                .stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_STRING_BYTES)
+        {
             return bad(
                 "stop",
                 format!("{} strings", self.stop.len()),
-                "allows at most 16 non-empty strings of at most 256 bytes".into(),
+                format!("allows at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_STRING_BYTES} bytes"),
             );
         }
         Ok(())
@@ -167,10 +177,6 @@ impl Sequence {
 
     pub fn finished(&self) -> Option<FinishReason> {
         self.finished
-    }
-
-    pub fn cache_bytes(&self) -> i64 {
-        self.cache.bytes()
     }
 
     /// Sample the next token, run it through the model, and report the text it completes.

@@ -1,5 +1,6 @@
 //! icae-core: the ICAE model engine (libtorch via `tch`), checkpoints, tokenizer, GGUF import
-//! and the slot format shared by the encoder and decoder services.
+//! and the slot format. No transport, storage or process concerns: those live in
+//! icae-serving and the binaries.
 
 pub mod adapter;
 #[cfg(feature = "clap")]
@@ -11,10 +12,7 @@ pub mod generate;
 pub mod gguf;
 pub mod icae;
 pub mod model;
-#[cfg(feature = "clap")]
-pub mod service;
 pub mod slots;
-pub mod store;
 pub mod tokenizer;
 
 pub use adapter::{Adapter, LoadOptions};

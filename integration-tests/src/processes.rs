@@ -394,6 +394,14 @@ impl Service {
                 "cpu",
                 "--redis-timeout-ms",
                 "1000",
+                // Loopback only, and no metrics port unless a test asks (the default
+                // metrics port would collide between the services a test starts).
+                "--host",
+                "127.0.0.1",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                "0",
             ])
             .args(extra)
             .env("RUST_LOG", "info")

@@ -22,7 +22,8 @@ start_services() {
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$_svc_work" \
     --daemonize yes --pidfile "$_svc_work/redis.pid" >/dev/null
   local common=(--model "$ICAE_MODEL_DIR" --adapter "$ICAE_DEFAULT_ADAPTER"
-    --redis-url "redis://127.0.0.1:$redis_port" --host 127.0.0.1 "$@")
+    --redis-url "redis://127.0.0.1:$redis_port" --host 127.0.0.1
+    --metrics-host 127.0.0.1 --metrics-port 0 "$@")
   echo "==> encoder-svc on 127.0.0.1:$encoder_port, decoder-svc on 127.0.0.1:$decoder_port (logs in $_svc_work)"
   target/release/encoder-svc "${common[@]}" --port "$encoder_port" 2>"$_svc_work/encoder.log" &
   _svc_pids+=($!)

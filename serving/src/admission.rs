@@ -7,27 +7,43 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ServiceError;
+use crate::ServiceError;
 
 #[derive(Clone)]
 pub struct Admission {
     permits: Arc<Semaphore>,
     limit: usize,
     draining: Arc<AtomicBool>,
+    /// The `service` label of the in-flight gauge.
+    service: &'static str,
 }
 
 /// Held for as long as a request runs (a stream holds it until it ends).
 pub struct Permit {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    admission: Admission,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.admission.record_in_flight();
+    }
 }
 
 impl Admission {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, service: &'static str) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             draining: Arc::new(AtomicBool::new(false)),
+            service,
         }
+    }
+
+    fn record_in_flight(&self) {
+        metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT, "service" => self.service)
+            .set(self.in_flight() as f64);
     }
 
     pub fn admit(&self) -> Result<Permit, ServiceError> {
@@ -39,7 +55,11 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ServiceError::QueueFull { limit: self.limit })?;
-        Ok(Permit { _permit: permit })
+        self.record_in_flight();
+        Ok(Permit {
+            permit: Some(permit),
+            admission: self.clone(),
+        })
     }
 
     pub fn in_flight(&self) -> usize {
@@ -72,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_beyond_the_limit_and_while_draining() {
-        let admission = Admission::new(2);
+        let admission = Admission::new(2, "test");
         let a = admission.admit().unwrap();
         let _b = admission.admit().unwrap();
         assert!(matches!(

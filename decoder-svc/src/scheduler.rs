@@ -1,22 +1,31 @@
-//! The generation scheduler: one OS thread owns the model and steps every active sequence
+//! The generation scheduler: one OS thread owns the backend and steps every active sequence
 //! together (one batched decoding step per iteration), admitting new requests between
-//! steps and dropping sequences whose client went away.
+//! steps and dropping sequences whose client went away or whose deadline passed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use icae_core::generate::{decode_batch, Sequence};
-use icae_core::service::runtime::{CommonArgs, Readiness};
-use icae_core::service::{ModelState, ModelThread, ServiceError};
-use icae_core::{FinishReason, IcaeError, IcaeModel, Mode, SamplingParams};
+use icae_core::{FinishReason, Mode, ModelSummary, SamplingParams};
+use icae_serving::metrics as names;
+use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
 use tch::Tensor;
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{debug_span, error, info_span, Span};
+
+use crate::backend::DecodeBackend;
 
 /// What the decoder reads: slot sets (in order) or, for the baseline, the document's tokens.
-pub enum Context {
+pub enum ContextSource {
     Slots(Vec<Tensor>),
     Baseline(Vec<u32>),
+}
+
+/// A validated request, ready for the model.
+pub struct GenerationRequest {
+    pub context: ContextSource,
+    pub mode: Mode,
+    pub prompt_ids: Option<Vec<u32>>,
+    pub params: SamplingParams,
 }
 
 /// The client's deadline: when it passes, and how long it was.
@@ -24,16 +33,6 @@ pub enum Context {
 pub struct Deadline {
     pub at: Instant,
     pub seconds: f64,
-}
-
-pub struct Job {
-    pub context: Context,
-    pub mode: Mode,
-    pub prompt_ids: Option<Vec<u32>>,
-    pub params: SamplingParams,
-    pub deadline: Option<Deadline>,
-    pub events: mpsc::UnboundedSender<Event>,
-    pub enqueued: Instant,
 }
 
 pub struct Finished {
@@ -55,38 +54,100 @@ pub enum Event {
     Failed(ServiceError),
 }
 
-pub type Worker = ModelThread<Job>;
-
-/// Start the generation scheduler on the model thread.
-pub fn spawn(common: &CommonArgs, max_batch: usize, readiness: Readiness) -> Worker {
-    ModelThread::spawn("decoder", common, readiness, move |model, rx, state| {
-        Scheduler {
-            model: &model,
-            state: &state,
-            max_batch,
-            active: Vec::new(),
-        }
-        .run(rx)
-    })
+struct Job {
+    request: GenerationRequest,
+    deadline: Option<Deadline>,
+    events: mpsc::UnboundedSender<Event>,
+    enqueued: Instant,
+    /// The request's span: prefill runs in it, decoding steps follow from it.
+    span: Span,
 }
 
-struct Active {
-    sequence: Sequence,
+/// The pipeline's handle on the scheduler thread.
+#[derive(Clone)]
+pub struct Scheduler {
+    queue: JobQueue<Job>,
+}
+
+impl Scheduler {
+    /// Start the thread: it runs `load`, then generates until every handle is dropped and
+    /// every sequence has finished. A load error reaches the server through `LoadFailure`.
+    pub fn spawn<B, L>(
+        queue_capacity: usize,
+        max_batch_sequences: usize,
+        readiness: Readiness,
+        load: L,
+    ) -> (Scheduler, LoadFailure)
+    where
+        B: DecodeBackend + 'static,
+        L: FnOnce() -> Result<(B, ModelSummary), String> + Send + 'static,
+    {
+        let (queue, rx) = JobQueue::new("decoder", queue_capacity);
+        let (startup, load_failure) = ModelStartup::new(queue.state.clone(), readiness);
+        let state = queue.state.clone();
+        std::thread::Builder::new()
+            .name("icae-decoder-model".into())
+            .spawn(move || {
+                if let Some(backend) = startup.load(load) {
+                    Steps {
+                        backend: &backend,
+                        state: &state,
+                        max_batch: max_batch_sequences,
+                        active: Vec::new(),
+                    }
+                    .run(rx);
+                }
+            })
+            .expect("spawning the model thread");
+        (Scheduler { queue }, load_failure)
+    }
+
+    pub fn summary(&self) -> Result<&ModelSummary, ServiceError> {
+        self.queue.summary()
+    }
+
+    pub fn state(&self) -> &ModelState {
+        &self.queue.state
+    }
+
+    /// Queue `request`; its tokens arrive on the returned channel, which ends with
+    /// `Finished` or `Failed`. Dropping the receiver cancels the generation.
+    pub fn generate(
+        &self,
+        request: GenerationRequest,
+        deadline: Option<Deadline>,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, ServiceError> {
+        let (events, rx) = mpsc::unbounded_channel();
+        self.queue.submit(Job {
+            request,
+            deadline,
+            events,
+            enqueued: Instant::now(),
+            span: Span::current(),
+        })?;
+        Ok(rx)
+    }
+}
+
+struct Active<S> {
+    sequence: S,
     events: mpsc::UnboundedSender<Event>,
     deadline: Option<Deadline>,
     enqueued: Instant,
     started: Instant,
     first_token: Option<f64>,
+    span: Span,
 }
 
-struct Scheduler<'a> {
-    model: &'a IcaeModel,
+/// The scheduler's loop on the model thread.
+struct Steps<'a, B: DecodeBackend> {
+    backend: &'a B,
     state: &'a ModelState,
     max_batch: usize,
-    active: Vec<Active>,
+    active: Vec<Active<B::Sequence>>,
 }
 
-impl Scheduler<'_> {
+impl<B: DecodeBackend> Steps<'_, B> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let _guard = tch::no_grad_guard();
         loop {
@@ -115,17 +176,12 @@ impl Scheduler<'_> {
             return;
         }
         let started = Instant::now();
-        metrics::histogram!("icae_queue_seconds", "service" => "decoder")
+        metrics::histogram!(names::QUEUE_SECONDS, "service" => "decoder")
             .record(job.enqueued.elapsed().as_secs_f64());
-        let model = self.model;
-        let result = catch_unwind(AssertUnwindSafe(|| -> Result<Sequence, IcaeError> {
-            let prompt = job.prompt_ids.as_deref();
-            let embeds = match &job.context {
-                Context::Slots(spans) => model.decoder_input(spans, job.mode, prompt)?,
-                Context::Baseline(ids) => model.baseline_input(ids, job.mode, prompt)?,
-            };
-            Sequence::start(&model.base, &embeds, job.params.clone(), model.eos_ids())
-        }));
+        let backend = self.backend;
+        let prefill = info_span!(parent: &job.span, "prefill");
+        let result =
+            prefill.in_scope(|| catch_unwind(AssertUnwindSafe(|| backend.prefill(&job.request))));
         match result {
             Ok(Ok(sequence)) => {
                 self.active.push(Active {
@@ -135,6 +191,7 @@ impl Scheduler<'_> {
                     enqueued: job.enqueued,
                     started,
                     first_token: None,
+                    span: job.span,
                 });
                 self.state.set_active(self.active.len());
             }
@@ -156,7 +213,7 @@ impl Scheduler<'_> {
         let now = Instant::now();
         self.active.retain(|a| {
             if a.events.is_closed() {
-                metrics::counter!("icae_cancelled_total", "service" => "decoder").increment(1);
+                metrics::counter!(names::CANCELLED_TOTAL, "service" => "decoder").increment(1);
                 return false;
             }
             if let Some(deadline) = a.deadline.filter(|d| now >= d.at) {
@@ -169,13 +226,13 @@ impl Scheduler<'_> {
         });
     }
 
-    /// Sample one token for every active sequence, report it, then run the survivors'
+    /// Choose one token for every active sequence, report it, then run the survivors'
     /// tokens through the model as one batch.
     fn step(&mut self) {
-        let tokenizer = &self.model.tokenizer;
+        let backend = self.backend;
         let mut keep = Vec::with_capacity(self.active.len());
         for a in &mut self.active {
-            let step = match a.sequence.choose(tokenizer) {
+            let step = match backend.choose(&mut a.sequence) {
                 Ok(step) => step,
                 Err(e) => {
                     let _ = a.events.send(Event::Failed(e.into()));
@@ -186,7 +243,7 @@ impl Scheduler<'_> {
             let elapsed = a.enqueued.elapsed().as_secs_f64();
             if a.first_token.is_none() {
                 a.first_token = Some(elapsed);
-                metrics::histogram!("icae_time_to_first_token_seconds").record(elapsed);
+                metrics::histogram!(names::TIME_TO_FIRST_TOKEN).record(elapsed);
             }
             let token_id = (step.finished != Some(FinishReason::Eos)).then_some(step.token_id);
             let _ = a.events.send(Event::Token {
@@ -194,11 +251,11 @@ impl Scheduler<'_> {
                 text: step.text_delta,
             });
             if let Some(finish_reason) = step.finished {
-                let generated = a.sequence.generated().len();
-                metrics::counter!("icae_generated_tokens_total").increment(generated as u64);
+                let generated = backend.generated_len(&a.sequence);
+                metrics::counter!(names::GENERATED_TOKENS_TOTAL).increment(generated as u64);
                 let _ = a.events.send(Event::Finished(Finished {
                     finish_reason,
-                    prompt_positions: a.sequence.prompt_len(),
+                    prompt_positions: backend.prompt_len(&a.sequence),
                     generated_tokens: generated,
                     queue_seconds: a.started.duration_since(a.enqueued).as_secs_f64(),
                     time_to_first_token_seconds: a.first_token.unwrap_or(elapsed),
@@ -213,17 +270,18 @@ impl Scheduler<'_> {
         if self.active.is_empty() {
             return;
         }
-        metrics::histogram!("icae_batch_size", "service" => "decoder")
+        metrics::histogram!(names::BATCH_SIZE, "service" => "decoder")
             .record(self.active.len() as f64);
+        let span = debug_span!(parent: None, "decode_step", sequences = self.active.len());
+        for a in &self.active {
+            span.follows_from(&a.span);
+        }
         let step_started = Instant::now();
-        let model = self.model;
-        let mut sequences: Vec<&mut Sequence> =
+        let mut sequences: Vec<&mut B::Sequence> =
             self.active.iter_mut().map(|a| &mut a.sequence).collect();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            decode_batch(&model.base, &mut sequences)
-        }));
-        metrics::histogram!("icae_inter_token_seconds")
-            .record(step_started.elapsed().as_secs_f64());
+        let result =
+            span.in_scope(|| catch_unwind(AssertUnwindSafe(|| backend.decode(&mut sequences))));
+        metrics::histogram!(names::INTER_TOKEN).record(step_started.elapsed().as_secs_f64());
         if !matches!(result, Ok(Ok(()))) {
             error!("a decoding step failed; failing its sequences");
             for a in self.active.drain(..) {
@@ -234,3 +292,7 @@ impl Scheduler<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::error::InputError;
+use icae_core::error::InputError;
 
 pub const MAX_NAMESPACE_LEN: usize = 64;
 

@@ -3,8 +3,9 @@
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::error::{IcaeError, InputError};
-use crate::slots::SlotError;
+use icae_core::error::{IcaeError, InputError};
+use icae_core::slots::SlotError;
+
 use crate::store::StoreError;
 
 #[derive(Debug, Error)]
@@ -31,8 +32,6 @@ pub enum ServiceError {
     ModelUnavailable(String),
     #[error("the server is shutting down and takes no new requests")]
     Draining,
-    #[error("the request was cancelled")]
-    Cancelled,
     #[error("the deadline of {0:.3}s passed before the request finished")]
     DeadlineExceeded(f64),
     #[error("internal error: {0}")]
@@ -59,7 +58,6 @@ impl ServiceError {
             ServiceError::Store(_) | ServiceError::ModelUnavailable(_) | ServiceError::Draining => {
                 Code::Unavailable
             }
-            ServiceError::Cancelled => Code::Cancelled,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Internal(_) => Code::Internal,
         }
@@ -68,8 +66,6 @@ impl ServiceError {
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
-        metrics::counter!("icae_request_errors_total", "code" => format!("{:?}", e.code()))
-            .increment(1);
         Status::new(e.code(), e.to_string())
     }
 }
@@ -110,7 +106,6 @@ mod tests {
                 Code::Unavailable,
             ),
             (ServiceError::Draining, Code::Unavailable),
-            (ServiceError::Cancelled, Code::Cancelled),
             (ServiceError::DeadlineExceeded(1.0), Code::DeadlineExceeded),
         ];
         for (error, code) in cases {

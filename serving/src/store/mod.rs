@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, Client, RedisResult, TlsCertificates};
+use redis::{AsyncCommands, Client, IntoConnectionInfo, RedisResult, TlsCertificates};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -48,6 +48,8 @@ pub struct StoreOptions {
     /// PEM of the CA that signed the server certificate (TLS URLs only); `None` trusts the
     /// web PKI roots.
     pub ca_cert_pem: Option<Vec<u8>>,
+    /// AUTH password given apart from the URL (overrides one in the URL).
+    pub password: Option<String>,
 }
 
 impl StoreOptions {
@@ -55,6 +57,7 @@ impl StoreOptions {
         StoreOptions {
             timeout,
             ca_cert_pem: None,
+            password: None,
         }
     }
 }
@@ -103,15 +106,23 @@ impl SlotStore {
         };
         let timeout = options.timeout;
         let target = if nodes.is_empty() {
+            let mut info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
+            if let Some(password) = &options.password {
+                let settings = info.redis_settings().clone().set_password(password);
+                info = info.set_redis_settings(settings);
+            }
             let client = match certificates {
-                Some(certs) => Client::build_with_tls(url, certs),
-                None => Client::open(url),
+                Some(certs) => Client::build_with_tls(info, certs),
+                None => Client::open(info),
             };
             Target::Standalone(client.map_err(|e| bad(e.to_string()))?)
         } else {
             let mut builder = ClusterClient::builder(nodes)
                 .connection_timeout(timeout)
                 .response_timeout(timeout);
+            if let Some(password) = &options.password {
+                builder = builder.password(password);
+            }
             if let Some(certs) = certificates {
                 builder = builder.certs(certs);
             }
@@ -177,7 +188,7 @@ impl SlotStore {
         let started = Instant::now();
         let conn = self.connection().await?;
         let result = tokio::time::timeout(self.timeout, f.call(conn)).await;
-        metrics::histogram!("icae_redis_op_duration_seconds", "op" => op)
+        metrics::histogram!(crate::metrics::REDIS_OP_DURATION, "op" => op)
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(value)) => Ok(value),

@@ -1,8 +1,8 @@
 //! The slot codec never panics on arbitrary bytes and reports every bad value as a
 //! `SlotError` (which the services map to DATA_LOSS).
 
-use icae_core::service::ServiceError;
 use icae_core::slots::{decode_slots, encode_slots, SlotMeta};
+use icae_serving::ServiceError;
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 use tonic::Code;

@@ -1,0 +1,173 @@
+//! The batcher: one OS thread owns the backend (libtorch tensors never cross threads while
+//! in use) and compresses the queued documents in batches of up to `max_batch_documents`,
+//! skipping the jobs whose client has gone.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use icae_core::{Compressed, ModelSummary};
+use icae_serving::metrics as names;
+use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info_span, Span};
+
+use crate::backend::CompressBackend;
+
+/// The documents of one request, with the time they waited and the model's time.
+pub struct CompressedBatch {
+    pub docs: Vec<Compressed>,
+    pub queue_seconds: f64,
+    pub model_seconds: f64,
+}
+
+type Reply = Result<CompressedBatch, ServiceError>;
+
+struct Job {
+    docs: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Reply>,
+    enqueued: Instant,
+    /// The request's span: the batch span follows from it.
+    span: Span,
+}
+
+/// The pipeline's handle on the batcher thread.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: JobQueue<Job>,
+}
+
+impl Batcher {
+    /// Start the thread: it runs `load`, then compresses batches until every handle is
+    /// dropped. A load error reaches the server through the returned `LoadFailure`.
+    pub fn spawn<B, L>(
+        queue_capacity: usize,
+        max_batch_documents: usize,
+        readiness: Readiness,
+        load: L,
+    ) -> (Batcher, LoadFailure)
+    where
+        B: CompressBackend + 'static,
+        L: FnOnce() -> Result<(B, ModelSummary), String> + Send + 'static,
+    {
+        let (queue, rx) = JobQueue::new("encoder", queue_capacity);
+        let (startup, load_failure) = ModelStartup::new(queue.state.clone(), readiness);
+        let state = queue.state.clone();
+        std::thread::Builder::new()
+            .name("icae-encoder-model".into())
+            .spawn(move || {
+                if let Some(backend) = startup.load(load) {
+                    run_batches(&backend, rx, &state, max_batch_documents);
+                }
+            })
+            .expect("spawning the model thread");
+        (Batcher { queue }, load_failure)
+    }
+
+    pub fn summary(&self) -> Result<&ModelSummary, ServiceError> {
+        self.queue.summary()
+    }
+
+    pub fn state(&self) -> &ModelState {
+        &self.queue.state
+    }
+
+    /// Compress `docs` (token ids) in the next batch; the caller's span is carried along.
+    pub async fn compress(&self, docs: Vec<Vec<u32>>) -> Result<CompressedBatch, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue.submit(Job {
+            docs,
+            reply,
+            enqueued: Instant::now(),
+            span: Span::current(),
+        })?;
+        rx.await.map_err(|_| {
+            ServiceError::ModelUnavailable("the model thread dropped the request".into())
+        })?
+    }
+}
+
+fn run_batches<B: CompressBackend>(
+    backend: &B,
+    mut rx: mpsc::Receiver<Job>,
+    state: &Arc<ModelState>,
+    max_batch_documents: usize,
+) {
+    let _guard = tch::no_grad_guard();
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let mut queued_docs = jobs[0].docs.len();
+        while queued_docs < max_batch_documents {
+            match rx.try_recv() {
+                Ok(job) => {
+                    queued_docs += job.docs.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        state.dequeued(jobs.len());
+        // A client that went away does not need its documents compressed.
+        jobs.retain(|job| !job.reply.is_closed());
+        if !jobs.is_empty() {
+            compress_batch(backend, jobs, state);
+        }
+    }
+}
+
+/// Compress the documents of `jobs` together and give each job its own share.
+fn compress_batch<B: CompressBackend>(backend: &B, jobs: Vec<Job>, state: &ModelState) {
+    let model_started = Instant::now();
+    let queue_seconds: Vec<f64> = jobs
+        .iter()
+        .map(|job| job.enqueued.elapsed().as_secs_f64())
+        .collect();
+    for seconds in &queue_seconds {
+        metrics::histogram!(names::QUEUE_SECONDS, "service" => "encoder").record(*seconds);
+    }
+    let batch_docs: Vec<&[u32]> = jobs
+        .iter()
+        .flat_map(|job| job.docs.iter().map(Vec::as_slice))
+        .collect();
+    state.set_active(batch_docs.len());
+    metrics::histogram!(names::BATCH_SIZE, "service" => "encoder").record(batch_docs.len() as f64);
+    let span = info_span!(parent: None, "compress_batch", documents = batch_docs.len());
+    for job in &jobs {
+        span.follows_from(&job.span);
+    }
+    let result = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| backend.compress(&batch_docs))));
+    state.set_active(0);
+    let mut results = match result {
+        Ok(Ok(compressed)) => compressed.into_iter().map(Ok).collect::<Vec<_>>(),
+        Ok(Err(e)) => {
+            let message = e.to_string();
+            error!(error = %message, "compression failed");
+            batch_docs.iter().map(|_| Err(message.clone())).collect()
+        }
+        Err(_) => {
+            error!("compression panicked");
+            batch_docs
+                .iter()
+                .map(|_| Err("the model failed on this batch".to_string()))
+                .collect()
+        }
+    }
+    .into_iter();
+    let model_seconds = model_started.elapsed().as_secs_f64();
+    for (job, queue_seconds) in jobs.into_iter().zip(queue_seconds) {
+        let job_docs: Result<Vec<Compressed>, String> =
+            results.by_ref().take(job.docs.len()).collect();
+        let reply = job_docs
+            .map(|docs| CompressedBatch {
+                docs,
+                queue_seconds,
+                model_seconds,
+            })
+            .map_err(ServiceError::Internal);
+        let _ = job.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+#[path = "batcher_tests.rs"]
+mod tests;

@@ -1,0 +1,271 @@
+//! The batcher's decisions with a fake backend: what is batched together, what is skipped,
+//! what is refused, and what a failing backend or model load gives.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use icae_core::{Compressed, IcaeError, ModelSummary};
+use icae_serving::testing::{fake_summary, unmounted_readiness, wait_until};
+use icae_serving::ServiceError;
+use tch::{Device, Kind, Tensor};
+
+use super::*;
+
+/// Records the size of every batch; each call waits for a permit on `gate` when one is set,
+/// so a test can fill the queue while the "model" is busy.
+#[derive(Clone, Default)]
+struct FakeBackend {
+    batches: Arc<Mutex<Vec<usize>>>,
+    /// Calls that have started (and may be waiting at the gate).
+    entered: Arc<AtomicUsize>,
+    gate: Option<Arc<Mutex<std::sync::mpsc::Receiver<()>>>>,
+    fail: bool,
+}
+
+impl CompressBackend for FakeBackend {
+    fn compress(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.lock().unwrap().recv().unwrap();
+        }
+        self.batches.lock().unwrap().push(documents.len());
+        if self.fail {
+            return Err(IcaeError::Input(icae_core::InputError::EmptyText));
+        }
+        // One slot per document whose value is the document's first token: the caller can
+        // check that it got its own documents back, in order.
+        Ok(documents
+            .iter()
+            .map(|doc| Compressed {
+                slots: Tensor::full([1, 2], f64::from(doc[0]), (Kind::Float, Device::Cpu)),
+                num_tokens: doc.len(),
+                num_segments: 1,
+            })
+            .collect())
+    }
+}
+
+/// A batcher over `backend`, with a gate the test opens one batch at a time.
+async fn gated(max_batch: usize, queue: usize, mut backend: FakeBackend) -> Gated {
+    let (open, gate) = std::sync::mpsc::channel();
+    backend.gate = Some(Arc::new(Mutex::new(gate)));
+    let backend_entered = backend.entered.clone();
+    let (batcher, _) = Batcher::spawn(
+        queue,
+        max_batch,
+        unmounted_readiness("icae.v1.Encoder").await,
+        move || Ok((backend, fake_summary())),
+    );
+    wait_loaded(&batcher).await;
+    Gated {
+        entered: backend_entered,
+        batcher,
+        open,
+    }
+}
+
+struct Gated {
+    batcher: Batcher,
+    open: std::sync::mpsc::Sender<()>,
+    entered: Arc<AtomicUsize>,
+}
+
+/// Wait until the backend has started its `n`th batch (it then waits at the gate).
+async fn wait_started(entered: &AtomicUsize, n: usize) {
+    wait_until(&format!("batch {n} started"), || {
+        entered.load(Ordering::SeqCst) == n
+    })
+    .await;
+}
+
+async fn wait_loaded(batcher: &Batcher) {
+    wait_until("the fake backend loaded", || batcher.summary().is_ok()).await;
+}
+
+/// Wait until `n` jobs wait in the queue (the thread holds the others at the gate).
+async fn wait_queue_len(batcher: &Batcher, n: usize) {
+    wait_until(&format!("{n} jobs are queued"), || {
+        batcher.state().queued() == n
+    })
+    .await;
+}
+
+fn first_values(batch: &CompressedBatch) -> Vec<f64> {
+    batch
+        .docs
+        .iter()
+        .map(|d| d.slots.double_value(&[0, 0]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_while_busy_are_batched_up_to_the_limit() {
+    let backend = FakeBackend::default();
+    let batches = backend.batches.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(3, 8, backend).await;
+
+    let first = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1]]).await }
+    });
+    wait_started(&entered, 1).await;
+    let mut later = Vec::new();
+    for first_token in [2u32, 3, 4, 5] {
+        let b = batcher.clone();
+        later.push(tokio::spawn(async move {
+            b.compress(vec![vec![first_token, 9]]).await
+        }));
+    }
+    wait_queue_len(&batcher, 4).await;
+    for _ in 0..3 {
+        open.send(()).unwrap();
+    }
+    assert_eq!(first_values(&first.await.unwrap().unwrap()), vec![1.0]);
+    for (task, expected) in later.into_iter().zip([2.0, 3.0, 4.0, 5.0]) {
+        let batch = task.await.unwrap().unwrap();
+        assert_eq!(first_values(&batch), vec![expected]);
+        assert_eq!(batch.docs[0].num_tokens, 2);
+    }
+    // One alone (it arrived first), then three together (the limit), then the rest.
+    assert_eq!(*batches.lock().unwrap(), vec![1, 3, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_document_job_gets_its_own_documents_in_order() {
+    let Gated {
+        batcher,
+        open,
+        entered: _,
+    } = gated(16, 8, FakeBackend::default()).await;
+    open.send(()).unwrap();
+    let batch = batcher
+        .compress(vec![vec![7], vec![8, 1], vec![9, 1, 1]])
+        .await
+        .unwrap();
+    assert_eq!(first_values(&batch), vec![7.0, 8.0, 9.0]);
+    let tokens: Vec<usize> = batch.docs.iter().map(|d| d.num_tokens).collect();
+    assert_eq!(tokens, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_is_never_compressed() {
+    let backend = FakeBackend::default();
+    let batches = backend.batches.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    let busy = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1]]).await }
+    });
+    wait_started(&entered, 1).await;
+    let abandoned = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![2], vec![2]]).await }
+    });
+    wait_queue_len(&batcher, 1).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    let kept = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![3]]).await }
+    });
+    wait_queue_len(&batcher, 2).await;
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    busy.await.unwrap().unwrap();
+    assert_eq!(first_values(&kept.await.unwrap().unwrap()), vec![3.0]);
+    // The abandoned job's two documents never reached the backend.
+    assert_eq!(*batches.lock().unwrap(), vec![1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_refused_with_its_limit() {
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 1, FakeBackend::default()).await;
+    let busy = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1]]).await }
+    });
+    wait_started(&entered, 1).await;
+    let queued = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![2]]).await }
+    });
+    wait_queue_len(&batcher, 1).await;
+    let refused = batcher.compress(vec![vec![3]]).await;
+    assert!(
+        matches!(refused, Err(ServiceError::QueueFull { limit: 1 })),
+        "{:?}",
+        refused.err()
+    );
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    busy.await.unwrap().unwrap();
+    queued.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_fails_every_job_of_the_batch() {
+    let backend = FakeBackend {
+        fail: true,
+        ..FakeBackend::default()
+    };
+    let Gated {
+        batcher,
+        open,
+        entered: _,
+    } = gated(16, 8, backend).await;
+    open.send(()).unwrap();
+    let result = batcher.compress(vec![vec![1], vec![2]]).await;
+    assert!(matches!(result, Err(ServiceError::Internal(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
+    let (batcher, failure) =
+        Batcher::spawn(4, 4, unmounted_readiness("icae.v1.Encoder").await, || {
+            Err::<(FakeBackend, ModelSummary), _>("no such model".to_string())
+        });
+    let error = tokio::time::timeout(Duration::from_secs(5), failure.wait())
+        .await
+        .expect("the load failure is reported");
+    assert_eq!(error.as_deref(), Some("no such model"));
+    let refused = batcher.compress(vec![vec![1]]).await;
+    assert!(matches!(refused, Err(ServiceError::ModelUnavailable(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_still_finish_when_the_last_handle_is_dropped() {
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(1, 8, FakeBackend::default()).await;
+    let tasks: Vec<_> = (1..=3u32)
+        .map(|t| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.compress(vec![vec![t]]).await })
+        })
+        .collect();
+    wait_started(&entered, 1).await;
+    wait_queue_len(&batcher, 2).await;
+    drop(batcher);
+    for _ in 0..3 {
+        open.send(()).unwrap();
+    }
+    for (task, expected) in tasks.into_iter().zip([1.0, 2.0, 3.0]) {
+        let batch = task.await.unwrap().unwrap();
+        assert_eq!(first_values(&batch), vec![expected]);
+    }
+}

@@ -1,0 +1,31 @@
+//! The `Info` answer both services give.
+
+use icae_core::ModelSummary;
+use icae_proto::v1::InfoResponse;
+
+use crate::{Limits, ModelState};
+
+pub fn info_response(
+    service: &str,
+    summary: &ModelSummary,
+    limits: Limits,
+    state: &ModelState,
+) -> InfoResponse {
+    InfoResponse {
+        service: service.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        model: summary.model.clone(),
+        adapter: summary.adapter.clone(),
+        adapter_trained: summary.adapter_trained,
+        model_fingerprint: summary.fingerprint.clone(),
+        hidden_size: summary.hidden_size as u32,
+        mem_size: summary.mem_size as u32,
+        compression_rate: summary.compression_rate as u32,
+        device: summary.device.clone(),
+        dtype: summary.dtype.clone(),
+        limits: Some(limits.to_proto()),
+        active_sequences: state.active() as u32,
+        queue_size: state.queued() as u32,
+        kv_bytes_per_position: summary.kv_bytes_per_position,
+    }
+}

@@ -1,0 +1,33 @@
+//! icae-serving: what encoder-svc and decoder-svc share around the engine — configuration,
+//! admission control, health, metrics, logs and traces, the model thread's job queue, the
+//! Redis slot store, limits, and the one mapping from errors to gRPC status codes.
+//!
+//! The request path is transport (each service's `server.rs`) → pipeline → batcher or
+//! scheduler → engine (icae-core); nothing here calls back up into a service.
+
+mod admission;
+pub mod config;
+pub mod convert;
+mod error;
+mod health;
+mod info;
+mod limits;
+mod metadata;
+pub mod metrics;
+pub mod model_thread;
+pub mod runtime;
+mod server;
+pub mod store;
+pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
+
+pub use admission::{Admission, Permit};
+pub use config::{Ports, ServiceArgs};
+pub use error::ServiceError;
+pub use health::Readiness;
+pub use info::info_response;
+pub use limits::Limits;
+pub use metadata::{deadline, traceparent};
+pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState};
+pub use server::serve;

@@ -1,0 +1,73 @@
+//! Every limit a service enforces, in one place: the ones set by flags and the fixed ones.
+//! `Info` reports all of them.
+
+use icae_core::generate::{MAX_STOP_STRINGS, MAX_STOP_STRING_BYTES};
+use icae_proto::v1 as proto;
+
+use crate::config::ServiceArgs;
+use crate::store::MAX_NAMESPACE_LEN;
+
+/// Longest TTL a request may ask for: 30 days.
+pub const MAX_TTL_SECONDS: u32 = 30 * 24 * 3600;
+/// Tokens a prompt may have.
+pub const MAX_PROMPT_TOKENS: usize = 4096;
+/// max_new_tokens when a request leaves it 0 (capped by --max-new-tokens).
+pub const DEFAULT_NEW_TOKENS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_input_tokens: usize,
+    pub max_new_tokens: usize,
+    pub default_new_tokens: usize,
+    pub max_prompt_tokens: usize,
+    pub max_concurrent_requests: usize,
+    pub max_message_bytes: usize,
+    pub default_ttl_seconds: u32,
+    pub max_ttl_seconds: u32,
+    pub max_namespace_bytes: usize,
+    pub max_stop_strings: usize,
+    pub max_stop_string_bytes: usize,
+    /// Encoder only (0 in the decoder).
+    pub max_documents_per_request: usize,
+    /// Decoder only (0 in the encoder).
+    pub max_slot_sets: usize,
+}
+
+impl Limits {
+    /// The limits both services share; the service-specific ones start at 0.
+    pub fn from_args(args: &ServiceArgs) -> Self {
+        Limits {
+            max_input_tokens: args.max_input_tokens,
+            max_new_tokens: args.max_new_tokens,
+            default_new_tokens: DEFAULT_NEW_TOKENS.min(args.max_new_tokens),
+            max_prompt_tokens: MAX_PROMPT_TOKENS,
+            max_concurrent_requests: args.max_concurrent_requests,
+            max_message_bytes: args.max_message_bytes,
+            default_ttl_seconds: args.slot_ttl_seconds,
+            max_ttl_seconds: MAX_TTL_SECONDS,
+            max_namespace_bytes: MAX_NAMESPACE_LEN,
+            max_stop_strings: MAX_STOP_STRINGS,
+            max_stop_string_bytes: MAX_STOP_STRING_BYTES,
+            max_documents_per_request: 0,
+            max_slot_sets: 0,
+        }
+    }
+
+    pub fn to_proto(self) -> proto::Limits {
+        proto::Limits {
+            max_input_tokens: self.max_input_tokens as u32,
+            max_new_tokens: self.max_new_tokens as u32,
+            max_concurrent_requests: self.max_concurrent_requests as u32,
+            max_message_bytes: self.max_message_bytes as u64,
+            default_ttl_seconds: self.default_ttl_seconds,
+            max_documents_per_request: self.max_documents_per_request as u32,
+            max_spans: self.max_slot_sets as u32,
+            default_new_tokens: self.default_new_tokens as u32,
+            max_prompt_tokens: self.max_prompt_tokens as u32,
+            max_ttl_seconds: self.max_ttl_seconds,
+            max_namespace_bytes: self.max_namespace_bytes as u32,
+            max_stop_strings: self.max_stop_strings as u32,
+            max_stop_string_bytes: self.max_stop_string_bytes as u32,
+        }
+    }
+}

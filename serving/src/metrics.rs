@@ -1,0 +1,163 @@
+//! Prometheus metrics: every metric's name, unit, help text and histogram buckets in one
+//! place, the /metrics endpoint, and the per-request recording both services use.
+//!
+//! Durations are histograms with buckets (not summaries), so they aggregate across pods and
+//! work with `histogram_quantile`. The gauges `icae_requests_in_flight`, `icae_queue_size`
+//! and `icae_active_sequences` are the autoscaling signals. docs/metrics.md lists them all.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tonic::Code;
+
+pub const REQUESTS_TOTAL: &str = "icae_requests_total";
+pub const REQUEST_ERRORS_TOTAL: &str = "icae_request_errors_total";
+pub const REQUEST_DURATION: &str = "icae_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "icae_requests_in_flight";
+pub const QUEUE_SIZE: &str = "icae_queue_size";
+pub const QUEUE_SECONDS: &str = "icae_queue_seconds";
+pub const ACTIVE_SEQUENCES: &str = "icae_active_sequences";
+pub const BATCH_SIZE: &str = "icae_batch_size";
+pub const TIME_TO_FIRST_TOKEN: &str = "icae_time_to_first_token_seconds";
+pub const INTER_TOKEN: &str = "icae_inter_token_seconds";
+pub const GENERATED_TOKENS_TOTAL: &str = "icae_generated_tokens_total";
+pub const CANCELLED_TOTAL: &str = "icae_cancelled_total";
+pub const SLOT_BYTES: &str = "icae_slot_bytes";
+pub const CACHE_LOOKUPS_TOTAL: &str = "icae_cache_lookups_total";
+pub const REDIS_OP_DURATION: &str = "icae_redis_op_duration_seconds";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const FIRST_TOKEN_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+const INTER_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const REDIS_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+const BYTES_BUCKETS: &[f64] = &[
+    4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
+
+/// Serve Prometheus metrics on `host:port` (port 0: none).
+pub fn init_metrics(host: &str, port: u16) -> Result<(), String> {
+    if port == 0 {
+        return Ok(());
+    }
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("metrics address {host}:{port}: {e}"))?;
+    let buckets = [
+        (REQUEST_DURATION, LATENCY_BUCKETS),
+        (QUEUE_SECONDS, FIRST_TOKEN_BUCKETS),
+        (TIME_TO_FIRST_TOKEN, FIRST_TOKEN_BUCKETS),
+        (INTER_TOKEN, INTER_TOKEN_BUCKETS),
+        (REDIS_OP_DURATION, REDIS_BUCKETS),
+        (BATCH_SIZE, BATCH_BUCKETS),
+        (SLOT_BYTES, BYTES_BUCKETS),
+    ];
+    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    for (name, bounds) in buckets {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), bounds)
+            .map_err(|e| format!("buckets of {name}: {e}"))?;
+    }
+    builder
+        .install()
+        .map_err(|e| format!("starting the metrics endpoint on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests finished, by service, method and gRPC status code (OK included)."
+    );
+    describe_counter!(
+        REQUEST_ERRORS_TOTAL,
+        Unit::Count,
+        "Requests that ended with an error, by service, method and gRPC status code."
+    );
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from receiving a request to its last response message, in seconds, by service and method.");
+    describe_gauge!(REQUESTS_IN_FLIGHT, Unit::Count, "Requests admitted and not yet finished (a stream counts until it ends), by service: an autoscaling signal.");
+    describe_gauge!(
+        QUEUE_SIZE,
+        Unit::Count,
+        "Jobs waiting for the model thread, by service: an autoscaling signal."
+    );
+    describe_histogram!(
+        QUEUE_SECONDS,
+        Unit::Seconds,
+        "Time a job waited for the model thread, in seconds, by service."
+    );
+    describe_gauge!(ACTIVE_SEQUENCES, Unit::Count, "Work on the model thread now, by service: documents being compressed (encoder) or sequences being generated (decoder): an autoscaling signal.");
+    describe_histogram!(
+        BATCH_SIZE,
+        Unit::Count,
+        "Documents (encoder) or sequences (decoder) per model batch, by service."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time from queueing a generation to its first token, in seconds."
+    );
+    describe_histogram!(INTER_TOKEN, Unit::Seconds, "Duration of one batched decoding step (the time between two tokens of a stream), in seconds.");
+    describe_counter!(
+        GENERATED_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens generated by finished generations."
+    );
+    describe_counter!(
+        CANCELLED_TOTAL,
+        Unit::Count,
+        "Generations freed because their client went away, by service."
+    );
+    describe_histogram!(
+        SLOT_BYTES,
+        Unit::Bytes,
+        "Size of one stored slot value, in bytes."
+    );
+    describe_counter!(
+        CACHE_LOOKUPS_TOTAL,
+        Unit::Count,
+        "Encoder cache lookups, by result (hit or miss)."
+    );
+    describe_histogram!(
+        REDIS_OP_DURATION,
+        Unit::Seconds,
+        "Duration of one Redis operation, in seconds, by op (get, get_refresh, put)."
+    );
+}
+
+/// Count a finished request and record its duration, labelled by service, method and code.
+pub fn record_request(service: &'static str, method: &'static str, started: Instant, code: Code) {
+    let code_label = format!("{code:?}");
+    metrics::counter!(REQUESTS_TOTAL, "service" => service, "method" => method, "code" => code_label.clone()).increment(1);
+    if code != Code::Ok {
+        metrics::counter!(REQUEST_ERRORS_TOTAL, "service" => service, "method" => method, "code" => code_label).increment(1);
+    }
+    metrics::histogram!(REQUEST_DURATION, "service" => service, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Record a unary call's outcome (see [`record_request`]).
+pub fn record_outcome<T>(
+    service: &'static str,
+    method: &'static str,
+    started: Instant,
+    result: &Result<T, tonic::Status>,
+) {
+    let code = match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    record_request(service, method, started, code);
+}

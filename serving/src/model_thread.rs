@@ -1,0 +1,183 @@
+//! The model thread's job queue and start-up. One OS thread per service loads the model and
+//! then owns it (libtorch tensors never cross threads while in use); requests reach it
+//! through a bounded queue. A service's batcher or scheduler creates that thread and calls
+//! [`ModelStartup::load`] on it: nothing here calls back into a service.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use icae_core::adapter::untrained_warning;
+use icae_core::args::{AdapterArgs, ModelArgs};
+use icae_core::{IcaeModel, ModelSummary};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::{Readiness, ServiceError};
+
+/// What the transport reads about the model thread without touching the model.
+pub struct ModelState {
+    service: &'static str,
+    summary: OnceLock<ModelSummary>,
+    queued: AtomicUsize,
+    active: AtomicUsize,
+}
+
+impl ModelState {
+    fn new(service: &'static str) -> Self {
+        ModelState {
+            service,
+            summary: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// The model thread reports how many documents or sequences it works on.
+    pub fn set_active(&self, n: usize) {
+        self.active.store(n, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::ACTIVE_SEQUENCES, "service" => self.service).set(n as f64);
+    }
+
+    /// The model thread took `n` jobs off the queue.
+    pub fn dequeued(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.record_queue(before.saturating_sub(n));
+    }
+
+    /// The loaded model's summary, or UNAVAILABLE while it loads.
+    pub fn summary(&self) -> Result<&ModelSummary, ServiceError> {
+        self.summary
+            .get()
+            .ok_or_else(|| ServiceError::ModelUnavailable("the model is still loading".into()))
+    }
+
+    fn record_queue(&self, size: usize) {
+        metrics::gauge!(crate::metrics::QUEUE_SIZE, "service" => self.service).set(size as f64);
+    }
+}
+
+/// The transport's handle on the model thread: its state and the sending end of its queue.
+pub struct JobQueue<J> {
+    tx: mpsc::Sender<J>,
+    pub state: Arc<ModelState>,
+}
+
+impl<J> Clone for JobQueue<J> {
+    fn clone(&self) -> Self {
+        JobQueue {
+            tx: self.tx.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<J> JobQueue<J> {
+    /// A queue of `capacity` jobs; the receiver goes to the model thread. `service` labels
+    /// the metrics.
+    pub fn new(service: &'static str, capacity: usize) -> (Self, mpsc::Receiver<J>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let state = Arc::new(ModelState::new(service));
+        (JobQueue { tx, state }, rx)
+    }
+
+    pub fn summary(&self) -> Result<&ModelSummary, ServiceError> {
+        self.state.summary()
+    }
+
+    /// Queue a job; UNAVAILABLE while the model loads, RESOURCE_EXHAUSTED when full.
+    pub fn submit(&self, job: J) -> Result<(), ServiceError> {
+        self.summary()?;
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ServiceError::QueueFull {
+                limit: self.tx.max_capacity(),
+            },
+            mpsc::error::TrySendError::Closed(_) => {
+                ServiceError::ModelUnavailable("the model thread stopped".into())
+            }
+        })?;
+        let queued = self.state.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        self.state.record_queue(queued);
+        Ok(())
+    }
+}
+
+/// Resolves with the error when the model fails to load; never resolves otherwise.
+pub struct LoadFailure(oneshot::Receiver<String>);
+
+impl LoadFailure {
+    /// The load error, or None once the model has loaded (or its thread ended).
+    pub async fn wait(self) -> Option<String> {
+        self.0.await.ok()
+    }
+}
+
+/// Everything the model thread needs to announce the outcome of loading.
+pub struct ModelStartup {
+    state: Arc<ModelState>,
+    readiness: Readiness,
+    failure: oneshot::Sender<String>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ModelStartup {
+    /// Call inside the tokio runtime; hand the startup to the model thread and the
+    /// `LoadFailure` to [`crate::serve`].
+    pub fn new(state: Arc<ModelState>, readiness: Readiness) -> (Self, LoadFailure) {
+        let (failure, rx) = oneshot::channel();
+        let startup = ModelStartup {
+            state,
+            readiness,
+            failure,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        (startup, LoadFailure(rx))
+    }
+
+    /// On the model thread: run `load`; on success publish the summary, turn ready and
+    /// return the backend; on failure report the error to the server and return None.
+    pub fn load<B>(self, load: impl FnOnce() -> Result<(B, ModelSummary), String>) -> Option<B> {
+        let started = Instant::now();
+        match load() {
+            Ok((backend, summary)) => {
+                if !summary.adapter_trained {
+                    warn!("{}", untrained_warning(Path::new(&summary.adapter)));
+                }
+                info!(seconds = started.elapsed().as_secs_f64(), fingerprint = %summary.fingerprint, device = %summary.device, "model loaded");
+                let _ = self.state.summary.set(summary);
+                self.runtime.block_on(self.readiness.set_ready());
+                Some(backend)
+            }
+            Err(e) => {
+                error!(error = %e, "loading the model failed");
+                let _ = self.failure.send(e);
+                None
+            }
+        }
+    }
+}
+
+/// The production backend: the ICAE model from the service's flags.
+pub fn load_icae(
+    model: &ModelArgs,
+    adapter: &AdapterArgs,
+) -> Result<(IcaeModel, ModelSummary), String> {
+    let icae = IcaeModel::load(
+        &model.model,
+        &adapter.adapter,
+        &adapter.load_options(),
+        model.device,
+    )
+    .map_err(|e| e.to_string())?;
+    let summary = icae.summary(&model.model, &adapter.adapter);
+    Ok((icae, summary))
+}

@@ -1,0 +1,107 @@
+//! What both service binaries do around their gRPC service: the tokio runtime, logs and
+//! traces, and the parts every service builds before its own (store, tokenizer, admission,
+//! health).
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use icae_core::tokenizer::TextTokenizer;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
+use tracing::{error, info};
+
+use crate::metrics::init_metrics;
+use crate::store::SlotStore;
+use crate::{telemetry, Admission, Ports, Readiness, ServiceArgs};
+
+/// What every service builds before its own gRPC service. Readiness starts NOT_SERVING
+/// until the model loads.
+pub struct ServiceParts {
+    pub store: Arc<SlotStore>,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub admission: Admission,
+    pub readiness: Readiness,
+    pub health: HealthServer<HealthService>,
+    pub ports: Ports,
+}
+
+impl ServiceParts {
+    /// Check the flags, start the metrics endpoint, and build the shared parts (no Redis
+    /// connection is made yet).
+    pub async fn build(
+        args: &ServiceArgs,
+        service: &'static str,
+        default_ports: Ports,
+    ) -> Result<Self, String> {
+        args.validate()?;
+        let ports = args.ports(default_ports);
+        init_metrics(&args.metrics_host, ports.metrics)?;
+        let store = Arc::new(
+            SlotStore::new(&args.redis_url, args.store_options()?).map_err(|e| e.to_string())?,
+        );
+        let tokenizer =
+            Arc::new(TextTokenizer::load(&args.model.model).map_err(|e| e.to_string())?);
+        let admission = Admission::new(args.max_concurrent_requests, short_name(service));
+        let (readiness, health) = Readiness::new(service, admission.clone()).await;
+        info!(model = %args.model.model.display(), adapter = %args.adapter.adapter.display(), redis = %store.describe(), service, "starting");
+        Ok(ServiceParts {
+            store,
+            tokenizer,
+            admission,
+            readiness,
+            health,
+            ports,
+        })
+    }
+}
+
+/// Start a tokio runtime, logs and traces, run `serve`, flush the traces, and turn the
+/// outcome into the process exit code.
+pub fn run_service<F, Fut>(name: &'static str, args: &ServiceArgs, serve: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let telemetry = match telemetry::init(args.json_output, args.otlp_endpoint.as_deref(), name)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = serve().await;
+        telemetry.shutdown().await;
+        match result {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "{name} failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// "encoder" for icae.v1.Encoder: the `service` label of the metrics.
+fn short_name(service: &'static str) -> &'static str {
+    match service {
+        icae_proto::ENCODER_SERVICE => "encoder",
+        icae_proto::DECODER_SERVICE => "decoder",
+        other => other,
+    }
+}

@@ -1,0 +1,122 @@
+//! Serving one gRPC service with health and reflection until SIGTERM/SIGINT, then draining.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
+use tracing::{error, info, warn};
+
+use crate::runtime::ServiceParts;
+use crate::{LoadFailure, ServiceArgs};
+
+/// Idle connections are probed so dead peers (a pod gone, a NAT entry dropped) are noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve `service` next to health and reflection. On SIGTERM/SIGINT: refuse new requests,
+/// mark the service NOT_SERVING, let in-flight requests finish (up to the grace period) and
+/// return Ok. When the model fails to load, return that error (the binary exits non-zero).
+pub async fn serve<S>(
+    args: &ServiceArgs,
+    parts: ServiceParts,
+    service: S,
+    load_failure: LoadFailure,
+) -> Result<(), String>
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // Both reflection versions: grpcurl and most tools speak v1, Python's grpcio-reflection,
+    // Postman and older grpcurl only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(icae_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| format!("building reflection: {e}"))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| format!("building reflection: {e}"))?;
+    let addr = format!("{}:{}", args.host, parts.ports.grpc);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    let readiness = parts.readiness;
+    info!(address = %listener.local_addr().map_err(|e| e.to_string())?, service = readiness.service(), "listening");
+    // Streamed tokens are small writes: without TCP_NODELAY each could wait on Nagle.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admission = parts.admission;
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal: draining");
+        admission.drain();
+        readiness.set_not_ready().await;
+        if admission.wait_idle(grace).await {
+            info!("in-flight requests finished");
+        } else {
+            warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over with requests still in flight"
+            );
+        }
+        let _ = stop_tx.send(());
+    });
+
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+    if args.max_connection_age_seconds > 0 {
+        // Long-lived HTTP/2 connections would pin clients to the pods that existed when
+        // they connected: closing them after an age spreads load over pods added later.
+        builder = builder
+            .max_connection_age(Duration::from_secs(args.max_connection_age_seconds))
+            .max_connection_age_grace(Duration::from_secs(args.max_connection_age_grace_seconds));
+    }
+    let server = builder
+        .add_service(parts.health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::select! {
+        served = server => served.map_err(|e| {
+            error!(error = %e, "server failed");
+            e.to_string()
+        }),
+        Some(load_error) = load_failure.wait() => Err(format!("loading the model failed: {load_error}")),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
