@@ -2,7 +2,7 @@
 //! reconstruct it and answer its questions with decoder-svc from the slots, and from the
 //! full text (baseline) side by side, with ratios, bytes and latencies.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -11,6 +11,7 @@ use icae_client::{
     baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
     slot_keys, status_error, ConnectOptions, Decoder, Generated,
 };
+use icae_core::adapter::untrained_warning;
 use icae_proto::v1::{CompressOptions, GenerateRequest, InfoRequest, Mode};
 use serde::Deserialize;
 
@@ -96,7 +97,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         args.encoder, args.decoder, info.model, info.adapter, info.mem_size, info.compression_rate, info.device, info.dtype, info.model_fingerprint
     );
     if !info.adapter_trained {
-        println!("WARNING: the adapter is UNTRAINED: reconstructions and answers from slots are noise until a trained adapter is used");
+        println!("WARNING: {}", untrained_warning(Path::new(&info.adapter)));
     }
 
     let started = Instant::now();
