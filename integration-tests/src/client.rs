@@ -1,42 +1,35 @@
-//! gRPC helpers for the tests.
+//! gRPC helpers for the tests: [`icae_client`] with the tests' shorthands, and assertions.
 
 use std::time::Duration;
 
-use icae_proto::v1::decoder_client::DecoderClient;
-use icae_proto::v1::encoder_client::EncoderClient;
+use icae_client::{compress_one, generate_request, slot_keys, ConnectOptions};
 use icae_proto::v1::{
-    document, generate_request, generate_response, slot_ref, CompressOptions, CompressRequest,
-    CompressResponse, Document, GenerateRequest, InfoRequest, InfoResponse, Mode, Sampling,
-    SlotList, SlotRef,
+    CompressOptions, CompressResponse, GenerateRequest, InfoRequest, InfoResponse, Mode, Sampling,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-pub async fn encoder(url: &str) -> EncoderClient<Channel> {
-    EncoderClient::connect(url.to_string()).await.unwrap()
+pub use icae_client::{greedy, text_document as text_doc, Decoder, Encoder, Generated};
+
+pub async fn encoder(url: &str) -> Encoder {
+    icae_client::connect_encoder(url, &ConnectOptions::default())
+        .await
+        .unwrap()
 }
 
-pub async fn decoder(url: &str) -> DecoderClient<Channel> {
-    DecoderClient::connect(url.to_string()).await.unwrap()
-}
-
-pub fn text_doc(text: &str) -> Document {
-    Document {
-        content: Some(document::Content::Text(text.into())),
-    }
+pub async fn decoder(url: &str) -> Decoder {
+    icae_client::connect_decoder(url, &ConnectOptions::default())
+        .await
+        .unwrap()
 }
 
 pub async fn compress(url: &str, text: &str, ttl_seconds: u32) -> Result<CompressResponse, Status> {
-    let request = CompressRequest {
-        documents: vec![text_doc(text)],
-        options: Some(CompressOptions {
-            ttl_seconds,
-            ..Default::default()
-        }),
+    let options = CompressOptions {
+        ttl_seconds,
+        ..Default::default()
     };
     encoder(url)
         .await
-        .compress(request)
+        .compress(compress_one(text, options))
         .await
         .map(|r| r.into_inner())
 }
@@ -46,52 +39,13 @@ pub async fn compress_key(url: &str, text: &str) -> String {
     response.documents[0].handle.as_ref().unwrap().key.clone()
 }
 
-pub fn greedy(max_new_tokens: u32) -> Sampling {
-    Sampling {
-        max_new_tokens,
-        ..Default::default()
-    }
-}
-
 pub fn from_keys(keys: &[&str], mode: Mode, prompt: &str, sampling: Sampling) -> GenerateRequest {
-    GenerateRequest {
-        context: Some(generate_request::Context::Slots(SlotList {
-            items: keys
-                .iter()
-                .map(|k| SlotRef {
-                    source: Some(slot_ref::Source::Key(k.to_string())),
-                })
-                .collect(),
-        })),
-        mode: mode as i32,
-        prompt: prompt.into(),
-        sampling: Some(sampling),
-    }
-}
-
-/// The outcome of a streamed generation.
-#[derive(Debug, Default)]
-pub struct Streamed {
-    pub token_ids: Vec<u32>,
-    pub text: String,
-    pub finished: bool,
+    generate_request(slot_keys(keys), mode, prompt, sampling)
 }
 
 /// Run Generate to the end.
-pub async fn generate(url: &str, request: GenerateRequest) -> Result<Streamed, Status> {
-    let mut stream = decoder(url).await.generate(request).await?.into_inner();
-    let mut out = Streamed::default();
-    while let Some(message) = stream.message().await? {
-        match message.event {
-            Some(generate_response::Event::Delta(d)) => {
-                out.token_ids.extend(d.token_ids);
-                out.text.push_str(&d.text);
-            }
-            Some(generate_response::Event::Final(_)) => out.finished = true,
-            None => {}
-        }
-    }
-    Ok(out)
+pub async fn generate(url: &str, request: GenerateRequest) -> Result<Generated, Status> {
+    icae_client::generate(&mut decoder(url).await, request).await
 }
 
 pub async fn decoder_info(url: &str) -> InfoResponse {

@@ -179,7 +179,7 @@ async fn redis_cluster_round_trip() {
     )
     .await
     .unwrap();
-    assert!(result.finished && result.token_ids.len() == 3);
+    assert!(result.finished() && result.token_ids.len() == 3);
     let again = compress(
         &encoder.url(),
         "Document number 0 stored in a Redis Cluster.",

@@ -66,7 +66,7 @@ async fn overload_is_refused_not_queued_without_bound() {
             .unwrap()
         {
             Ok(result) => {
-                assert!(result.finished);
+                assert!(result.finished());
                 assert_eq!(result.token_ids.len(), 24);
                 ok += 1;
             }

@@ -17,7 +17,7 @@ async fn round_trip(encoder: &Service, decoder: &Service) {
     )
     .await
     .unwrap();
-    assert!(out.finished);
+    assert!(out.finished());
     assert_eq!(out.token_ids.len(), 4, "{out:?}");
 }
 

@@ -90,7 +90,7 @@ async fn grpc_round_trip_matches_the_cli_and_caches() {
     )
     .await
     .unwrap();
-    assert!(ae.finished);
+    assert!(ae.finished());
     let ae_ids: Vec<u64> = ae.token_ids.iter().map(|&t| t as u64).collect();
     assert_eq!(ae_ids, cli_tokens(&[&slots], "autoencode", None, 24));
 

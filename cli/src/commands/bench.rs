@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::model::ModelConfig;
 use icae_core::IcaeModel;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::commands::demo::read_pwc;
-use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs};
+use crate::common::{load_icae, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

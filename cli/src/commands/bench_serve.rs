@@ -6,15 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use icae_proto::v1::decoder_client::DecoderClient;
-use icae_proto::v1::encoder_client::EncoderClient;
-use icae_proto::v1::{
-    generate_request, slot_ref, CompressOptions, InfoRequest, Mode, SlotList, SlotRef,
+use icae_client::{
+    baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
+    slot_keys, status_error, ConnectOptions,
 };
+use icae_proto::v1::{CompressOptions, InfoRequest, Mode};
 use serde_json::json;
 
-use crate::commands::client::one_document;
-use crate::commands::demo::{generate, read_pwc, request, rpc_error};
+use crate::commands::demo::{generate, read_pwc};
 use crate::common::print_json;
 
 #[derive(Debug, Args)]
@@ -43,24 +42,17 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn slots(key: &str) -> generate_request::Context {
-    generate_request::Context::Slots(SlotList {
-        items: vec![SlotRef {
-            source: Some(slot_ref::Source::Key(key.into())),
-        }],
-    })
-}
-
 pub async fn run(args: ServeArgs) -> Result<()> {
     let records = read_pwc(&args.data)?;
     let record = records.first().context("no records")?;
     let article = record.input.clone();
-    let mut encoder = EncoderClient::connect(args.encoder.clone()).await?;
-    let mut decoder = DecoderClient::connect(args.decoder.clone()).await?;
+    let options = ConnectOptions::default();
+    let mut encoder = connect_encoder(&args.encoder, &options).await?;
+    let mut decoder = connect_decoder(&args.decoder, &options).await?;
     let info = encoder
         .info(InfoRequest {})
         .await
-        .map_err(rpc_error)?
+        .map_err(status_error)?
         .into_inner();
 
     // Encoder: gRPC + tokenization + Redis as a share of model time, on fresh documents.
@@ -72,7 +64,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     for round in 0..args.rounds {
         let text = format!("{article}\n(revision {round} {})", std::process::id());
         let started = Instant::now();
-        let request = one_document(
+        let request = compress_one(
             text,
             CompressOptions {
                 return_slots: true,
@@ -82,7 +74,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let response = encoder
             .compress(request)
             .await
-            .map_err(rpc_error)?
+            .map_err(status_error)?
             .into_inner();
         let wall = started.elapsed().as_secs_f64();
         let model = response.timings.as_ref().map_or(0.0, |t| t.model_seconds);
@@ -99,9 +91,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         args.rounds - 1,
         std::process::id()
     );
-    let hit = one_document(last, CompressOptions::default());
+    let hit = compress_one(last, CompressOptions::default());
     let cache_hit_started = Instant::now();
-    let response = encoder.compress(hit).await.map_err(rpc_error)?.into_inner();
+    let response = encoder
+        .compress(hit)
+        .await
+        .map_err(status_error)?
+        .into_inner();
     let cache_hit_seconds = cache_hit_started.elapsed().as_secs_f64();
     anyhow::ensure!(
         response.documents[0]
@@ -118,19 +114,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     for _ in 0..args.rounds {
         let with_slots = generate(
             &mut decoder,
-            request(slots(&key), Mode::Answer, &record.prompt, args.tokens),
+            generate_request(
+                slot_keys(&[&key]),
+                Mode::Answer,
+                &record.prompt,
+                greedy(args.tokens),
+            ),
         )
         .await?;
-        slot_ttft.push(with_slots.first_token_s);
-        slot_tpot.push(with_slots.per_token_s());
-        let baseline = generate_request::Context::BaselineText(article.clone());
+        slot_ttft.push(with_slots.first_token_seconds);
+        slot_tpot.push(with_slots.per_token_seconds());
         let full = generate(
             &mut decoder,
-            request(baseline, Mode::Answer, &record.prompt, args.tokens),
+            generate_request(
+                baseline_text(article.clone()),
+                Mode::Answer,
+                &record.prompt,
+                greedy(args.tokens),
+            ),
         )
         .await?;
-        full_ttft.push(full.first_token_s);
-        full_tpot.push(full.per_token_s());
+        full_ttft.push(full.first_token_seconds);
+        full_tpot.push(full.per_token_seconds());
     }
 
     // Aggregate generation throughput at N concurrent streams.
@@ -140,11 +145,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
                 let (url, key, tokens) = (args.decoder.clone(), key.clone(), args.tokens);
+                // A connection per stream, as independent clients would have.
                 tokio::spawn(async move {
-                    let mut client = DecoderClient::connect(url).await?;
+                    let mut client = connect_decoder(&url, &options).await?;
                     generate(
                         &mut client,
-                        request(slots(&key), Mode::Autoencode, "", tokens),
+                        generate_request(slot_keys(&[&key]), Mode::Autoencode, "", greedy(tokens)),
                     )
                     .await
                 })
@@ -152,7 +158,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .collect();
         let mut generated = 0;
         for task in tasks {
-            generated += task.await??.tokens;
+            generated += task.await??.token_ids.len();
         }
         throughput.push((n, generated as f64 / started.elapsed().as_secs_f64()));
     }

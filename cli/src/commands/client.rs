@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use icae_proto::v1::decoder_client::DecoderClient;
-use icae_proto::v1::encoder_client::EncoderClient;
+use icae_client::{
+    baseline_text, compress_one, connect_decoder, connect_encoder, finish_reason,
+    finish_reason_name, generate_request, generate_with, parse_mode, slot_keys, status_error,
+    ConnectOptions,
+};
 use icae_proto::v1::{
-    document, generate_request, generate_response, slot_ref, CompressOptions, CompressRequest,
-    Document, FinishReason, GenerateRequest, InfoRequest, Mode, Sampling, SlotList, SlotRef,
+    CompressOptions, CompressResponse, GenerateRequest, InfoRequest, Mode, Sampling,
 };
 use serde_json::json;
-use tonic::transport::Channel;
-use tonic::Request;
 
 use crate::commands::generate::SamplingArgs;
 use crate::common::{print_json, TextArgs};
@@ -38,6 +38,16 @@ pub struct ConnectArgs {
     /// Largest message accepted from the server, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
+}
+
+impl ConnectArgs {
+    fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            // Clamped because a zero deadline would fail every call before it is sent.
+            timeout: Some(Duration::from_secs_f64(self.timeout_seconds.max(0.001))),
+            max_message_bytes: Some(self.max_message_bytes),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -128,45 +138,23 @@ pub fn run(cmd: ClientCommand) -> Result<()> {
     })
 }
 
-async fn channel(url: &str) -> Result<Channel> {
-    Channel::from_shared(url.to_string())
-        .with_context(|| format!("invalid address {url}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
-fn request<T>(message: T, connect: &ConnectArgs) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(Duration::from_secs_f64(connect.timeout_seconds.max(0.001)));
-    request
-}
-
-/// Turn a gRPC status into one readable line.
-fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
-}
-
-pub async fn compress_text(
+async fn compress_text(
     encoder: &str,
     text: String,
     namespace: &str,
     ttl_seconds: u32,
     connect: &ConnectArgs,
-) -> Result<icae_proto::v1::CompressResponse> {
-    let mut client = EncoderClient::new(channel(encoder).await?)
-        .max_decoding_message_size(connect.max_message_bytes);
+) -> Result<CompressResponse> {
+    let mut client = connect_encoder(encoder, &connect.options()).await?;
     let options = CompressOptions {
         ttl_seconds,
         namespace: namespace.to_string(),
         return_slots: false,
     };
-    let message = one_document(text, options);
     Ok(client
-        .compress(request(message, connect))
+        .compress(compress_one(text, options))
         .await
-        .map_err(status)?
+        .map_err(status_error)?
         .into_inner())
 }
 
@@ -200,16 +188,6 @@ async fn compress(args: CompressArgs) -> Result<()> {
     Ok(())
 }
 
-/// A Compress request for one text.
-pub fn one_document(text: String, options: CompressOptions) -> CompressRequest {
-    CompressRequest {
-        documents: vec![Document {
-            content: Some(document::Content::Text(text)),
-        }],
-        options: Some(options),
-    }
-}
-
 fn sampling(args: &SamplingArgs) -> Sampling {
     let params = args.params();
     Sampling {
@@ -222,14 +200,6 @@ fn sampling(args: &SamplingArgs) -> Sampling {
     }
 }
 
-fn mode(name: &str) -> Result<Mode> {
-    Ok(match name.parse::<icae_core::Mode>()? {
-        icae_core::Mode::Autoencode => Mode::Autoencode,
-        icae_core::Mode::Continue => Mode::Continue,
-        icae_core::Mode::Answer => Mode::Answer,
-    })
-}
-
 /// Stream a generation to stdout (or collect it for --json).
 async fn stream(
     decoder: &str,
@@ -237,74 +207,51 @@ async fn stream(
     connect: &ConnectArgs,
     json_output: bool,
 ) -> Result<()> {
-    let mut client = DecoderClient::new(channel(decoder).await?)
-        .max_decoding_message_size(connect.max_message_bytes);
-    let mut responses = client
-        .generate(request(message, connect))
-        .await
-        .map_err(status)?
-        .into_inner();
-    let (mut text, mut token_ids) = (String::new(), Vec::new());
-    while let Some(response) = responses.message().await.map_err(status)? {
-        match response.event {
-            Some(generate_response::Event::Delta(delta)) => {
-                token_ids.extend(delta.token_ids);
-                if !json_output {
-                    print!("{}", delta.text);
-                    std::io::stdout().flush()?;
-                }
-                text.push_str(&delta.text);
-            }
-            Some(generate_response::Event::Final(last)) => {
-                let reason =
-                    FinishReason::try_from(last.finish_reason).unwrap_or(FinishReason::Unspecified);
-                let timings = last.timings.unwrap_or_default();
-                if json_output {
-                    return print_json(&json!({
-                        "text": text, "token_ids": token_ids,
-                        "finish_reason": reason.as_str_name().trim_start_matches("FINISH_REASON_").to_lowercase(),
-                        "prompt_positions": last.prompt_positions,
-                        "time_to_first_token_seconds": timings.time_to_first_token_seconds,
-                        "seconds": timings.total_seconds,
-                    }));
-                }
-                println!();
-                eprintln!(
-                    "[{} tokens, finish {}, first token {:.3}s, total {:.3}s]",
-                    last.generated_tokens,
-                    reason.as_str_name(),
-                    timings.time_to_first_token_seconds,
-                    timings.total_seconds
-                );
-                return Ok(());
-            }
-            None => {}
+    let mut client = connect_decoder(decoder, &connect.options()).await?;
+    let generated = generate_with(&mut client, message, |text| {
+        if !json_output {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
         }
+    })
+    .await
+    .map_err(status_error)?;
+    let last = generated.completed()?;
+    let reason = finish_reason(last.finish_reason);
+    let timings = last.timings.unwrap_or_default();
+    if json_output {
+        return print_json(&json!({
+            "text": generated.text, "token_ids": generated.token_ids,
+            "finish_reason": finish_reason_name(reason),
+            "prompt_positions": last.prompt_positions,
+            "time_to_first_token_seconds": timings.time_to_first_token_seconds,
+            "seconds": timings.total_seconds,
+        }));
     }
-    bail!("the stream ended without a final message")
+    println!();
+    eprintln!(
+        "[{} tokens, finish {}, first token {:.3}s, total {:.3}s]",
+        last.generated_tokens,
+        reason.as_str_name(),
+        timings.time_to_first_token_seconds,
+        timings.total_seconds
+    );
+    Ok(())
 }
 
 async fn generate(args: GenerateArgs) -> Result<()> {
     let context = match &args.baseline_text_file {
-        Some(path) => generate_request::Context::BaselineText(
+        Some(path) => baseline_text(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
-        None => generate_request::Context::Slots(SlotList {
-            items: args
-                .key
-                .iter()
-                .map(|k| SlotRef {
-                    source: Some(slot_ref::Source::Key(k.clone())),
-                })
-                .collect(),
-        }),
+        None => slot_keys(&args.key),
     };
-    let message = GenerateRequest {
-        context: Some(context),
-        mode: mode(&args.mode)? as i32,
-        prompt: args.prompt.clone().unwrap_or_default(),
-        sampling: Some(sampling(&args.sampling)),
-    };
+    let message = generate_request(
+        context,
+        parse_mode(&args.mode)?,
+        args.prompt.as_deref().unwrap_or_default(),
+        sampling(&args.sampling),
+    );
     stream(&args.decoder, message, &args.connect, args.json).await
 }
 
@@ -317,34 +264,33 @@ async fn ask(args: AskArgs) -> Result<()> {
         .context("the encoder returned no handle")?
         .key
         .clone();
-    let message = GenerateRequest {
-        context: Some(generate_request::Context::Slots(SlotList {
-            items: vec![SlotRef {
-                source: Some(slot_ref::Source::Key(key)),
-            }],
-        })),
-        mode: Mode::Answer as i32,
-        prompt: args.prompt.clone(),
-        sampling: Some(sampling(&args.sampling)),
-    };
+    let message = generate_request(
+        slot_keys(&[key]),
+        Mode::Answer,
+        &args.prompt,
+        sampling(&args.sampling),
+    );
     stream(&args.decoder, message, &args.connect, args.json).await
 }
 
 async fn info(args: InfoArgs) -> Result<()> {
+    let options = args.connect.options();
     let response = match (&args.encoder, &args.decoder) {
         (Some(url), _) => {
-            EncoderClient::new(channel(url).await?)
-                .info(request(InfoRequest {}, &args.connect))
+            connect_encoder(url, &options)
+                .await?
+                .info(InfoRequest {})
                 .await
         }
         (None, Some(url)) => {
-            DecoderClient::new(channel(url).await?)
-                .info(request(InfoRequest {}, &args.connect))
+            connect_decoder(url, &options)
+                .await?
+                .info(InfoRequest {})
                 .await
         }
         (None, None) => bail!("give --encoder or --decoder"),
     }
-    .map_err(status)?
+    .map_err(status_error)?
     .into_inner();
     let limits = response.limits.unwrap_or_default();
     print_json(&json!({
@@ -361,4 +307,47 @@ async fn info(args: InfoArgs) -> Result<()> {
             "max_spans": limits.max_spans,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use icae_proto::v1::{FinishReason, Mode};
+
+    /// The client names modes exactly as the in-process commands do (the engine's parser).
+    #[test]
+    fn modes_parse_as_the_engine_parses_them() {
+        for name in [
+            "autoencode",
+            "AE",
+            "continue",
+            "lm",
+            "Answer",
+            "ft",
+            "unspecified",
+            "",
+        ] {
+            let client = icae_client::parse_mode(name).map_err(|e| e.to_string());
+            let engine = name
+                .parse::<icae_core::Mode>()
+                .map(|mode| match mode {
+                    icae_core::Mode::Autoencode => Mode::Autoencode,
+                    icae_core::Mode::Continue => Mode::Continue,
+                    icae_core::Mode::Answer => Mode::Answer,
+                })
+                .map_err(|e| e.to_string());
+            assert_eq!(client, engine, "{name:?}");
+        }
+    }
+
+    /// `icae client generate --json` and `icae generate --json` name finish reasons alike.
+    #[test]
+    fn finish_reasons_are_named_as_the_engine_names_them() {
+        for (proto, engine) in [
+            (FinishReason::Eos, icae_core::FinishReason::Eos),
+            (FinishReason::Length, icae_core::FinishReason::Length),
+            (FinishReason::Stop, icae_core::FinishReason::Stop),
+        ] {
+            assert_eq!(icae_client::finish_reason_name(proto), engine.as_str());
+        }
+    }
 }

@@ -3,9 +3,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::slots::{encode_slots, SlotMeta};
 
-use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs, TextArgs};
+use crate::common::{load_icae, print_json, TextArgs};
 
 #[derive(Debug, Args)]
 pub struct CompressArgs {

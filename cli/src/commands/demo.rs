@@ -2,21 +2,18 @@
 //! reconstruct it and answer its questions with decoder-svc from the slots, and from the
 //! full text (baseline) side by side, with ratios, bytes and latencies.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use icae_proto::v1::decoder_client::DecoderClient;
-use icae_proto::v1::encoder_client::EncoderClient;
-use icae_proto::v1::{
-    generate_request, generate_response, slot_ref, CompressOptions, GenerateRequest, InfoRequest,
-    Mode, Sampling, SlotList, SlotRef,
+use icae_client::{
+    baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
+    slot_keys, status_error, ConnectOptions, Decoder, Generated,
 };
+use icae_core::adapter::untrained_warning;
+use icae_proto::v1::{CompressOptions, GenerateRequest, InfoRequest, Mode};
 use serde::Deserialize;
-
-use crate::commands::client::one_document;
-use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -62,74 +59,22 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .block_on(demo(args))
 }
 
-/// What one generation produced and how long it took.
-pub struct Timed {
-    pub text: String,
-    pub tokens: usize,
-    pub prompt_positions: u32,
-    pub first_token_s: f64,
-    pub total_s: f64,
-}
-
-impl Timed {
-    /// Seconds per generated token after the first.
-    pub fn per_token_s(&self) -> f64 {
-        (self.total_s - self.first_token_s) / self.tokens.saturating_sub(1).max(1) as f64
-    }
-}
-
-pub fn rpc_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-}
-
-pub async fn generate(
-    decoder: &mut DecoderClient<Channel>,
-    request: GenerateRequest,
-) -> Result<Timed> {
-    let started = Instant::now();
-    let mut stream = decoder
-        .generate(request)
+/// Run a generation to its final message, as the demo and `bench serve` need it: their
+/// numbers come from complete generations, so a stream cut short is an error.
+pub async fn generate(decoder: &mut Decoder, request: GenerateRequest) -> Result<Generated> {
+    let generated = icae_client::generate(decoder, request)
         .await
-        .map_err(rpc_error)?
-        .into_inner();
-    let (mut text, mut tokens, mut first) = (String::new(), 0, None);
-    while let Some(message) = stream.message().await.map_err(rpc_error)? {
-        match message.event {
-            Some(generate_response::Event::Delta(delta)) => {
-                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                tokens += delta.token_ids.len();
-                text.push_str(&delta.text);
-            }
-            Some(generate_response::Event::Final(last)) => {
-                return Ok(Timed {
-                    text,
-                    tokens,
-                    prompt_positions: last.prompt_positions,
-                    first_token_s: first.unwrap_or_default(),
-                    total_s: started.elapsed().as_secs_f64(),
-                })
-            }
-            None => {}
-        }
-    }
-    anyhow::bail!("the stream ended without a final message")
+        .map_err(status_error)?;
+    generated.completed()?;
+    Ok(generated)
 }
 
-pub fn request(
-    context: generate_request::Context,
-    mode: Mode,
-    prompt: &str,
-    max_new_tokens: u32,
-) -> GenerateRequest {
-    GenerateRequest {
-        context: Some(context),
-        mode: mode as i32,
-        prompt: prompt.into(),
-        sampling: Some(Sampling {
-            max_new_tokens,
-            ..Default::default()
-        }),
-    }
+/// Positions the decoder read before generating.
+fn prompt_positions(generated: &Generated) -> u32 {
+    generated
+        .last
+        .as_ref()
+        .map_or(0, |last| last.prompt_positions)
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
@@ -139,23 +84,24 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .context("the data file has no records")?
         .input
         .clone();
-    let mut encoder = EncoderClient::connect(args.encoder.clone())
+    let options = ConnectOptions::default();
+    let mut encoder = connect_encoder(&args.encoder, &options).await?;
+    let mut decoder = connect_decoder(&args.decoder, &options).await?;
+    let info = encoder
+        .info(InfoRequest {})
         .await
-        .context("connecting to the encoder")?;
-    let mut decoder = DecoderClient::connect(args.decoder.clone())
-        .await
-        .context("connecting to the decoder")?;
-    let info = encoder.info(InfoRequest {}).await?.into_inner();
+        .map_err(status_error)?
+        .into_inner();
     println!(
         "encoder {} and decoder {}: model {}, adapter {} (mem_size {}, rate {}, {} {}), fingerprint {}",
         args.encoder, args.decoder, info.model, info.adapter, info.mem_size, info.compression_rate, info.device, info.dtype, info.model_fingerprint
     );
     if !info.adapter_trained {
-        println!("WARNING: the adapter is UNTRAINED: reconstructions and answers from slots are noise until a trained adapter is used");
+        println!("WARNING: {}", untrained_warning(Path::new(&info.adapter)));
     }
 
     let started = Instant::now();
-    let compress = one_document(
+    let compress = compress_one(
         article.clone(),
         CompressOptions {
             return_slots: true,
@@ -165,7 +111,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let response = encoder
         .compress(compress)
         .await
-        .map_err(rpc_error)?
+        .map_err(status_error)?
         .into_inner();
     let compress_s = started.elapsed().as_secs_f64();
     let doc = response
@@ -191,24 +137,23 @@ async fn demo(args: DemoArgs) -> Result<()> {
         kv_bytes as f64 / doc.slots.len().max(1) as f64
     );
 
-    let slots = || {
-        generate_request::Context::Slots(SlotList {
-            items: vec![SlotRef {
-                source: Some(slot_ref::Source::Key(handle.key.clone())),
-            }],
-        })
-    };
+    let slots = || slot_keys(&[&handle.key]);
     let reconstruction = generate(
         &mut decoder,
-        request(slots(), Mode::Autoencode, "", handle.num_tokens + 16),
+        generate_request(
+            slots(),
+            Mode::Autoencode,
+            "",
+            greedy(handle.num_tokens + 16),
+        ),
     )
     .await?;
     println!(
         "\nreconstruction from {} positions: {} tokens, first token {:.3}s, total {:.2}s",
-        reconstruction.prompt_positions,
-        reconstruction.tokens,
-        reconstruction.first_token_s,
-        reconstruction.total_s
+        prompt_positions(&reconstruction),
+        reconstruction.token_ids.len(),
+        reconstruction.first_token_seconds,
+        reconstruction.seconds
     );
     println!("  original:      {}", excerpt(&article));
     println!("  reconstructed: {}", excerpt(&reconstruction.text));
@@ -216,37 +161,37 @@ async fn demo(args: DemoArgs) -> Result<()> {
     for record in records.iter().take(args.questions) {
         let from_slots = generate(
             &mut decoder,
-            request(
+            generate_request(
                 slots(),
                 Mode::Answer,
                 &record.prompt,
-                args.max_answer_tokens,
+                greedy(args.max_answer_tokens),
             ),
         )
         .await?;
         let baseline = generate(
             &mut decoder,
-            request(
-                generate_request::Context::BaselineText(article.clone()),
+            generate_request(
+                baseline_text(article.clone()),
                 Mode::Answer,
                 &record.prompt,
-                args.max_answer_tokens,
+                greedy(args.max_answer_tokens),
             ),
         )
         .await?;
         println!("\nQ: {}\n  reference: {}", record.prompt, record.answer);
         println!(
             "  slots     ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
-            from_slots.prompt_positions,
-            from_slots.first_token_s,
-            from_slots.total_s,
+            prompt_positions(&from_slots),
+            from_slots.first_token_seconds,
+            from_slots.seconds,
             excerpt(&from_slots.text)
         );
         println!(
             "  full text ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
-            baseline.prompt_positions,
-            baseline.first_token_s,
-            baseline.total_s,
+            prompt_positions(&baseline),
+            baseline.first_token_seconds,
+            baseline.seconds,
             excerpt(&baseline.text)
         );
     }

@@ -4,12 +4,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::slots::decode_slots;
 use icae_core::{Mode, SamplingParams};
 use serde_json::json;
 use tch::Tensor;
 
-use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs};
+use crate::common::{load_icae, print_json};
 
 #[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {

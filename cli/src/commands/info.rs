@@ -2,12 +2,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::device::kind_name;
 use icae_core::fingerprint::base_fingerprint;
 use icae_core::model::ModelConfig;
 use serde_json::{json, Value};
 
-use crate::common::{load_icae, print_json, AdapterArgs, ModelArgs};
+use crate::common::{load_icae, print_json};
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {

@@ -2,12 +2,13 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use icae_core::args::ModelArgs;
 use icae_core::device::default_kind;
 use icae_core::model::LlamaModel;
 use icae_core::tokenizer::TextTokenizer;
 use tch::{Kind, Tensor};
 
-use crate::common::{ModelArgs, TextArgs};
+use crate::common::TextArgs;
 
 #[derive(Debug, Args)]
 pub struct LogitsArgs {

@@ -1,0 +1,17 @@
+//! A gRPC client for encoder-svc and decoder-svc, shared by the `icae` CLI and the
+//! integration tests. It depends on the generated API only, not on the engine, so a client
+//! never needs libtorch.
+
+mod connect;
+mod names;
+mod requests;
+mod status;
+mod stream;
+
+pub use connect::{connect_decoder, connect_encoder, ConnectOptions, Deadline, Decoder, Encoder};
+pub use names::{finish_reason, finish_reason_name, parse_mode};
+pub use requests::{
+    baseline_text, compress_one, generate_request, greedy, slot_keys, text_document,
+};
+pub use status::status_error;
+pub use stream::{collect, generate, generate_with, Generated};
