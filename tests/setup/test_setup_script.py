@@ -44,7 +44,7 @@ def plan(env: dict) -> dict:
 
 
 def test_env_sh_sources_under_strict_mode_with_an_empty_icae_home(tmp_path):
-    script = "set -euo pipefail; source scripts/env.sh; echo \"venv=$ICAE_VENV\""
+    script = 'set -euo pipefail; source scripts/env.sh; echo "venv=$ICAE_VENV"'
     proc = run(["bash", "-c", script], bare_env(tmp_path))
     assert proc.returncode == 0, f"env.sh failed on a fresh machine:\n{proc.stderr}"
     assert f"venv={tmp_path}/icae/venv" in proc.stdout
