@@ -21,7 +21,7 @@ pub fn compress_one(text: impl Into<String>, options: CompressOptions) -> Compre
     }
 }
 
-/// Generate from the slots stored under these keys, read in order (several keys: multi-span).
+/// Generate from the slots stored under these keys, read in order (several keys: several slot sets, concatenated).
 pub fn slot_keys<K: AsRef<str>>(keys: &[K]) -> generate_request::Context {
     generate_request::Context::Slots(SlotList {
         items: keys

@@ -86,3 +86,28 @@ async fn run(config: Config) -> Result<(), String> {
         .max_encoding_message_size(args.max_message_bytes);
     serve(args, parts, server, load_failure).await
 }
+
+#[cfg(test)]
+mod tests {
+    use icae_serving::testing::{assert_pod_ready_defaults, ServiceCommand};
+
+    use super::*;
+
+    impl ServiceCommand for Config {
+        fn service_args(&self) -> &ServiceArgs {
+            &self.service
+        }
+    }
+
+    #[test]
+    fn defaults_suit_a_pod_and_loopback_stays_selectable() {
+        assert_eq!(
+            DEFAULT_PORTS,
+            Ports {
+                grpc: 50052,
+                metrics: 9092
+            }
+        );
+        assert_pod_ready_defaults::<Config>("decoder-svc", DEFAULT_PORTS);
+    }
+}

@@ -215,20 +215,20 @@ impl IcaeModel {
             .collect())
     }
 
-    /// The decoder's input embeddings `[1, len, hidden]` for `spans` (each `[n, hidden]`, in
-    /// order) in `mode`. `prompt_ids` is required for ANSWER.
+    /// The decoder's input embeddings `[1, len, hidden]` for `slot_sets` (each `[n, hidden]`,
+    /// in order) in `mode`. `prompt_ids` is required for ANSWER.
     pub fn decoder_input(
         &self,
-        spans: &[Tensor],
+        slot_sets: &[Tensor],
         mode: Mode,
         prompt_ids: Option<&[u32]>,
     ) -> Result<Tensor, IcaeError> {
-        if spans.is_empty() {
+        if slot_sets.is_empty() {
             return Err(InputError::NoSlots.into());
         }
         let hidden = self.base.hidden_size();
-        for (index, span) in spans.iter().enumerate() {
-            let size = span.size();
+        for (index, set) in slot_sets.iter().enumerate() {
+            let size = set.size();
             if size.len() != 2 || size[1] != hidden {
                 return Err(InputError::SlotWidth {
                     index,
@@ -238,7 +238,7 @@ impl IcaeModel {
                 .into());
             }
         }
-        let slots: Vec<Tensor> = spans
+        let slots: Vec<Tensor> = slot_sets
             .iter()
             .map(|s| s.to_device(self.device()).to_kind(self.kind()))
             .collect();

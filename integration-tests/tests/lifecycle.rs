@@ -1,4 +1,4 @@
-//! Cancellation, overload, SIGTERM draining, health and reflection.
+//! Cancellation, overload, SIGTERM draining, health and reflection (v1 and v1alpha).
 
 use std::time::Duration;
 
@@ -204,44 +204,47 @@ async fn health_and_reflection_answer() {
                 && names.contains(&"grpc.health.v1.Health".to_string()),
             "{names:?}"
         );
+        // Each version lists itself; everything else is the same.
+        let v1alpha = v1alpha_services(&service.url()).await;
+        assert!(v1alpha.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
+        let others = |list: &[String]| {
+            let mut list: Vec<String> = list
+                .iter()
+                .filter(|n| !n.starts_with("grpc.reflection."))
+                .cloned()
+                .collect();
+            list.sort();
+            list
+        };
+        assert_eq!(others(&v1alpha), others(&names));
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn prometheus_metrics_are_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// The services listed by `grpc.reflection.v1alpha`, which grpcio-reflection, Postman and
+/// older grpcurl speak.
+async fn v1alpha_services(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
 
-    let redis = Redis::start();
-    let port = free_port();
-    let encoder = Service::start(
-        Kind::Encoder,
-        &redis.url(),
-        &["--metrics-port", &port.to_string()],
-    )
-    .await;
-    compress_key(&encoder.url(), DOC).await;
-    compress_key(&encoder.url(), DOC).await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
         .await
         .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
         .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    for name in [
-        "icae_request_duration_seconds",
-        "icae_queue_size",
-        "icae_batch_size",
-        "icae_redis_op_duration_seconds",
-        "icae_slot_bytes",
-        "icae_cache_lookups_total",
-    ] {
-        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
-    }
-    assert!(
-        body.contains(r#"icae_cache_lookups_total{result="hit"} 1"#),
-        "{body}"
-    );
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected v1alpha reflection answer")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
 }

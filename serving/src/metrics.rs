@@ -133,7 +133,7 @@ fn describe() {
     describe_histogram!(
         REDIS_OP_DURATION,
         Unit::Seconds,
-        "Duration of one Redis operation, in seconds, by op (get, get_refresh, put)."
+        "Duration of one Redis operation, in seconds, by op (get, getex, set)."
     );
 }
 

@@ -36,3 +36,43 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// A service binary's command line, as its tests see it.
+pub trait ServiceCommand: clap::Parser {
+    fn service_args(&self) -> &crate::ServiceArgs;
+}
+
+/// Defaults suit a pod (every interface, the binary's own ports), loopback stays
+/// selectable, and the last of a repeated flag wins (scripts append to a base command line).
+pub fn assert_pod_ready_defaults<C: ServiceCommand>(binary: &str, defaults: crate::Ports) {
+    let config = C::try_parse_from([binary, "--model", "m", "--adapter", "a"]).unwrap();
+    let args = config.service_args();
+    assert_eq!(args.host, "0.0.0.0");
+    assert_eq!(args.metrics_host, "0.0.0.0");
+    assert_eq!(args.ports(defaults), defaults);
+    let config = C::try_parse_from([
+        binary,
+        "--model",
+        "m",
+        "--adapter",
+        "a",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "7",
+        "--metrics-port",
+        "0",
+        "--metrics-port",
+        "8",
+    ])
+    .unwrap();
+    let args = config.service_args();
+    assert_eq!(args.host, "127.0.0.1");
+    assert_eq!(
+        args.ports(defaults),
+        crate::Ports {
+            grpc: 7,
+            metrics: 8
+        }
+    );
+}

@@ -74,7 +74,7 @@ pub struct GenerateArgs {
     /// Decoder address, e.g. http://127.0.0.1:50052.
     #[arg(long, env = "ICAE_DECODER_URL")]
     pub decoder: String,
-    /// Slot key from `client compress`; repeat for several spans, in order.
+    /// Slot key from `client compress`; repeat for several slot sets, read in order.
     #[arg(long, required_unless_present = "baseline_text_file")]
     pub key: Vec<String>,
     /// Generate from this uncompressed text instead of slots (baseline).

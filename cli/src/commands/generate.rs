@@ -64,7 +64,7 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub adapter: AdapterArgs,
-    /// Slot file from `icae compress`; repeat for several spans, in order.
+    /// Slot file from `icae compress`; repeat for several slot sets, read in order.
     #[arg(long, required = true)]
     pub slots: Vec<PathBuf>,
     /// autoencode (reconstruct), continue, or answer (needs --prompt).
@@ -88,7 +88,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let params = args.sampling.params();
     params.validate(args.max_new_tokens_limit)?;
     let icae = load_icae(&args.model, &args.adapter)?;
-    let spans = args
+    let slot_sets = args
         .slots
         .iter()
         .map(|path| {
@@ -111,7 +111,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Some(p) => Some(icae.tokenizer.encode_fragment(p)?),
         None => None,
     };
-    let embeds = icae.decoder_input(&spans, mode, prompt_ids.as_deref())?;
+    let embeds = icae.decoder_input(&slot_sets, mode, prompt_ids.as_deref())?;
     let started = Instant::now();
     let stream = !args.json;
     let generation = icae.generate(&embeds, params, |delta| {

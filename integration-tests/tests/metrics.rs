@@ -1,0 +1,271 @@
+//! Prometheus metrics after real traffic: histograms with buckets (not summaries), the
+//! documented labels, HELP text on every metric, counts that moved, and the autoscaling
+//! gauges (docs/metrics.md).
+
+use std::collections::HashMap;
+
+use icae_proto::v1::{CompressRequest, Mode};
+use integration_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+const DOC: &str = "The metrics test compresses this short document and reconstructs it.";
+
+/// One sample line: metric name, labels, value.
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+async fn scrape(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+fn samples(body: &str) -> Vec<Sample> {
+    body.lines()
+        .filter(|line| line.starts_with("icae_"))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    (key.to_string(), value.trim_matches('"').to_string())
+                })
+                .collect();
+            Sample {
+                name: name.to_string(),
+                labels,
+                value: value.parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The value of the one sample of `name` whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+/// A histogram's buckets are there, cumulative, and `le="+Inf"` equals `_count`, which
+/// is at least `min_count`.
+fn assert_histogram(
+    body: &str,
+    samples: &[Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+    min_count: f64,
+) {
+    assert!(
+        body.contains(&format!("# TYPE {name} histogram")),
+        "{name} is not a histogram:\n{body}"
+    );
+    let buckets: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == format!("{name}_bucket")
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert!(buckets.len() >= 5, "{name} has {} buckets", buckets.len());
+    assert!(
+        buckets.windows(2).all(|w| w[0].value <= w[1].value),
+        "{name} buckets are not cumulative"
+    );
+    let count = value(samples, &format!("{name}_count"), labels).unwrap();
+    let infinite = value(
+        samples,
+        &format!("{name}_bucket"),
+        &[labels, &[("le", "+Inf")]].concat(),
+    );
+    assert_eq!(infinite, Some(count), "{name}: +Inf bucket vs count");
+    assert!(count >= min_count, "{name} count {count} < {min_count}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
+    let redis = Redis::start();
+    let (encoder_port, decoder_port) = (free_port(), free_port());
+    let encoder = Service::start(
+        Kind::Encoder,
+        &redis.url(),
+        &["--metrics-port", &encoder_port.to_string()],
+    )
+    .await;
+    let decoder = Service::start(
+        Kind::Decoder,
+        &redis.url(),
+        &["--metrics-port", &decoder_port.to_string()],
+    )
+    .await;
+
+    let key = compress_key(&encoder.url(), DOC).await;
+    compress_key(&encoder.url(), DOC).await;
+    let refused = integration_tests::encoder(&encoder.url())
+        .await
+        .compress(CompressRequest::default())
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
+    let generated = generate(
+        &decoder.url(),
+        from_keys(&[&key], Mode::Autoencode, "", greedy(4)),
+    )
+    .await
+    .unwrap();
+    assert!(generated.finished());
+
+    let body = scrape(encoder_port).await;
+    let encoder_samples = samples(&body);
+    let compress = [("service", "encoder"), ("method", "Compress")];
+    assert_eq!(
+        value(
+            &encoder_samples,
+            "icae_requests_total",
+            &[&compress[..], &[("code", "Ok")]].concat()
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    let invalid = [&compress[..], &[("code", "InvalidArgument")]].concat();
+    assert_eq!(
+        value(&encoder_samples, "icae_requests_total", &invalid),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&encoder_samples, "icae_request_errors_total", &invalid),
+        Some(1.0)
+    );
+    assert_histogram(
+        &body,
+        &encoder_samples,
+        "icae_request_duration_seconds",
+        &compress,
+        3.0,
+    );
+    assert_histogram(
+        &body,
+        &encoder_samples,
+        "icae_batch_size",
+        &[("service", "encoder")],
+        1.0,
+    );
+    assert_histogram(&body, &encoder_samples, "icae_slot_bytes", &[], 1.0);
+    assert_histogram(
+        &body,
+        &encoder_samples,
+        "icae_redis_op_duration_seconds",
+        &[("op", "set")],
+        1.0,
+    );
+    assert_eq!(
+        value(
+            &encoder_samples,
+            "icae_cache_lookups_total",
+            &[("result", "hit")]
+        ),
+        Some(1.0)
+    );
+    for gauge in [
+        "icae_requests_in_flight",
+        "icae_queue_size",
+        "icae_active_sequences",
+    ] {
+        assert_eq!(
+            value(&encoder_samples, gauge, &[("service", "encoder")]),
+            Some(0.0),
+            "{gauge} after the traffic ended:\n{body}"
+        );
+    }
+
+    let body = scrape(decoder_port).await;
+    let decoder_samples = samples(&body);
+    let generate_labels = [("service", "decoder"), ("method", "Generate")];
+    assert_eq!(
+        value(
+            &decoder_samples,
+            "icae_requests_total",
+            &[&generate_labels[..], &[("code", "Ok")]].concat()
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_histogram(
+        &body,
+        &decoder_samples,
+        "icae_request_duration_seconds",
+        &generate_labels,
+        1.0,
+    );
+    assert_histogram(
+        &body,
+        &decoder_samples,
+        "icae_time_to_first_token_seconds",
+        &[],
+        1.0,
+    );
+    assert_histogram(
+        &body,
+        &decoder_samples,
+        "icae_inter_token_seconds",
+        &[],
+        1.0,
+    );
+    assert_histogram(
+        &body,
+        &decoder_samples,
+        "icae_queue_seconds",
+        &[("service", "decoder")],
+        1.0,
+    );
+    assert_eq!(
+        value(
+            &decoder_samples,
+            "icae_active_sequences",
+            &[("service", "decoder")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &decoder_samples,
+            "icae_requests_in_flight",
+            &[("service", "decoder")]
+        ),
+        Some(0.0)
+    );
+
+    // Every metric either service exported has HELP text.
+    let all: String = scrape(encoder_port).await + &scrape(decoder_port).await;
+    for line in all.lines().filter(|l| l.starts_with("# TYPE icae_")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            all.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP text"
+        );
+    }
+}
