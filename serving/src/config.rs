@@ -60,17 +60,11 @@ pub struct ServiceArgs {
     /// 9092 for decoder-svc].
     #[arg(long, env = "ICAE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
-    /// Close each client connection after this many seconds (0: never), so that clients
-    /// reconnect and spread over pods added by scale-out.
+    /// After this many seconds a client connection is told to go away (HTTP/2 GOAWAY; its
+    /// running streams finish), so that clients reconnect and spread over pods added by
+    /// scale-out. 0: never.
     #[arg(long, env = "ICAE_MAX_CONNECTION_AGE_SECONDS", default_value_t = 600)]
     pub max_connection_age_seconds: u64,
-    /// How long streams still running on a connection past its age may take to finish.
-    #[arg(
-        long,
-        env = "ICAE_MAX_CONNECTION_AGE_GRACE_SECONDS",
-        default_value_t = 300
-    )]
-    pub max_connection_age_grace_seconds: u64,
     /// Slot time to live in seconds when a request does not set one.
     #[arg(long, env = "ICAE_SLOT_TTL_SECONDS", default_value_t = 3600)]
     pub slot_ttl_seconds: u32,

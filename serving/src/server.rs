@@ -85,9 +85,9 @@ where
     if args.max_connection_age_seconds > 0 {
         // Long-lived HTTP/2 connections would pin clients to the pods that existed when
         // they connected: closing them after an age spreads load over pods added later.
-        builder = builder
-            .max_connection_age(Duration::from_secs(args.max_connection_age_seconds))
-            .max_connection_age_grace(Duration::from_secs(args.max_connection_age_grace_seconds));
+        // No max_connection_age_grace: in tonic 0.14 a grace replaces the graceful GOAWAY
+        // at that age by a forced close at age + grace, which would cut running streams.
+        builder = builder.max_connection_age(Duration::from_secs(args.max_connection_age_seconds));
     }
     let server = builder
         .add_service(parts.health)
