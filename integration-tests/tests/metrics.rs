@@ -57,16 +57,21 @@ fn samples(body: &str) -> Vec<Sample> {
         .collect()
 }
 
+impl Sample {
+    /// This sample is of metric `name` and its labels include `labels`.
+    fn matches(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
 /// The value of the one sample of `name` whose labels include `labels`.
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+        .find(|s| s.matches(name, labels))
         .map(|s| s.value)
 }
 
@@ -83,14 +88,10 @@ fn assert_histogram(
         body.contains(&format!("# TYPE {name} histogram")),
         "{name} is not a histogram:\n{body}"
     );
+    let bucket_name = format!("{name}_bucket");
     let buckets: Vec<&Sample> = samples
         .iter()
-        .filter(|s| {
-            s.name == format!("{name}_bucket")
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+        .filter(|s| s.matches(&bucket_name, labels))
         .collect();
     assert!(buckets.len() >= 5, "{name} has {} buckets", buckets.len());
     assert!(
@@ -98,11 +99,7 @@ fn assert_histogram(
         "{name} buckets are not cumulative"
     );
     let count = value(samples, &format!("{name}_count"), labels).unwrap();
-    let infinite = value(
-        samples,
-        &format!("{name}_bucket"),
-        &[labels, &[("le", "+Inf")]].concat(),
-    );
+    let infinite = value(samples, &bucket_name, &[labels, &[("le", "+Inf")]].concat());
     assert_eq!(infinite, Some(count), "{name}: +Inf bucket vs count");
     assert!(count >= min_count, "{name} count {count} < {min_count}");
 }
