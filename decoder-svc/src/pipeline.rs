@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use icae_core::slots::decode_slots;
+use icae_core::slots::{decode_slots, SlotError};
 use icae_core::tokenizer::TextTokenizer;
-use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
-use icae_serving::store::SlotStore;
+use icae_core::{check_token_ids, InputError, Mode, ModelSummary, SamplingParams};
+use icae_serving::store::{SlotKey, SlotStore};
 use icae_serving::telemetry::link_to;
-use icae_serving::{Limits, ServiceError};
+use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
 use tch::Tensor;
 use tokio::sync::mpsc;
 use tracing::{debug, Span};
@@ -49,6 +49,8 @@ pub struct GenerateInput {
     pub sampling: SamplingInput,
     pub context: ContextInput,
     pub deadline: Option<Duration>,
+    /// The authenticated caller: it reads only its own tenant's keys.
+    pub tenant: Option<Tenant>,
 }
 
 /// A generation handed to the scheduler: its events, and the time spent fetching slots.
@@ -89,11 +91,13 @@ impl GeneratePipeline {
                 }
                 let mut slot_sets = Vec::with_capacity(sources.len());
                 for (index, source) in sources.into_iter().enumerate() {
-                    slot_sets.push(self.fetch(index, source, &summary.fingerprint).await?);
+                    let tenant = input.tenant.as_ref();
+                    slot_sets.push(self.fetch(index, source, &summary, tenant).await?);
                 }
                 ContextSource::Slots(slot_sets)
             }
             ContextInput::BaselineText(text) => {
+                check_text_bytes("baseline_text", &text, self.limits.max_input_bytes())?;
                 let ids = self.tokenize(text).await?;
                 check_token_ids(&ids, self.limits.max_input_tokens, summary.vocab_size)?;
                 ContextSource::Baseline(ids)
@@ -143,12 +147,14 @@ impl GeneratePipeline {
 
     /// The prompt's token ids (None when there is no prompt; ANSWER needs one).
     async fn prompt(&self, mode: Mode, prompt: String) -> Result<Option<Vec<u32>>, ServiceError> {
+        // A question of only whitespace is no question.
+        if mode == Mode::Answer && prompt.trim().is_empty() {
+            return Err(InputError::MissingPrompt.into());
+        }
         if prompt.is_empty() {
-            if mode == Mode::Answer {
-                return Err(InputError::MissingPrompt.into());
-            }
             return Ok(None);
         }
+        check_text_bytes("prompt", &prompt, self.limits.max_prompt_bytes())?;
         let ids = self.tokenize(prompt).await?;
         let max = self.limits.max_prompt_tokens;
         if ids.len() > max {
@@ -170,23 +176,61 @@ impl GeneratePipeline {
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
-    /// One slot set: from Redis or inline, decoded and checked against our fingerprint.
+    /// One slot set: from Redis (only keys of our schema, of the caller's tenant) or
+    /// inline, decoded and checked against our fingerprint and width. Stored data that is
+    /// unusable is DATA_LOSS; inline data that is unusable is the client's INVALID_ARGUMENT.
     async fn fetch(
         &self,
         index: usize,
         source: SlotSource,
-        fingerprint: &str,
+        summary: &ModelSummary,
+        tenant: Option<&Tenant>,
     ) -> Result<Tensor, ServiceError> {
-        let (key, value) = match source {
-            SlotSource::Key(key) => {
-                let value = self
-                    .store
-                    .get(&key)
-                    .await?
-                    .ok_or_else(|| ServiceError::NotFound { key: key.clone() })?;
-                (key, value)
+        let fingerprint = &summary.fingerprint;
+        let (slots, meta, key) = match source {
+            SlotSource::Key(raw) => {
+                let key = SlotKey::parse(&raw, tenant)?;
+                let wrong_model = |found: String| ServiceError::WrongModel {
+                    key: key.key.clone(),
+                    found,
+                    expected: fingerprint.clone(),
+                };
+                // The key names the model that made it: no need to read another model's.
+                if &key.fingerprint != fingerprint {
+                    return Err(wrong_model(key.fingerprint.clone()));
+                }
+                let value =
+                    self.store
+                        .get(&key.key)
+                        .await?
+                        .ok_or_else(|| ServiceError::NotFound {
+                            key: key.key.clone(),
+                        })?;
+                let corrupt = |source| ServiceError::Corrupt {
+                    key: key.key.clone(),
+                    source,
+                };
+                let (slots, meta) = decode_slots(&value).map_err(corrupt)?;
+                check_width(&slots, summary.hidden_size).map_err(corrupt)?;
+                if &meta.fingerprint != fingerprint {
+                    return Err(wrong_model(meta.fingerprint));
+                }
+                (slots, meta, key.key)
             }
-            SlotSource::Inline(value) => (format!("inline slot set {index}"), value),
+            SlotSource::Inline(value) => {
+                let invalid = |source| ServiceError::BadInlineSlots { index, source };
+                let (slots, meta) = decode_slots(&value).map_err(invalid)?;
+                check_width(&slots, summary.hidden_size).map_err(invalid)?;
+                let key = format!("inline slot set {index}");
+                if &meta.fingerprint != fingerprint {
+                    return Err(ServiceError::WrongModel {
+                        key,
+                        found: meta.fingerprint,
+                        expected: fingerprint.clone(),
+                    });
+                }
+                (slots, meta, key)
+            }
             SlotSource::Missing => {
                 return Err(InputError::BadParameter {
                     name: "slots",
@@ -196,17 +240,6 @@ impl GeneratePipeline {
                 .into())
             }
         };
-        let (slots, meta) = decode_slots(&value).map_err(|source| ServiceError::Corrupt {
-            key: key.clone(),
-            source,
-        })?;
-        if meta.fingerprint != fingerprint {
-            return Err(ServiceError::WrongModel {
-                key,
-                found: meta.fingerprint,
-                expected: fingerprint.to_string(),
-            });
-        }
         // Link this request's trace to the encoder request that made the slots.
         if let Some(encoder_trace) = &meta.traceparent {
             link_to(&Span::current(), encoder_trace);
@@ -214,4 +247,13 @@ impl GeneratePipeline {
         debug!(key = %key, encoder_traceparent = meta.traceparent.as_deref().unwrap_or(""), "slots fetched");
         Ok(slots)
     }
+}
+
+/// Slots are `[n, hidden]` with this model's hidden size.
+fn check_width(slots: &Tensor, hidden: usize) -> Result<(), SlotError> {
+    let shape: Vec<usize> = slots.size().iter().map(|&d| d as usize).collect();
+    if shape.get(1) != Some(&hidden) {
+        return Err(SlotError::BadShape(shape));
+    }
+    Ok(())
 }

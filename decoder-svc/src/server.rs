@@ -2,6 +2,7 @@
 //! trace context, and the response stream. Errors become statuses only through
 //! `ServiceError` (icae-serving).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -14,7 +15,7 @@ use icae_proto::v1::{
 use icae_serving::convert::{finish_to_proto, mode_from_proto};
 use icae_serving::metrics::{record_outcome, record_request};
 use icae_serving::telemetry::continue_trace;
-use icae_serving::{deadline, info_response, Admission, Permit, ServiceError};
+use icae_serving::{deadline, info_response, tenant_of, Admission, Permit, ServiceError};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
@@ -32,6 +33,7 @@ pub struct DecoderService {
 
 fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, ServiceError> {
     let deadline = deadline(request.metadata());
+    let tenant = tenant_of(&request);
     let request = request.into_inner();
     let sampling = request.sampling.unwrap_or_default();
     let context = match request.context {
@@ -61,6 +63,7 @@ fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, Se
         },
         context,
         deadline,
+        tenant,
     })
 }
 
@@ -96,13 +99,27 @@ impl DecoderService {
 }
 
 /// The response stream: scheduler events as messages. Dropping it (client cancelled)
-/// closes the channel, and the scheduler frees the sequence at its next step.
+/// closes the channel, and the scheduler frees the sequence at its next step. When the
+/// server's shutdown grace period is over, it ends with UNAVAILABLE.
 pub struct EventStream {
     events: mpsc::UnboundedReceiver<Event>,
     store_seconds: f64,
     started: Instant,
     done: bool,
-    _permit: Permit,
+    cut_off: Pin<Box<dyn Future<Output = ServiceError> + Send>>,
+}
+
+impl EventStream {
+    fn new(generation: Started, permit: Permit, started: Instant) -> Self {
+        EventStream {
+            events: generation.events,
+            store_seconds: generation.store_seconds,
+            started,
+            done: false,
+            // The future owns the permit: the request counts as in flight until it ends.
+            cut_off: Box::pin(async move { permit.cut_off().await }),
+        }
+    }
 }
 
 impl EventStream {
@@ -128,6 +145,11 @@ impl Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
+        }
+        if let Poll::Ready(error) = self.cut_off.as_mut().poll(cx) {
+            let status = Status::from(error);
+            self.finish(status.code());
+            return Poll::Ready(Some(Err(status)));
         }
         let event = match self.events.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
@@ -183,13 +205,7 @@ impl Decoder for DecoderService {
                 return Err(status);
             }
         };
-        Ok(Response::new(EventStream {
-            events: generation.events,
-            store_seconds: generation.store_seconds,
-            started,
-            done: false,
-            _permit: permit,
-        }))
+        Ok(Response::new(EventStream::new(generation, permit, started)))
     }
 
     async fn generate_once(
@@ -219,9 +235,16 @@ impl DecoderService {
         request: Request<GenerateRequest>,
         started: Instant,
     ) -> Result<Response<GenerateOnceResponse>, Status> {
-        let (mut generation, _permit) = self.start(request, info_span!("generate_once")).await?;
+        let (mut generation, permit) = self.start(request, info_span!("generate_once")).await?;
         let mut response = GenerateOnceResponse::default();
-        while let Some(event) = generation.events.recv().await {
+        let cut_off = permit.cut_off();
+        tokio::pin!(cut_off);
+        loop {
+            let event = tokio::select! {
+                event = generation.events.recv() => event,
+                error = &mut cut_off => return Err(error.into()),
+            };
+            let Some(event) = event else { break };
             match event {
                 Event::Token { token_id, text } => {
                     response.token_ids.extend(token_id);

@@ -1,6 +1,7 @@
 //! The batcher: one OS thread owns the backend (libtorch tensors never cross threads while
-//! in use) and compresses the queued documents in batches of up to `max_batch_documents`,
-//! skipping the jobs whose client has gone.
+//! in use) and compresses the queued documents in batches of up to `max_batch_documents`
+//! and `max_batch_tokens` (a larger job runs alone), skipping the jobs whose client has
+//! gone — before the batch starts and, within it, between model calls.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -31,6 +32,19 @@ struct Job {
     span: Span,
 }
 
+/// How much one batch may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_documents: usize,
+    pub max_tokens: usize,
+}
+
+impl Job {
+    fn tokens(&self) -> usize {
+        self.docs.iter().map(Vec::len).sum()
+    }
+}
+
 /// The pipeline's handle on the batcher thread.
 #[derive(Clone)]
 pub struct Batcher {
@@ -42,7 +56,7 @@ impl Batcher {
     /// dropped. A load error reaches the server through the returned `LoadFailure`.
     pub fn spawn<B, L>(
         queue_capacity: usize,
-        max_batch_documents: usize,
+        limits: BatchLimits,
         readiness: Readiness,
         load: L,
     ) -> (Batcher, LoadFailure)
@@ -57,7 +71,7 @@ impl Batcher {
             .name("icae-encoder-model".into())
             .spawn(move || {
                 if let Some(backend) = startup.load(load) {
-                    run_batches(&backend, rx, &state, max_batch_documents);
+                    run_batches(&backend, rx, &state, limits);
                 }
             })
             .expect("spawning the model thread");
@@ -91,20 +105,28 @@ fn run_batches<B: CompressBackend>(
     backend: &B,
     mut rx: mpsc::Receiver<Job>,
     state: &Arc<ModelState>,
-    max_batch_documents: usize,
+    limits: BatchLimits,
 ) {
     let _guard = tch::no_grad_guard();
-    while let Some(first) = rx.blocking_recv() {
+    // A job that did not fit the previous batch starts the next one.
+    let mut held: Option<Job> = None;
+    loop {
+        let Some(first) = held.take().or_else(|| rx.blocking_recv()) else {
+            break;
+        };
         let mut jobs = vec![first];
-        let mut queued_docs = jobs[0].docs.len();
-        while queued_docs < max_batch_documents {
-            match rx.try_recv() {
-                Ok(job) => {
-                    queued_docs += job.docs.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+        let (mut docs, mut tokens) = (jobs[0].docs.len(), jobs[0].tokens());
+        while docs < limits.max_documents {
+            let Ok(job) = rx.try_recv() else { break };
+            if docs + job.docs.len() > limits.max_documents
+                || tokens + job.tokens() > limits.max_tokens
+            {
+                held = Some(job);
+                break;
             }
+            docs += job.docs.len();
+            tokens += job.tokens();
+            jobs.push(job);
         }
         state.dequeued(jobs.len());
         // A client that went away does not need its documents compressed.
@@ -135,10 +157,21 @@ fn compress_batch<B: CompressBackend>(backend: &B, jobs: Vec<Job>, state: &Model
     for job in &jobs {
         span.follows_from(&job.span);
     }
-    let result = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| backend.compress(&batch_docs))));
+    // Document i of the batch belongs to job owner[i]; its client may leave mid-batch.
+    let owner: Vec<usize> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| std::iter::repeat_n(j, job.docs.len()))
+        .collect();
+    let wanted = |doc: usize| !jobs[owner[doc]].reply.is_closed();
+    let result =
+        span.in_scope(|| catch_unwind(AssertUnwindSafe(|| backend.compress(&batch_docs, &wanted))));
     state.set_active(0);
     let mut results = match result {
-        Ok(Ok(compressed)) => compressed.into_iter().map(Ok).collect::<Vec<_>>(),
+        Ok(Ok(compressed)) => compressed
+            .into_iter()
+            .map(|doc| doc.ok_or_else(|| "the client went away".to_string()))
+            .collect::<Vec<_>>(),
         Ok(Err(e)) => {
             let message = e.to_string();
             error!(error = %message, "compression failed");

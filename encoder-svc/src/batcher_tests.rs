@@ -20,14 +20,30 @@ struct FakeBackend {
     /// Calls that have started (and may be waiting at the gate).
     entered: Arc<AtomicUsize>,
     gate: Option<Arc<Mutex<std::sync::mpsc::Receiver<()>>>>,
+    /// Wait at the gate before each document (a model call each) instead of once per batch.
+    gate_each_document: bool,
+    /// First tokens of the documents actually compressed.
+    compressed: Arc<Mutex<Vec<u32>>>,
     fail: bool,
 }
 
-impl CompressBackend for FakeBackend {
-    fn compress(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
-        self.entered.fetch_add(1, Ordering::SeqCst);
+impl FakeBackend {
+    fn wait_at_gate(&self) {
         if let Some(gate) = &self.gate {
             gate.lock().unwrap().recv().unwrap();
+        }
+    }
+}
+
+impl CompressBackend for FakeBackend {
+    fn compress(
+        &self,
+        documents: &[&[u32]],
+        wanted: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<Compressed>>, IcaeError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        if !self.gate_each_document {
+            self.wait_at_gate();
         }
         self.batches.lock().unwrap().push(documents.len());
         if self.fail {
@@ -37,23 +53,41 @@ impl CompressBackend for FakeBackend {
         // check that it got its own documents back, in order.
         Ok(documents
             .iter()
-            .map(|doc| Compressed {
-                slots: Tensor::full([1, 2], f64::from(doc[0]), (Kind::Float, Device::Cpu)),
-                num_tokens: doc.len(),
-                num_segments: 1,
+            .enumerate()
+            .map(|(i, doc)| {
+                if !wanted(i) {
+                    return None;
+                }
+                if self.gate_each_document {
+                    self.wait_at_gate();
+                }
+                self.compressed.lock().unwrap().push(doc[0]);
+                Some(Compressed {
+                    slots: Tensor::full([1, 2], f64::from(doc[0]), (Kind::Float, Device::Cpu)),
+                    num_tokens: doc.len(),
+                    num_segments: 1,
+                })
             })
             .collect())
     }
 }
 
 /// A batcher over `backend`, with a gate the test opens one batch at a time.
-async fn gated(max_batch: usize, queue: usize, mut backend: FakeBackend) -> Gated {
+async fn gated(max_batch: usize, queue: usize, backend: FakeBackend) -> Gated {
+    let limits = BatchLimits {
+        max_documents: max_batch,
+        max_tokens: usize::MAX,
+    };
+    gated_with(limits, queue, backend).await
+}
+
+async fn gated_with(limits: BatchLimits, queue: usize, mut backend: FakeBackend) -> Gated {
     let (open, gate) = std::sync::mpsc::channel();
     backend.gate = Some(Arc::new(Mutex::new(gate)));
     let backend_entered = backend.entered.clone();
     let (batcher, _) = Batcher::spawn(
         queue,
-        max_batch,
+        limits,
         unmounted_readiness("icae.v1.Encoder").await,
         move || Ok((backend, fake_summary())),
     );
@@ -133,6 +167,71 @@ async fn jobs_queued_while_busy_are_batched_up_to_the_limit() {
     }
     // One alone (it arrived first), then three together (the limit), then the rest.
     assert_eq!(*batches.lock().unwrap(), vec![1, 3, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stop_at_the_token_limit() {
+    let backend = FakeBackend::default();
+    let batches = backend.batches.clone();
+    let limits = BatchLimits {
+        max_documents: 16,
+        max_tokens: 5,
+    };
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated_with(limits, 8, backend).await;
+    let mut tasks = vec![tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1; 9]]).await }
+    })];
+    wait_started(&entered, 1).await;
+    for (n, tokens) in [3usize, 3, 2].into_iter().enumerate() {
+        let b = batcher.clone();
+        tasks.push(tokio::spawn(async move {
+            b.compress(vec![vec![2; tokens]]).await
+        }));
+        wait_queue_len(&batcher, n + 1).await;
+    }
+    for _ in 0..3 {
+        open.send(()).unwrap();
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    // 9 tokens alone (larger than the limit, still served); 3 alone (3 + 3 > 5); 3 + 2.
+    assert_eq!(*batches.lock().unwrap(), vec![1, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_abandoned_mid_batch_stops_at_the_next_model_call() {
+    let backend = FakeBackend {
+        gate_each_document: true,
+        ..FakeBackend::default()
+    };
+    let compressed = backend.compressed.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    let abandoned = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1], vec![2], vec![3]]).await }
+    });
+    wait_started(&entered, 1).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    open.send(()).unwrap();
+    let next = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![4]]).await }
+    });
+    open.send(()).unwrap();
+    assert_eq!(first_values(&next.await.unwrap().unwrap()), vec![4.0]);
+    // The first document was already running; the other two were skipped.
+    assert_eq!(*compressed.lock().unwrap(), vec![1, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,10 +332,16 @@ async fn a_failing_backend_fails_every_job_of_the_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
-    let (batcher, failure) =
-        Batcher::spawn(4, 4, unmounted_readiness("icae.v1.Encoder").await, || {
-            Err::<(FakeBackend, ModelSummary), _>("no such model".to_string())
-        });
+    let limits = BatchLimits {
+        max_documents: 4,
+        max_tokens: 64,
+    };
+    let (batcher, failure) = Batcher::spawn(
+        4,
+        limits,
+        unmounted_readiness("icae.v1.Encoder").await,
+        || Err::<(FakeBackend, ModelSummary), _>("no such model".to_string()),
+    );
     let error = tokio::time::timeout(Duration::from_secs(5), failure.wait())
         .await
         .expect("the load failure is reported");

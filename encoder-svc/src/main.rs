@@ -14,7 +14,7 @@ use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
 use icae_serving::{serve, Limits, Ports, ServiceArgs};
 
-use crate::batcher::Batcher;
+use crate::batcher::{BatchLimits, Batcher};
 use crate::pipeline::CompressPipeline;
 use crate::server::EncoderService;
 
@@ -35,6 +35,14 @@ pub struct Config {
     /// Most documents the model thread compresses in one batch.
     #[arg(long, env = "ICAE_MAX_BATCH_DOCUMENTS", default_value_t = 16)]
     pub max_batch_documents: usize,
+    /// Most tokens of all documents of one Compress request together: bounds the model
+    /// time one request can take (larger requests are refused with INVALID_ARGUMENT).
+    #[arg(long, env = "ICAE_MAX_REQUEST_TOKENS", default_value_t = 65_536)]
+    pub max_request_tokens: usize,
+    /// Most tokens the model thread puts into one batch of requests (a larger request runs
+    /// alone), so that a big request does not hold many small ones in its batch.
+    #[arg(long, env = "ICAE_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    pub max_batch_tokens: usize,
 }
 
 /// gRPC 50051, metrics 9091: distinct from the other service's, so both run on one host.
@@ -50,22 +58,33 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    if config.max_documents_per_request == 0 || config.max_batch_documents == 0 {
-        return Err(
-            "--max-documents-per-request and --max-batch-documents must be at least 1".into(),
-        );
+    let positive = [
+        (
+            "--max-documents-per-request",
+            config.max_documents_per_request,
+        ),
+        ("--max-batch-documents", config.max_batch_documents),
+        ("--max-request-tokens", config.max_request_tokens),
+        ("--max-batch-tokens", config.max_batch_tokens),
+    ];
+    if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+        return Err(format!("{name} must be at least 1, got 0"));
     }
     let args = &config.service;
     let parts = ServiceParts::build(args, icae_proto::ENCODER_SERVICE, DEFAULT_PORTS).await?;
     let (model, adapter) = (args.model.clone(), args.adapter.clone());
     let (batcher, load_failure) = Batcher::spawn(
         args.max_concurrent_requests,
-        config.max_batch_documents,
+        BatchLimits {
+            max_documents: config.max_batch_documents,
+            max_tokens: config.max_batch_tokens,
+        },
         parts.readiness.clone(),
         move || load_icae(&model, &adapter),
     );
     let limits = Limits {
         max_documents_per_request: config.max_documents_per_request,
+        max_request_tokens: config.max_request_tokens,
         ..Limits::from_args(args)
     };
     let service = EncoderService {

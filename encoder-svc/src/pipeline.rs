@@ -1,15 +1,17 @@
-//! The compress pipeline in domain types: validate → tokenize → cache lookup → batcher →
-//! encode → store. The gRPC handler only converts to and from these types.
+//! The compress pipeline in domain types: validate → tokenize → cache lookup (verified) →
+//! batcher → encode → store. The gRPC handler only converts to and from these types.
+//! Everything a request may cost is checked before the work: text bytes before tokenizing,
+//! tokens and the response size before the model, Redis memory before computing.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use icae_core::slots::{decode_slots, encode_slots, SlotMeta};
+use icae_core::slots::{decode_slots, encode_slots, inspect_slots, token_digest, SlotMeta};
 use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, ModelSummary};
 use icae_serving::metrics as names;
-use icae_serving::store::{slot_key, Namespace, SlotStore};
-use icae_serving::{Limits, ServiceError};
+use icae_serving::store::{slot_key, KeyScope, Namespace, SlotStore, StoreError};
+use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
 
 use crate::batcher::Batcher;
 
@@ -29,7 +31,12 @@ pub struct CompressInput {
     pub return_slots: bool,
     /// Stored with the slots, so the decoder can link its trace to this request's.
     pub traceparent: Option<String>,
+    /// The authenticated caller: its keys live under its tenant.
+    pub tenant: Option<Tenant>,
 }
+
+/// Bytes a returned document adds besides its slot data (header, key, handle fields).
+const RETURNED_DOCUMENT_OVERHEAD: usize = 2048;
 
 /// Where one document's slots are stored, and what they hold.
 pub struct StoredSlots {
@@ -70,7 +77,10 @@ impl CompressPipeline {
         let started = Instant::now();
         let summary = self.batcher.summary()?.clone();
         let ttl = self.ttl(input.ttl_seconds)?;
-        let namespace = Namespace::parse(&input.namespace)?;
+        let scope = KeyScope {
+            tenant: input.tenant,
+            namespace: Namespace::parse(&input.namespace)?,
+        };
         let count = input.documents.len();
         let max_documents = self.limits.max_documents_per_request;
         if count == 0 || count > max_documents {
@@ -86,17 +96,23 @@ impl CompressPipeline {
         let tokenize_started = Instant::now();
         let token_ids = self.tokenize(input.documents, summary.vocab_size).await?;
         timings.tokenize_seconds = tokenize_started.elapsed().as_secs_f64();
+        self.check_request_tokens(&token_ids)?;
+        if input.return_slots {
+            self.check_response_size(&token_ids, &summary)?;
+        }
 
         let store_started = Instant::now();
         let keys: Vec<String> = token_ids
             .iter()
-            .map(|ids| slot_key(&namespace, &summary.fingerprint, ids))
+            .map(|ids| slot_key(&scope, &summary.fingerprint, ids))
             .collect();
-        let mut stored = self.lookup(&keys, &summary, ttl).await?;
+        let mut stored = self.lookup(&keys, &token_ids, &summary, ttl).await?;
         timings.store_seconds = store_started.elapsed().as_secs_f64();
 
         let misses: Vec<usize> = (0..count).filter(|&i| stored[i].is_none()).collect();
         if !misses.is_empty() {
+            // Computing is the expensive part: refuse first when the result cannot be stored.
+            self.store.check_writable().await?;
             let docs = misses.iter().map(|&i| token_ids[i].clone()).collect();
             let batch = self.batcher.compress(docs).await?;
             timings.queue_seconds = batch.queue_seconds;
@@ -110,6 +126,7 @@ impl CompressPipeline {
                     num_segments: doc.num_segments,
                     created_at,
                     traceparent: input.traceparent.clone(),
+                    token_digest: Some(token_digest(&token_ids[i])),
                 };
                 let value = encode_slots(&doc.slots, &meta)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -121,18 +138,63 @@ impl CompressPipeline {
             timings.store_seconds += put_started.elapsed().as_secs_f64();
         }
 
-        let documents = stored
-            .into_iter()
-            .flatten()
-            .map(|mut doc| {
-                if !input.return_slots {
-                    doc.value = None;
-                }
-                doc
-            })
-            .collect();
+        let mut documents = Vec::with_capacity(count);
+        for mut doc in stored.into_iter().flatten() {
+            doc.value = match doc.value.take() {
+                Some(value) if input.return_slots => Some(returned_copy(&value)?),
+                _ => None,
+            };
+            documents.push(doc);
+        }
         timings.total_seconds = started.elapsed().as_secs_f64();
         Ok(CompressOutput { documents, timings })
+    }
+
+    /// One request may not hold more tokens than --max-request-tokens.
+    fn check_request_tokens(&self, token_ids: &[Vec<u32>]) -> Result<(), ServiceError> {
+        let total: usize = token_ids.iter().map(Vec::len).sum();
+        let max = self.limits.max_request_tokens;
+        if total > max {
+            return Err(InputError::BadParameter {
+                name: "documents",
+                value: format!("{total} tokens in all"),
+                expected: format!(
+                    "must have at most {max} tokens in one request (--max-request-tokens); \
+                     split the documents over several requests"
+                ),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// With return_slots, the response carries every slot value: refuse before computing
+    /// when it could not be sent (every retry would fail the same way).
+    fn check_response_size(
+        &self,
+        token_ids: &[Vec<u32>],
+        summary: &ModelSummary,
+    ) -> Result<(), ServiceError> {
+        let bytes: usize = token_ids
+            .iter()
+            .map(|ids| {
+                expected_slots(summary, ids.len()) * summary.hidden_size * 4
+                    + RETURNED_DOCUMENT_OVERHEAD
+            })
+            .sum();
+        let max = self.limits.max_message_bytes;
+        if bytes > max {
+            return Err(InputError::BadParameter {
+                name: "return_slots",
+                value: format!("a response of about {bytes} bytes"),
+                expected: format!(
+                    "must fit in --max-message-bytes {max}; ask for handles only \
+                     (return_slots false) or send fewer or shorter documents"
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     fn ttl(&self, requested: u32) -> Result<u32, ServiceError> {
@@ -156,32 +218,36 @@ impl CompressPipeline {
         vocab: usize,
     ) -> Result<Vec<Vec<u32>>, ServiceError> {
         let tokenizer = self.tokenizer.clone();
-        let limit = self.limits.max_input_tokens;
-        tokio::task::spawn_blocking(move || tokenize_all(&tokenizer, documents, limit, vocab))
+        let limits = self.limits;
+        tokio::task::spawn_blocking(move || tokenize_all(&tokenizer, documents, limits, vocab))
             .await
             .map_err(|e| ServiceError::Internal(format!("tokenizer task: {e}")))?
     }
 
-    /// Cache lookup: a stored value is reused (and its TTL refreshed); one that does not
-    /// decode is treated as missing, so it is recomputed and overwritten.
+    /// Cache lookup: a stored value is reused (and its TTL refreshed) only when its header
+    /// proves it belongs to its key: our fingerprint, the document's token digest and the
+    /// expected shape. Anything else under our key — undecodable bytes, another model's or
+    /// another document's slots, another Redis type — is counted as a repair and treated
+    /// as missing, so it is recomputed and overwritten.
     async fn lookup(
         &self,
         keys: &[String],
+        token_ids: &[Vec<u32>],
         summary: &ModelSummary,
         ttl: u32,
     ) -> Result<Vec<Option<StoredSlots>>, ServiceError> {
         let mut stored = Vec::with_capacity(keys.len());
-        for key in keys {
-            let hit = match self.store.get_refresh(key, u64::from(ttl)).await? {
-                Some(value) => decode_slots(&value).ok().map(|(slots, meta)| {
-                    let num_slots = slots.size()[0] as usize;
-                    let meta = SlotMeta {
-                        fingerprint: summary.fingerprint.clone(),
-                        ..meta
-                    };
-                    stored_slots(key, num_slots, &meta, ttl, true, value)
-                }),
-                None => None,
+        for (key, ids) in keys.iter().zip(token_ids) {
+            let hit = match self.store.get_refresh(key, u64::from(ttl)).await {
+                Ok(Some(value)) => match verify(&value, ids, summary) {
+                    Ok((meta, num_slots)) => {
+                        Some(stored_slots(key, num_slots, &meta, ttl, true, value))
+                    }
+                    Err(reason) => repair(reason),
+                },
+                Ok(None) => None,
+                Err(StoreError::WrongType { .. }) => repair("wrongtype"),
+                Err(e) => return Err(e.into()),
             };
             let result = if hit.is_some() { "hit" } else { "miss" };
             metrics::counter!(names::CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
@@ -189,6 +255,53 @@ impl CompressPipeline {
         }
         Ok(stored)
     }
+}
+
+/// Check a cached value against the document it should hold; its metadata and slot count,
+/// or why it does not verify. Only the header is read, not the tensor.
+fn verify(
+    value: &[u8],
+    ids: &[u32],
+    summary: &ModelSummary,
+) -> Result<(SlotMeta, usize), &'static str> {
+    let header = inspect_slots(value).map_err(|_| "undecodable")?;
+    if header.meta.fingerprint != summary.fingerprint {
+        return Err("fingerprint");
+    }
+    if header.meta.num_tokens != ids.len()
+        || header.meta.token_digest.as_deref() != Some(token_digest(ids).as_str())
+    {
+        return Err("digest");
+    }
+    let slots = expected_slots(summary, ids.len());
+    if header.shape != [slots, summary.hidden_size] {
+        return Err("shape");
+    }
+    Ok((header.meta, slots))
+}
+
+fn repair(reason: &'static str) -> Option<StoredSlots> {
+    metrics::counter!(names::CACHE_REPAIRS_TOTAL, "reason" => reason).increment(1);
+    None
+}
+
+/// Slots the model makes of `num_tokens` tokens: mem_size per segment.
+fn expected_slots(summary: &ModelSummary, num_tokens: usize) -> usize {
+    let segment = (summary.mem_size * summary.compression_rate).max(1);
+    num_tokens.div_ceil(segment) * summary.mem_size
+}
+
+/// The value as returned to the client: without the storing request's trace context.
+fn returned_copy(value: &[u8]) -> Result<Vec<u8>, ServiceError> {
+    let (slots, meta) = decode_slots(value).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    if meta.traceparent.is_none() {
+        return Ok(value.to_vec());
+    }
+    let meta = SlotMeta {
+        traceparent: None,
+        ..meta
+    };
+    encode_slots(&slots, &meta).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
 fn stored_slots(
@@ -221,9 +334,17 @@ fn unix_now() -> i64 {
 fn tokenize_all(
     tokenizer: &TextTokenizer,
     documents: Vec<DocumentInput>,
-    limit: usize,
+    limits: Limits,
     vocab: usize,
 ) -> Result<Vec<Vec<u32>>, ServiceError> {
+    let limit = limits.max_input_tokens;
+    // Sizes first: no document is tokenized while another one is too large.
+    for (index, doc) in documents.iter().enumerate() {
+        if let DocumentInput::Text(text) = doc {
+            check_text_bytes("text", text, limits.max_input_bytes())
+                .map_err(|e| document_error(index, e))?;
+        }
+    }
     documents
         .into_iter()
         .enumerate()

@@ -10,7 +10,9 @@ use icae_proto::v1::{
 };
 use icae_serving::metrics::record_outcome;
 use icae_serving::telemetry::{continue_trace, traceparent_of};
-use icae_serving::{deadline, info_response, traceparent, Admission, ServiceError};
+use icae_serving::{
+    deadline, info_response, tenant_of, traceparent, Admission, ServiceError, Tenant,
+};
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
@@ -21,7 +23,11 @@ pub struct EncoderService {
     pub admission: Admission,
 }
 
-fn compress_input(request: CompressRequest, traceparent: Option<String>) -> CompressInput {
+fn compress_input(
+    request: CompressRequest,
+    traceparent: Option<String>,
+    tenant: Option<Tenant>,
+) -> CompressInput {
     let options = request.options.unwrap_or_default();
     CompressInput {
         documents: request
@@ -37,6 +43,7 @@ fn compress_input(request: CompressRequest, traceparent: Option<String>) -> Comp
         namespace: options.namespace,
         return_slots: options.return_slots,
         traceparent,
+        tenant,
     }
 }
 
@@ -98,19 +105,28 @@ impl EncoderService {
         &self,
         request: Request<CompressRequest>,
     ) -> Result<Response<CompressResponse>, Status> {
-        let _permit = self.admission.admit()?;
+        let permit = self.admission.admit()?;
         let deadline = deadline(request.metadata());
         let span = info_span!("compress", documents = request.get_ref().documents.len());
         continue_trace(&span, request.metadata());
         // Stored with the slots: this request's span when tracing is on, else the caller's.
         let traceparent = traceparent_of(&span).or_else(|| traceparent(request.metadata()));
-        let input = compress_input(request.into_inner(), traceparent);
-        let work = self.pipeline.run(input).instrument(span);
-        let output = match deadline {
-            Some(limit) => tokio::time::timeout(limit, work)
-                .await
-                .unwrap_or(Err(ServiceError::DeadlineExceeded(limit.as_secs_f64()))),
-            None => work.await,
+        let tenant = tenant_of(&request);
+        let input = compress_input(request.into_inner(), traceparent, tenant);
+        let work = async {
+            match deadline {
+                Some(limit) => tokio::time::timeout(limit, self.pipeline.run(input))
+                    .await
+                    .unwrap_or(Err(ServiceError::DeadlineExceeded(limit.as_secs_f64()))),
+                None => self.pipeline.run(input).await,
+            }
+        }
+        .instrument(span);
+        // Dropping `work` (deadline, cut-off or a client gone) tells the batcher to skip or
+        // stop this request's documents.
+        let output = tokio::select! {
+            output = work => output,
+            error = permit.cut_off() => Err(error),
         }?;
         Ok(Response::new(compress_response(output)))
     }

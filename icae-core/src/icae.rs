@@ -150,6 +150,19 @@ impl IcaeModel {
     /// documents — run as one batch; each is computed exactly as alone (positions from 0,
     /// causal attention), as in the official `_compress`.
     pub fn compress_many(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
+        let all = self.compress_wanted(documents, &|_| true)?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
+    /// [`compress_many`](Self::compress_many), asking `wanted(document)` before each model
+    /// call: the segments of documents no longer wanted (their client went away) are
+    /// skipped, and such documents come back `None`. A caller can thus stop abandoned work
+    /// within one batch of segments.
+    pub fn compress_wanted(
+        &self,
+        documents: &[&[u32]],
+        wanted: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<Compressed>>, IcaeError> {
         if documents.iter().any(|d| d.is_empty()) {
             return Err(InputError::EmptyText.into());
         }
@@ -174,7 +187,12 @@ impl IcaeModel {
             .map(|&n| (0..n).map(|_| None).collect())
             .collect();
         for group in segments.chunk_by(|a, b| a.2.len() == b.2.len()) {
-            for batch_segments in group.chunks(MAX_SEGMENTS_PER_BATCH) {
+            for chunk in group.chunks(MAX_SEGMENTS_PER_BATCH) {
+                let batch_segments: Vec<_> =
+                    chunk.iter().copied().filter(|s| wanted(s.0)).collect();
+                if batch_segments.is_empty() {
+                    continue;
+                }
                 let len = batch_segments[0].2.len() as i64;
                 let batch = batch_segments.len() as i64;
                 let flat: Vec<i64> = batch_segments
@@ -205,12 +223,13 @@ impl IcaeModel {
             .into_iter()
             .zip(documents)
             .map(|(parts, ids)| {
-                let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
-                Compressed {
+                // A skipped segment leaves the whole document unfinished.
+                let parts: Vec<Tensor> = parts.into_iter().collect::<Option<_>>()?;
+                Some(Compressed {
                     num_segments: parts.len(),
                     slots: Tensor::cat(&parts, 0),
                     num_tokens: ids.len(),
-                }
+                })
             })
             .collect())
     }

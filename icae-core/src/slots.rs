@@ -20,6 +20,27 @@ pub struct SlotMeta {
     pub created_at: u64,
     /// W3C traceparent of the encoder request, when there was one.
     pub traceparent: Option<String>,
+    /// [`token_digest`] of the document the slots were made from (absent in values written
+    /// before it was recorded): lets a cache hit prove it belongs to its key.
+    pub token_digest: Option<String>,
+}
+
+/// What a slot value's header says, read without touching the tensor data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotHeader {
+    /// `[n, hidden]`.
+    pub shape: [usize; 2],
+    pub meta: SlotMeta,
+}
+
+/// SHA-256 (hex) of token ids as little-endian u32: the content address of a document.
+pub fn token_digest(token_ids: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for id in token_ids {
+        hasher.update(id.to_le_bytes());
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// A slot value that cannot be used: corrupt bytes or a format we do not know.
@@ -29,7 +50,7 @@ pub enum SlotError {
     Corrupt(String),
     #[error("slot value has no tensor \"slots\"")]
     MissingTensor,
-    #[error("slot tensor has shape {0:?}, expected [n, hidden] with n >= 1")]
+    #[error("slot tensor has shape {0:?}, expected [n, hidden] with n >= 1 and this model's hidden size")]
     BadShape(Vec<usize>),
     #[error("slot tensor has dtype {0}, expected F32, BF16 or F16")]
     BadDtype(String),
@@ -75,28 +96,63 @@ pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotErro
     if let Some(tp) = &meta.traceparent {
         metadata.insert("traceparent".to_string(), tp.clone());
     }
+    if let Some(digest) = &meta.token_digest {
+        metadata.insert("token_sha256".to_string(), digest.clone());
+    }
     safetensors::serialize([(SLOTS_TENSOR, view)], &Some(metadata))
         .map_err(|e| SlotError::Corrupt(format!("{e:?}")))
 }
 
+/// Read a slot value's header (shape, dtype, metadata) and check that the data it describes
+/// is all there, without decoding the tensor: enough to verify a cache hit.
+pub fn inspect_slots(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
+    Ok(parse(bytes)?.0)
+}
+
 /// Parse a slot value into a CPU tensor (`[n, hidden]`, its stored dtype) and its metadata.
 pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
+    let (header, kind) = parse(bytes)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
     let view = st
         .tensor(SLOTS_TENSOR)
         .map_err(|_| SlotError::MissingTensor)?;
-    let shape = view.shape().to_vec();
+    let dims = [header.shape[0] as i64, header.shape[1] as i64];
+    let tensor = Tensor::f_from_data_size(view.data(), &dims, kind)
+        .map_err(|e| SlotError::Corrupt(e.to_string()))?;
+    let finite = tensor.isfinite().all().int64_value(&[]) == 1;
+    if !finite {
+        return Err(SlotError::NonFinite);
+    }
+    Ok((tensor, header.meta))
+}
+
+fn parse(bytes: &[u8]) -> Result<(SlotHeader, Kind), SlotError> {
+    let (header_len, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
+    let info = header
+        .tensors()
+        .get(SLOTS_TENSOR)
+        .cloned()
+        .ok_or(SlotError::MissingTensor)?;
+    let shape = info.shape.clone();
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
         return Err(SlotError::BadShape(shape));
     }
-    let kind = match view.dtype() {
-        Dtype::F32 => Kind::Float,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F16 => Kind::Half,
+    let (kind, elem) = match info.dtype {
+        Dtype::F32 => (Kind::Float, 4),
+        Dtype::BF16 => (Kind::BFloat16, 2),
+        Dtype::F16 => (Kind::Half, 2),
         other => return Err(SlotError::BadDtype(format!("{other:?}"))),
     };
+    // read_metadata checks offsets against the header, not against the bytes that follow.
+    let (start, end) = info.data_offsets;
+    let available = bytes.len().saturating_sub(8 + header_len);
+    if end - start != shape[0] * shape[1] * elem || end > available {
+        return Err(SlotError::Corrupt(format!(
+            "the header promises {} data bytes at {start}..{end}, the value holds {available}",
+            shape[0] * shape[1] * elem
+        )));
+    }
     let empty = HashMap::new();
     let map = header.metadata().as_ref().unwrap_or(&empty);
     let field = |name: &'static str| map.get(name).cloned();
@@ -126,15 +182,15 @@ pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
         num_segments: number("num_segments")? as usize,
         created_at: number("created_at")?,
         traceparent: field("traceparent"),
+        token_digest: field("token_sha256"),
     };
-    let dims = [shape[0] as i64, shape[1] as i64];
-    let tensor = Tensor::f_from_data_size(view.data(), &dims, kind)
-        .map_err(|e| SlotError::Corrupt(e.to_string()))?;
-    let finite = tensor.isfinite().all().int64_value(&[]) == 1;
-    if !finite {
-        return Err(SlotError::NonFinite);
-    }
-    Ok((tensor, meta))
+    Ok((
+        SlotHeader {
+            shape: [shape[0], shape[1]],
+            meta,
+        },
+        kind,
+    ))
 }
 
 #[cfg(test)]
@@ -148,7 +204,31 @@ mod tests {
             num_segments: 1,
             created_at: 1_700_000_000,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            token_digest: Some(token_digest(&[1, 2, 3])),
         }
+    }
+
+    #[test]
+    fn the_header_is_read_without_the_data_and_truncation_is_caught() {
+        let slots = Tensor::randn([8, 16], (Kind::Float, tch::Device::Cpu));
+        let bytes = encode_slots(&slots, &meta()).unwrap();
+        let header = inspect_slots(&bytes).unwrap();
+        assert_eq!(header.shape, [8, 16]);
+        assert_eq!(header.meta, meta());
+        let cut = &bytes[..bytes.len() - 4];
+        assert!(matches!(inspect_slots(cut), Err(SlotError::Corrupt(_))));
+        assert!(matches!(decode_slots(cut), Err(SlotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn token_digests_are_content_addresses() {
+        assert_eq!(token_digest(&[1, 2, 3]), token_digest(&[1, 2, 3]));
+        assert_ne!(token_digest(&[1, 2, 3]), token_digest(&[1, 2, 4]));
+        // SHA-256 of the 12 bytes 01000000 02000000 03000000, computed with Python's hashlib.
+        assert_eq!(
+            token_digest(&[1, 2, 3]),
+            "4636993d3e1da4e9d6b8f87b79e8f7c6d018580d52661950eabc3845c5897a4d"
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Admission control: at most N requests in flight, refused at once beyond that (never
-//! queued without bound), and no new requests once the server drains.
+//! queued without bound), no new requests once the server drains, and every request still
+//! running cut off when the shutdown grace period is over.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::ServiceError;
 
@@ -16,12 +17,26 @@ pub struct Admission {
     draining: Arc<AtomicBool>,
     /// The `service` label of the in-flight gauge.
     service: &'static str,
+    /// Set when the grace period is over: running requests end with UNAVAILABLE.
+    cut_off: Arc<watch::Sender<bool>>,
+    grace_seconds: u64,
 }
 
 /// Held for as long as a request runs (a stream holds it until it ends).
 pub struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     admission: Admission,
+}
+
+impl Permit {
+    /// Resolves with the error to return once the server cuts running requests off; a
+    /// request selects on it next to its work.
+    pub async fn cut_off(&self) -> ServiceError {
+        let mut rx = self.admission.cut_off.subscribe();
+        // The sender lives as long as the admission this permit holds.
+        let _ = rx.wait_for(|cut| *cut).await;
+        ServiceError::ShutDown(self.admission.grace_seconds)
+    }
 }
 
 impl Drop for Permit {
@@ -38,7 +53,22 @@ impl Admission {
             limit,
             draining: Arc::new(AtomicBool::new(false)),
             service,
+            cut_off: Arc::new(watch::Sender::new(false)),
+            grace_seconds: 0,
         }
+    }
+
+    /// The grace period that cut-off requests are told about.
+    pub fn with_shutdown_grace(self, seconds: u64) -> Self {
+        Admission {
+            grace_seconds: seconds,
+            ..self
+        }
+    }
+
+    /// End every running request now (the grace period is over).
+    pub fn cut_off(&self) {
+        self.cut_off.send_replace(true);
     }
 
     fn record_in_flight(&self) {
@@ -105,5 +135,18 @@ mod tests {
         admission.drain();
         assert!(matches!(admission.admit(), Err(ServiceError::Draining)));
         assert!(!admission.wait_idle(Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test]
+    async fn cut_off_ends_running_requests_with_the_grace_period() {
+        let admission = Admission::new(2, "test").with_shutdown_grace(7);
+        let permit = admission.admit().unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(20), permit.cut_off()).await;
+        assert!(waiting.is_err(), "cut off before the grace period was over");
+        admission.cut_off();
+        let error = tokio::time::timeout(Duration::from_secs(1), permit.cut_off())
+            .await
+            .expect("cut off");
+        assert!(matches!(error, ServiceError::ShutDown(7)), "{error}");
     }
 }

@@ -12,18 +12,24 @@ use crate::store::StoreError;
 pub enum ServiceError {
     #[error("{0}")]
     Input(#[from] InputError),
-    #[error("slot key {key:?} does not exist (never stored, or expired)")]
+    #[error("slot key {} does not exist (never stored, or expired)", shown(key))]
     NotFound { key: String },
     #[error(
-        "slot key {key:?} was made by model fingerprint {found}, this decoder serves {expected}"
+        "slot key {} was made by model fingerprint {}, this decoder serves {expected}",
+        shown(key),
+        shown(found)
     )]
     WrongModel {
         key: String,
         found: String,
         expected: String,
     },
-    #[error("slot value {key:?} is corrupt: {source}")]
+    /// Stored data that cannot be used: the store's fault, not the client's.
+    #[error("slot value {} is corrupt: {source}", shown(key))]
     Corrupt { key: String, source: SlotError },
+    /// Slots the client sent inline that cannot be used: the client's fault.
+    #[error("inline slot set {index} is not a usable slot value: {source}")]
+    BadInlineSlots { index: usize, source: SlotError },
     #[error("the request queue is full ({limit} requests in flight); retry later")]
     QueueFull { limit: usize },
     #[error("{0}")]
@@ -32,6 +38,11 @@ pub enum ServiceError {
     ModelUnavailable(String),
     #[error("the server is shutting down and takes no new requests")]
     Draining,
+    #[error(
+        "the server shut down before the request finished (its shutdown grace period of \
+         {0}s ran out); retry, another replica will serve it"
+    )]
+    ShutDown(u64),
     #[error("the deadline of {0:.3}s passed before the request finished")]
     DeadlineExceeded(f64),
     #[error("internal error: {0}")]
@@ -50,14 +61,19 @@ impl From<IcaeError> for ServiceError {
 impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
-            ServiceError::Input(_) => Code::InvalidArgument,
+            ServiceError::Input(_) | ServiceError::BadInlineSlots { .. } => Code::InvalidArgument,
             ServiceError::NotFound { .. } => Code::NotFound,
             ServiceError::WrongModel { .. } => Code::FailedPrecondition,
-            ServiceError::Corrupt { .. } => Code::DataLoss,
-            ServiceError::QueueFull { .. } => Code::ResourceExhausted,
-            ServiceError::Store(_) | ServiceError::ModelUnavailable(_) | ServiceError::Draining => {
-                Code::Unavailable
+            ServiceError::Corrupt { .. } | ServiceError::Store(StoreError::WrongType { .. }) => {
+                Code::DataLoss
             }
+            ServiceError::QueueFull { .. } | ServiceError::Store(StoreError::OutOfMemory(_)) => {
+                Code::ResourceExhausted
+            }
+            ServiceError::Store(_)
+            | ServiceError::ModelUnavailable(_)
+            | ServiceError::Draining
+            | ServiceError::ShutDown(_) => Code::Unavailable,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Internal(_) => Code::Internal,
         }
@@ -66,8 +82,39 @@ impl ServiceError {
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
-        Status::new(e.code(), e.to_string())
+        Status::new(e.code(), bounded(e.to_string(), MAX_MESSAGE_BYTES))
     }
+}
+
+/// Longest status message: gRPC clients limit metadata (grpc-message) to 8–16 KiB in all,
+/// and a message cut by the transport arrives as RESOURCE_EXHAUSTED instead of its code.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+/// Longest client-supplied value quoted in a message.
+pub const MAX_ECHO_BYTES: usize = 128;
+
+/// A client-supplied value as messages quote it: debug-escaped and cut to a bounded size.
+pub fn shown(value: &str) -> String {
+    let quoted = format!("{value:?}");
+    if quoted.len() <= MAX_ECHO_BYTES {
+        return quoted;
+    }
+    format!(
+        "{}… ({} bytes)",
+        bounded(quoted, MAX_ECHO_BYTES),
+        value.len()
+    )
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -106,6 +153,22 @@ mod tests {
                 Code::Unavailable,
             ),
             (ServiceError::Draining, Code::Unavailable),
+            (ServiceError::ShutDown(2), Code::Unavailable),
+            (
+                ServiceError::BadInlineSlots {
+                    index: 0,
+                    source: SlotError::MissingTensor,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                ServiceError::Store(StoreError::WrongType { key: "k".into() }),
+                Code::DataLoss,
+            ),
+            (
+                ServiceError::Store(StoreError::OutOfMemory("OOM".into())),
+                Code::ResourceExhausted,
+            ),
             (ServiceError::DeadlineExceeded(1.0), Code::DeadlineExceeded),
         ];
         for (error, code) in cases {
@@ -114,5 +177,17 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
         }
+    }
+
+    #[test]
+    fn echoed_values_and_messages_are_bounded() {
+        let key = "k".repeat(1_000_000);
+        let message = ServiceError::NotFound { key: key.clone() }.to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains("(1000000 bytes)"), "{message}");
+        let wide = "é".repeat(2000);
+        assert!(shown(&wide).len() < 200);
+        let status = Status::from(ServiceError::Internal(wide));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
     }
 }

@@ -22,14 +22,16 @@ pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+mod text;
 
 pub use admission::{Admission, Permit};
 pub use config::{Ports, ServiceArgs};
-pub use error::ServiceError;
+pub use error::{shown, ServiceError};
 pub use health::Readiness;
 pub use identity::{tenant_of, Tenant};
 pub use info::info_response;
-pub use limits::Limits;
+pub use limits::{Limits, BYTES_PER_TOKEN};
 pub use metadata::{deadline, traceparent};
 pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState};
 pub use server::serve;
+pub use text::check_text_bytes;

@@ -13,6 +13,10 @@ pub const MAX_TTL_SECONDS: u32 = 30 * 24 * 3600;
 pub const MAX_PROMPT_TOKENS: usize = 4096;
 /// max_new_tokens when a request leaves it 0 (capped by --max-new-tokens).
 pub const DEFAULT_NEW_TOKENS: usize = 256;
+/// Bytes a text may have per token it is allowed: texts are refused by size before the
+/// tokenizer sees them. Natural text is 3–6 bytes per token; 16 leaves room for code,
+/// tables and non-Latin scripts while keeping tokenization bounded.
+pub const BYTES_PER_TOKEN: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -29,6 +33,8 @@ pub struct Limits {
     pub max_stop_string_bytes: usize,
     /// Encoder only (0 in the decoder).
     pub max_documents_per_request: usize,
+    /// Encoder only (0 in the decoder): tokens of all documents of one request.
+    pub max_request_tokens: usize,
     /// Decoder only (0 in the encoder).
     pub max_slot_sets: usize,
 }
@@ -49,8 +55,19 @@ impl Limits {
             max_stop_strings: MAX_STOP_STRINGS,
             max_stop_string_bytes: MAX_STOP_STRING_BYTES,
             max_documents_per_request: 0,
+            max_request_tokens: 0,
             max_slot_sets: 0,
         }
+    }
+
+    /// Most bytes of one document or baseline text.
+    pub fn max_input_bytes(&self) -> usize {
+        self.max_input_tokens.saturating_mul(BYTES_PER_TOKEN)
+    }
+
+    /// Most bytes of a prompt.
+    pub fn max_prompt_bytes(&self) -> usize {
+        self.max_prompt_tokens.saturating_mul(BYTES_PER_TOKEN)
     }
 
     pub fn to_proto(self) -> proto::Limits {
@@ -68,6 +85,10 @@ impl Limits {
             max_namespace_bytes: self.max_namespace_bytes as u32,
             max_stop_strings: self.max_stop_strings as u32,
             max_stop_string_bytes: self.max_stop_string_bytes as u32,
+            max_request_tokens: self.max_request_tokens as u32,
+            max_input_bytes: self.max_input_bytes() as u64,
+            max_prompt_bytes: self.max_prompt_bytes() as u32,
+            max_key_bytes: crate::store::MAX_KEY_BYTES as u32,
         }
     }
 }

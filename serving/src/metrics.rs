@@ -26,6 +26,7 @@ pub const GENERATED_TOKENS_TOTAL: &str = "icae_generated_tokens_total";
 pub const CANCELLED_TOTAL: &str = "icae_cancelled_total";
 pub const SLOT_BYTES: &str = "icae_slot_bytes";
 pub const CACHE_LOOKUPS_TOTAL: &str = "icae_cache_lookups_total";
+pub const CACHE_REPAIRS_TOTAL: &str = "icae_cache_repairs_total";
 pub const REDIS_OP_DURATION: &str = "icae_redis_op_duration_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -130,10 +131,16 @@ fn describe() {
         Unit::Count,
         "Encoder cache lookups, by result (hit or miss)."
     );
+    describe_counter!(
+        CACHE_REPAIRS_TOTAL,
+        Unit::Count,
+        "Stored values the encoder found unusable under its key and recomputed, by reason \
+         (undecodable, fingerprint, digest, shape, wrongtype)."
+    );
     describe_histogram!(
         REDIS_OP_DURATION,
         Unit::Seconds,
-        "Duration of one Redis operation, in seconds, by op (get, getex, set)."
+        "Duration of one Redis operation, in seconds, by op (get, getex, set, ttl, info)."
     );
 }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use icae_core::tokenizer::TextTokenizer;
 use tonic_health::pb::health_server::HealthServer;
@@ -42,7 +43,8 @@ impl ServiceParts {
         );
         let tokenizer =
             Arc::new(TextTokenizer::load(&args.model.model).map_err(|e| e.to_string())?);
-        let admission = Admission::new(args.max_concurrent_requests, short_name(service));
+        let admission = Admission::new(args.max_concurrent_requests, short_name(service))
+            .with_shutdown_grace(args.shutdown_grace_seconds);
         let (readiness, health) = Readiness::new(service, admission.clone()).await;
         info!(model = %args.model.model.display(), adapter = %args.adapter.adapter.display(), redis = %store.describe(), service, "starting");
         Ok(ServiceParts {
@@ -73,7 +75,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let telemetry = match telemetry::init(args.json_output, args.otlp_endpoint.as_deref(), name)
         {
             Ok(t) => t,
@@ -94,7 +96,10 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A tokenizer task still running must not hold the exit: the grace period is over.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// "encoder" for icae.v1.Encoder: the `service` label of the metrics.

@@ -14,10 +14,13 @@ use crate::{LoadFailure, ServiceArgs};
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the grace period: how long cut-off requests get to send their UNAVAILABLE, and
+/// then connections to close, before the process exits anyway.
+const CUT_OFF_WAIT: Duration = Duration::from_secs(2);
 
 /// Serve `service` next to health and reflection. On SIGTERM/SIGINT: refuse new requests,
-/// mark the service NOT_SERVING, let in-flight requests finish (up to the grace period) and
-/// return Ok. When the model fails to load, return that error (the binary exits non-zero).
+/// mark the service NOT_SERVING, let in-flight requests finish up to the grace period, end
+/// the rest with UNAVAILABLE and return Ok (the process exits 0). When the model fails to load, return that error (the binary exits non-zero).
 pub async fn serve<S>(
     args: &ServiceArgs,
     parts: ServiceParts,
@@ -61,6 +64,7 @@ where
         .with_keepalive(Some(TCP_KEEPALIVE));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<()>();
     let admission = parts.admission;
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     tokio::spawn(async move {
@@ -73,10 +77,21 @@ where
         } else {
             warn!(
                 grace_seconds = grace.as_secs(),
-                "grace period over with requests still in flight"
+                in_flight = admission.in_flight(),
+                "grace period over: ending the requests still in flight with UNAVAILABLE"
             );
+            admission.cut_off();
+            if !admission.wait_idle(CUT_OFF_WAIT).await {
+                warn!(
+                    in_flight = admission.in_flight(),
+                    "requests did not end in time"
+                );
+            }
         }
         let _ = stop_tx.send(());
+        // Connections that do not close after the GOAWAY must not hold the exit either.
+        tokio::time::sleep(CUT_OFF_WAIT).await;
+        let _ = exit_tx.send(());
     });
 
     let mut builder = tonic::transport::Server::builder()
@@ -103,6 +118,10 @@ where
             e.to_string()
         }),
         Some(load_error) = load_failure.wait() => Err(format!("loading the model failed: {load_error}")),
+        Ok(()) = exit_rx => {
+            warn!("connections still open after the shutdown: closing them");
+            Ok(())
+        }
     }
 }
 

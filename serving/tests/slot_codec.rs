@@ -14,6 +14,7 @@ fn valid_blob() -> Vec<u8> {
         num_segments: 1,
         created_at: 1,
         traceparent: None,
+        token_digest: None,
     };
     encode_slots(&Tensor::randn([4, 8], (Kind::Float, Device::Cpu)), &meta).unwrap()
 }

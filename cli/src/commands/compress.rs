@@ -4,7 +4,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
-use icae_core::slots::{encode_slots, SlotMeta};
+use icae_core::slots::{encode_slots, token_digest, SlotMeta};
 
 use crate::common::{load_icae, print_json, TextArgs};
 
@@ -41,6 +41,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         num_segments: compressed.num_segments,
         created_at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
         traceparent: None,
+        token_digest: Some(token_digest(&ids)),
     };
     let bytes = encode_slots(&compressed.slots, &meta)?;
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;

@@ -1,12 +1,25 @@
-//! Content-addressed slot keys: `[namespace:]icae:v1:{fingerprint}:{sha256(token ids)}`.
-
-use sha2::{Digest, Sha256};
+//! Slot keys: `[tenant/{tenant}:][{namespace}:]icae:v1:{fingerprint}:{sha256 of token ids}`.
+//!
+//! The tenant part comes from the caller's authenticated identity, never from the request:
+//! a tenant can neither name nor probe another tenant's keys. The namespace is the client's
+//! own subdivision (inside its tenant when there is one). The services only ever read keys
+//! of this schema.
 
 use icae_core::error::InputError;
+use icae_core::slots::token_digest;
+
+use crate::error::shown;
+use crate::identity::Tenant;
+use crate::ServiceError;
 
 pub const MAX_NAMESPACE_LEN: usize = 64;
+/// Longest key a client may name: the longest key this schema produces fits with room.
+pub const MAX_KEY_BYTES: usize = 512;
 
-/// A tenant namespace, checked once at the boundary.
+const SCHEMA: &str = "icae:v1";
+const TENANT_PREFIX: &str = "tenant/";
+
+/// A client namespace, checked once at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Namespace(Option<String>);
 
@@ -16,13 +29,10 @@ impl Namespace {
         if raw.is_empty() {
             return Ok(Namespace(None));
         }
-        let valid_chars = raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if raw.len() > MAX_NAMESPACE_LEN || !valid_chars {
+        if !is_name(raw, MAX_NAMESPACE_LEN) {
             return Err(InputError::BadParameter {
                 name: "namespace",
-                value: format!("{raw:?}"),
+                value: shown(raw),
                 expected: format!("must be 1-{MAX_NAMESPACE_LEN} characters of [A-Za-z0-9_.-]"),
             });
         }
@@ -30,16 +40,110 @@ impl Namespace {
     }
 }
 
-/// The key of a document's slots under one model fingerprint.
-pub fn slot_key(namespace: &Namespace, fingerprint: &str, token_ids: &[u32]) -> String {
-    let mut hasher = Sha256::new();
-    for id in token_ids {
-        hasher.update(id.to_le_bytes());
+fn is_name(raw: &str, max: usize) -> bool {
+    !raw.is_empty()
+        && raw.len() <= max
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Where a request's keys live: the caller's tenant (if authenticated) and its namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyScope {
+    pub tenant: Option<Tenant>,
+    pub namespace: Namespace,
+}
+
+impl KeyScope {
+    fn prefix(&self) -> String {
+        let mut prefix = String::new();
+        if let Some(tenant) = &self.tenant {
+            prefix.push_str(TENANT_PREFIX);
+            prefix.push_str(tenant.as_str());
+            prefix.push(':');
+        }
+        if let Some(namespace) = &self.namespace.0 {
+            prefix.push_str(namespace);
+            prefix.push(':');
+        }
+        prefix
     }
-    let digest = hex::encode(hasher.finalize());
-    match &namespace.0 {
-        Some(ns) => format!("{ns}:icae:v1:{fingerprint}:{digest}"),
-        None => format!("icae:v1:{fingerprint}:{digest}"),
+}
+
+/// The key of a document's slots under one model fingerprint.
+pub fn slot_key(scope: &KeyScope, fingerprint: &str, token_ids: &[u32]) -> String {
+    format!(
+        "{}{SCHEMA}:{fingerprint}:{}",
+        scope.prefix(),
+        token_digest(token_ids)
+    )
+}
+
+/// A key a client named, checked against the schema and the caller's tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl SlotKey {
+    /// A key of another tenant is reported exactly like a missing key (NOT_FOUND), so that
+    /// a tenant learns nothing about another's keys. Without authentication (`caller` None)
+    /// every key of the schema is readable.
+    pub fn parse(raw: &str, caller: Option<&Tenant>) -> Result<SlotKey, ServiceError> {
+        let not_ours = || {
+            ServiceError::Input(InputError::BadParameter {
+                name: "key",
+                value: shown(raw),
+                expected: format!(
+                    "an ICAE slot key of at most {MAX_KEY_BYTES} bytes: \
+                     [namespace:]{SCHEMA}:<fingerprint>:<64 hex digits>, as Compress returns it"
+                ),
+            })
+        };
+        if raw.len() > MAX_KEY_BYTES {
+            return Err(not_ours());
+        }
+        let parts: Vec<&str> = raw.split(':').collect();
+        let n = parts.len();
+        if !(4..=6).contains(&n) {
+            return Err(not_ours());
+        }
+        let (prefix, [icae, version, fingerprint, digest]) = parts.split_at(n - 4) else {
+            return Err(not_ours());
+        };
+        let hex = |s: &str, len: Option<usize>| {
+            !s.is_empty()
+                && len.is_none_or(|l| s.len() == l)
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if format!("{icae}:{version}") != SCHEMA
+            || !hex(fingerprint, None)
+            || !hex(digest, Some(64))
+        {
+            return Err(not_ours());
+        }
+        let tenant = prefix.first().and_then(|p| p.strip_prefix(TENANT_PREFIX));
+        let namespaces = &prefix[usize::from(tenant.is_some())..];
+        if tenant.is_some_and(|t| Tenant::new(t).is_err())
+            || namespaces.len() > 1
+            || namespaces.iter().any(|ns| !is_name(ns, MAX_NAMESPACE_LEN))
+        {
+            return Err(not_ours());
+        }
+        if let Some(caller) = caller {
+            if tenant != Some(caller.as_str()) {
+                return Err(ServiceError::NotFound {
+                    key: raw.to_string(),
+                });
+            }
+        }
+        Ok(SlotKey {
+            key: raw.to_string(),
+            fingerprint: fingerprint.to_string(),
+        })
     }
 }
 
@@ -47,21 +151,71 @@ pub fn slot_key(namespace: &Namespace, fingerprint: &str, token_ids: &[u32]) -> 
 mod tests {
     use super::*;
 
+    fn scope(tenant: Option<&str>, namespace: &str) -> KeyScope {
+        KeyScope {
+            tenant: tenant.map(|t| Tenant::new(t).unwrap()),
+            namespace: Namespace::parse(namespace).unwrap(),
+        }
+    }
+
     #[test]
-    fn keys_depend_on_tokens_fingerprint_and_namespace() {
-        let none = Namespace::parse("").unwrap();
-        let a = slot_key(&none, "fp", &[1, 2, 3]);
-        assert!(a.starts_with("icae:v1:fp:") && a.len() == "icae:v1:fp:".len() + 64);
-        assert_eq!(a, slot_key(&none, "fp", &[1, 2, 3]));
-        assert_ne!(a, slot_key(&none, "fp", &[1, 2, 4]));
-        assert_ne!(a, slot_key(&none, "fp2", &[1, 2, 3]));
-        let tenant = Namespace::parse("tenant-7").unwrap();
-        assert_eq!(slot_key(&tenant, "fp", &[1, 2, 3]), format!("tenant-7:{a}"));
+    fn keys_depend_on_tokens_fingerprint_namespace_and_tenant() {
+        let none = scope(None, "");
+        let a = slot_key(&none, "0f", &[1, 2, 3]);
+        assert!(a.starts_with("icae:v1:0f:") && a.len() == "icae:v1:0f:".len() + 64);
+        assert_eq!(a, slot_key(&none, "0f", &[1, 2, 3]));
+        assert_ne!(a, slot_key(&none, "0f", &[1, 2, 4]));
+        assert_ne!(a, slot_key(&none, "0e", &[1, 2, 3]));
+        assert_eq!(
+            slot_key(&scope(None, "team-7"), "0f", &[1, 2, 3]),
+            format!("team-7:{a}")
+        );
+        assert_eq!(
+            slot_key(&scope(Some("acme"), "team-7"), "0f", &[1, 2, 3]),
+            format!("tenant/acme:team-7:{a}")
+        );
+    }
+
+    #[test]
+    fn keys_we_make_parse_back() {
+        for s in [scope(None, ""), scope(None, "n"), scope(Some("acme"), "n")] {
+            let key = slot_key(&s, "0f", &[9]);
+            let parsed = SlotKey::parse(&key, s.tenant.as_ref()).unwrap();
+            assert_eq!(parsed.key, key);
+            assert_eq!(parsed.fingerprint, "0f");
+        }
+    }
+
+    #[test]
+    fn another_tenants_key_is_not_found_and_foreign_keys_are_refused() {
+        let acme = Tenant::new("acme").unwrap();
+        let other = Tenant::new("other").unwrap();
+        let key = slot_key(&scope(Some("acme"), ""), "0f", &[9]);
+        let err = SlotKey::parse(&key, Some(&other)).unwrap_err();
+        assert!(matches!(err, ServiceError::NotFound { .. }), "{err}");
+        let untenanted = slot_key(&scope(None, "acme"), "0f", &[9]);
+        let err = SlotKey::parse(&untenanted, Some(&acme)).unwrap_err();
+        assert!(matches!(err, ServiceError::NotFound { .. }), "{err}");
+        for foreign in [
+            "user:42",
+            "icae:v1:0f:abc",
+            "icae:v2:0f:4636993d3e1da4e9d6b8f87b79e8f7c6d018580d52661950eabc3845c5897a4d",
+            "a:b:c:icae:v1:0f:4636993d3e1da4e9d6b8f87b79e8f7c6d018580d52661950eabc3845c5897a4d",
+            &"x".repeat(10_000),
+        ] {
+            let err = SlotKey::parse(foreign, None).unwrap_err().to_string();
+            assert!(err.contains("an ICAE slot key"), "{err}");
+            assert!(
+                err.len() < 600,
+                "the key is echoed whole: {} bytes",
+                err.len()
+            );
+        }
     }
 
     #[test]
     fn bad_namespaces_are_refused_with_the_rule() {
-        for bad in ["a b", "x:y", &"n".repeat(65), "ü"] {
+        for bad in ["a b", "x:y", &"n".repeat(65), "ü", "tenant/x"] {
             let err = Namespace::parse(bad).unwrap_err().to_string();
             assert!(
                 err.contains("namespace") && err.contains("[A-Za-z0-9_.-]"),

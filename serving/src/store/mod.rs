@@ -8,7 +8,7 @@
 
 mod key;
 
-pub use key::{slot_key, Namespace, MAX_NAMESPACE_LEN};
+pub use key::{slot_key, KeyScope, Namespace, SlotKey, MAX_KEY_BYTES, MAX_NAMESPACE_LEN};
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,18 @@ pub enum StoreError {
     BadUrl { url: String, reason: String },
     #[error("Redis is unavailable: {0}")]
     Unavailable(String),
+    /// The key holds another Redis type (a list, a hash…): retrying will not help.
+    #[error(
+        "slot key {} holds another Redis type, not a slot value",
+        crate::shown(key)
+    )]
+    WrongType { key: String },
+    /// Redis is at maxmemory and evicts nothing: retrying soon will not help.
+    #[error(
+        "Redis is out of memory (maxmemory reached, no eviction): {0}; free memory, raise \
+         maxmemory or use an eviction policy such as volatile-lru"
+    )]
+    OutOfMemory(String),
 }
 
 #[derive(Clone)]
@@ -183,8 +195,13 @@ impl SlotStore {
         Ok(conn)
     }
 
-    /// Run one command with the operation timeout, recording its duration.
-    async fn run<T>(&self, op: &'static str, f: impl AsyncOp<T>) -> Result<T, StoreError> {
+    /// Run one command on `key` with the operation timeout, recording its duration.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        f: impl AsyncOp<T>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let conn = self.connection().await?;
         let result = tokio::time::timeout(self.timeout, f.call(conn)).await;
@@ -192,7 +209,7 @@ impl SlotStore {
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(unavailable(e)),
+            Ok(Err(e)) => Err(classify(e, key)),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "{op} timed out after {:?}",
                 self.timeout
@@ -202,11 +219,11 @@ impl SlotStore {
 
     /// Store `value` under `key` for `ttl` seconds (always with an expiry).
     pub async fn put(&self, key: &str, value: &[u8], ttl_seconds: u64) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_vec());
-        self.run("set", move |mut conn: Conn| async move {
+        let (owned, value) = (key.to_string(), value.to_vec());
+        self.run("set", key, move |mut conn: Conn| async move {
             match &mut conn {
-                Conn::Standalone(c) => c.set_ex::<_, _, ()>(key, value, ttl_seconds).await,
-                Conn::Cluster(c) => c.set_ex::<_, _, ()>(key, value, ttl_seconds).await,
+                Conn::Standalone(c) => c.set_ex::<_, _, ()>(owned, value, ttl_seconds).await,
+                Conn::Cluster(c) => c.set_ex::<_, _, ()>(owned, value, ttl_seconds).await,
             }
         })
         .await
@@ -214,11 +231,11 @@ impl SlotStore {
 
     /// The value under `key`, if present.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_string();
-        self.run("get", move |mut conn: Conn| async move {
+        let owned = key.to_string();
+        self.run("get", key, move |mut conn: Conn| async move {
             match &mut conn {
-                Conn::Standalone(c) => c.get::<_, Option<Vec<u8>>>(key).await,
-                Conn::Cluster(c) => c.get::<_, Option<Vec<u8>>>(key).await,
+                Conn::Standalone(c) => c.get::<_, Option<Vec<u8>>>(owned).await,
+                Conn::Cluster(c) => c.get::<_, Option<Vec<u8>>>(owned).await,
             }
         })
         .await
@@ -230,10 +247,9 @@ impl SlotStore {
         key: &str,
         ttl_seconds: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_string();
-        self.run("getex", move |mut conn: Conn| async move {
-            let mut cmd = redis::cmd("GETEX");
-            cmd.arg(&key).arg("EX").arg(ttl_seconds);
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(key).arg("EX").arg(ttl_seconds);
+        self.run("getex", key, move |mut conn: Conn| async move {
             match &mut conn {
                 Conn::Standalone(c) => cmd.query_async::<Option<Vec<u8>>>(c).await,
                 Conn::Cluster(c) => cmd.query_async::<Option<Vec<u8>>>(c).await,
@@ -244,17 +260,55 @@ impl SlotStore {
 
     /// Seconds until `key` expires (None when it does not exist).
     pub async fn ttl(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        let key = key.to_string();
+        let owned = key.to_string();
         let ttl: i64 = self
-            .run("ttl", move |mut conn: Conn| async move {
+            .run("ttl", key, move |mut conn: Conn| async move {
                 match &mut conn {
-                    Conn::Standalone(c) => c.ttl::<_, i64>(key).await,
-                    Conn::Cluster(c) => c.ttl::<_, i64>(key).await,
+                    Conn::Standalone(c) => c.ttl::<_, i64>(owned).await,
+                    Conn::Cluster(c) => c.ttl::<_, i64>(owned).await,
                 }
             })
             .await?;
         Ok((ttl >= 0).then_some(ttl))
     }
+}
+
+impl SlotStore {
+    /// Refuse before expensive work when a write would fail for lack of memory (Redis at
+    /// maxmemory with `noeviction`). One INFO round trip; a Cluster is not checked (INFO
+    /// would describe one node only) and relies on the write's own OOM error.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        if matches!(self.target, Target::Cluster(_)) {
+            return Ok(());
+        }
+        let info: String = self
+            .run("info", "", |mut conn: Conn| async move {
+                let mut cmd = redis::cmd("INFO");
+                cmd.arg("memory");
+                match &mut conn {
+                    Conn::Standalone(c) => cmd.query_async::<String>(c).await,
+                    Conn::Cluster(c) => cmd.query_async::<String>(c).await,
+                }
+            })
+            .await?;
+        match memory_full(&info) {
+            Some(detail) => Err(StoreError::OutOfMemory(detail)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `Some(detail)` when INFO memory says writes are refused: at maxmemory, no eviction.
+fn memory_full(info: &str) -> Option<String> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+    let (used, max) = (number("used_memory")?, number("maxmemory")?);
+    let full = max > 0 && used >= max && field("maxmemory_policy") == Some("noeviction");
+    full.then(|| format!("used_memory {used} bytes >= maxmemory {max} bytes"))
 }
 
 /// An async closure over a cloned connection (a named trait keeps `run` readable).
@@ -274,6 +328,17 @@ where
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Errors that retrying cannot fix get their own kinds; the rest mean "unavailable".
+fn classify(e: redis::RedisError, key: &str) -> StoreError {
+    match e.code() {
+        Some("WRONGTYPE") => StoreError::WrongType {
+            key: key.to_string(),
+        },
+        Some("OOM") => StoreError::OutOfMemory(e.to_string()),
+        _ => unavailable(e),
+    }
 }
 
 /// Hide the password of `redis://user:password@host`.
@@ -311,6 +376,22 @@ mod tests {
             ..StoreOptions::with_timeout(Duration::from_secs(1))
         };
         SlotStore::new(url, options)
+    }
+
+    #[test]
+    fn a_full_noeviction_redis_is_out_of_memory() {
+        let info = |used, policy| {
+            format!(
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\n\
+                 maxmemory:1048576\r\nmaxmemory_policy:{policy}\r\n"
+            )
+        };
+        assert!(memory_full(&info(2_000_000, "noeviction")).is_some());
+        assert!(memory_full(&info(1_000, "noeviction")).is_none());
+        assert!(memory_full(&info(2_000_000, "allkeys-lru")).is_none());
+        assert!(
+            memory_full("used_memory:5\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction").is_none()
+        );
     }
 
     #[test]
