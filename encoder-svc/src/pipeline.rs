@@ -112,7 +112,11 @@ impl CompressPipeline {
         let misses: Vec<usize> = (0..count).filter(|&i| stored[i].is_none()).collect();
         if !misses.is_empty() {
             // Computing is the expensive part: refuse first when the result cannot be stored.
-            self.store.check_writable().await?;
+            let bytes: usize = misses
+                .iter()
+                .map(|&i| slot_value_bytes(&summary, token_ids[i].len()))
+                .sum();
+            self.store.check_writable(bytes as u64).await?;
             let docs = misses.iter().map(|&i| token_ids[i].clone()).collect();
             let batch = self.batcher.compress(docs).await?;
             timings.queue_seconds = batch.queue_seconds;
@@ -177,10 +181,7 @@ impl CompressPipeline {
     ) -> Result<(), ServiceError> {
         let bytes: usize = token_ids
             .iter()
-            .map(|ids| {
-                expected_slots(summary, ids.len()) * summary.hidden_size * 4
-                    + RETURNED_DOCUMENT_OVERHEAD
-            })
+            .map(|ids| slot_value_bytes(summary, ids.len()) + RETURNED_DOCUMENT_OVERHEAD)
             .sum();
         let max = self.limits.max_message_bytes;
         if bytes > max {
@@ -289,6 +290,12 @@ fn repair(reason: &'static str) -> Option<StoredSlots> {
 fn expected_slots(summary: &ModelSummary, num_tokens: usize) -> usize {
     let segment = (summary.mem_size * summary.compression_rate).max(1);
     num_tokens.div_ceil(segment) * summary.mem_size
+}
+
+/// Bytes of the slot data of a document of `num_tokens` tokens (f32, the stored dtype at
+/// most).
+fn slot_value_bytes(summary: &ModelSummary, num_tokens: usize) -> usize {
+    expected_slots(summary, num_tokens) * summary.hidden_size * 4
 }
 
 /// The value as returned to the client: without the storing request's trace context.

@@ -8,6 +8,22 @@ use icae_proto::v1::{
 use integration_tests::*;
 use tonic::Code;
 
+/// A slot value (safetensors, written out by hand) of `rows` x `width` f32 zeros made by
+/// the model `fingerprint`.
+fn slot_value(fingerprint: &str, rows: usize, width: usize) -> Vec<u8> {
+    let data_len = rows * width * 4;
+    let mut header = format!(
+        r#"{{"__metadata__":{{"format":"pt","icae_format_version":"1","fingerprint":"{fingerprint}","num_tokens":"4","num_segments":"1","created_at":"1"}},"slots":{{"dtype":"F32","shape":[{rows},{width}],"data_offsets":[0,{data_len}]}}}}"#
+    );
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut value = (header.len() as u64).to_le_bytes().to_vec();
+    value.extend_from_slice(header.as_bytes());
+    value.resize(value.len() + data_len, 0);
+    value
+}
+
 fn request(documents: Vec<Document>, options: CompressOptions) -> CompressRequest {
     CompressRequest {
         documents,
@@ -90,6 +106,18 @@ async fn encoder_errors() {
         client.compress(request(vec![text_doc("x")], ns)).await,
         Code::InvalidArgument,
         &["namespace", "bad namespace!"],
+    );
+    // A huge namespace is refused with a bounded message (a whole echo would overflow the
+    // client's metadata limit and arrive as RESOURCE_EXHAUSTED).
+    let huge_ns = CompressOptions {
+        namespace: "n".repeat(100_000),
+        ..Default::default()
+    };
+    let result = client.compress(request(vec![text_doc("x")], huge_ns)).await;
+    assert_status(
+        result,
+        Code::InvalidArgument,
+        &["namespace", "(100000 bytes)"],
     );
     let missing = Document { content: None };
     assert_status(
@@ -229,31 +257,68 @@ async fn decoder_errors() {
         &["context"],
     );
 
+    // Keys of our schema only; a missing one is NOT_FOUND, naming it.
+    let digest_at = key.len() - 64;
+    let missing = format!("{}{}", &key[..digest_at], "0".repeat(64));
     assert_status(
-        generate(
-            &url,
-            from_keys(&["icae:v1:nope"], Mode::Continue, "", greedy(4)),
-        )
-        .await,
+        generate(&url, from_keys(&[&missing], Mode::Continue, "", greedy(4))).await,
         Code::NotFound,
-        &["icae:v1:nope"],
+        &[missing.as_str()],
     );
-
-    // A stored value overwritten with garbage is DATA_LOSS, naming the key.
     let mut conn = redis.connection();
     let _: () = redis::cmd("SET")
-        .arg("icae:v1:garbage")
+        .arg("user:42")
+        .arg("a value of someone else")
+        .query(&mut conn)
+        .unwrap();
+    let huge = "k".repeat(100_000);
+    for foreign in ["user:42", "icae:v1:nope", huge.as_str()] {
+        let result = generate(&url, from_keys(&[foreign], Mode::Continue, "", greedy(4))).await;
+        let message = result
+            .as_ref()
+            .err()
+            .map(|s| s.message().len())
+            .unwrap_or(0);
+        assert!(message < 1024, "the key is echoed whole: {message} bytes");
+        assert_status(result, Code::InvalidArgument, &["an ICAE slot key"]);
+    }
+
+    // Stored data that cannot be used is DATA_LOSS, naming the key: garbage, an empty
+    // safetensors blob, another Redis type, slots of another width.
+    let garbage = format!("{}{}", &key[..digest_at], "1".repeat(64));
+    let _: () = redis::cmd("SET")
+        .arg(&garbage)
         .arg(b"\x07not safetensors at all".as_slice())
         .query(&mut conn)
         .unwrap();
     assert_status(
-        generate(
-            &url,
-            from_keys(&["icae:v1:garbage"], Mode::Continue, "", greedy(4)),
-        )
-        .await,
+        generate(&url, from_keys(&[&garbage], Mode::Continue, "", greedy(4))).await,
         Code::DataLoss,
-        &["icae:v1:garbage"],
+        &[garbage.as_str()],
+    );
+    let hash = format!("{}{}", &key[..digest_at], "2".repeat(64));
+    let _: () = redis::cmd("HSET")
+        .arg(&hash)
+        .arg("field")
+        .arg("value")
+        .query(&mut conn)
+        .unwrap();
+    assert_status(
+        generate(&url, from_keys(&[&hash], Mode::Continue, "", greedy(4))).await,
+        Code::DataLoss,
+        &[hash.as_str(), "another Redis type"],
+    );
+    let narrow = format!("{}{}", &key[..digest_at], "3".repeat(64));
+    let fingerprint = key[..digest_at - 1].rsplit(':').next().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&narrow)
+        .arg(slot_value(fingerprint, 4, 7))
+        .query(&mut conn)
+        .unwrap();
+    assert_status(
+        generate(&url, from_keys(&[&narrow], Mode::Continue, "", greedy(4))).await,
+        Code::DataLoss,
+        &[narrow.as_str(), "[4, 7]"],
     );
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -265,10 +330,12 @@ async fn decoder_errors() {
         Code::DataLoss,
         &[key.as_str()],
     );
-    let inline = GenerateRequest {
+
+    // Inline slots that cannot be used are the client's error: INVALID_ARGUMENT.
+    let inline = |value: Vec<u8>| GenerateRequest {
         context: Some(generate_request::Context::Slots(SlotList {
             items: vec![SlotRef {
-                source: Some(slot_ref::Source::InlineSlots(vec![1, 2, 3])),
+                source: Some(slot_ref::Source::InlineSlots(value)),
             }],
         })),
         mode: Mode::Continue as i32,
@@ -276,9 +343,20 @@ async fn decoder_errors() {
         sampling: Some(greedy(4)),
     };
     assert_status(
-        generate(&url, inline).await,
-        Code::DataLoss,
+        generate(&url, inline(vec![1, 2, 3])).await,
+        Code::InvalidArgument,
         &["inline slot set 0"],
+    );
+    assert_status(
+        generate(&url, inline(slot_value(fingerprint, 4, 7))).await,
+        Code::InvalidArgument,
+        &["inline slot set 0", "[4, 7]"],
+    );
+    // A question of only whitespace is no question.
+    assert_status(
+        generate(&url, from_keys(&[&key], Mode::Answer, " \n\t ", greedy(4))).await,
+        Code::InvalidArgument,
+        &["ANSWER needs a prompt"],
     );
 
     // The server honours the client's deadline (grpc-timeout) itself: the stream's headers

@@ -151,9 +151,17 @@ def test_python_client_round_trip(stubs, services):
         assert list(once.token_ids) == [t for d in deltas for t in d.token_ids]
         assert once.text == "".join(d.text for d in deltas)
 
+        missing = handle.key[:-64] + "0" * 64
         bad = pb.GenerateRequest(
-            slots=pb.SlotList(items=[pb.SlotRef(key="icae:v1:missing")]), mode=pb.MODE_CONTINUE
+            slots=pb.SlotList(items=[pb.SlotRef(key=missing)]), mode=pb.MODE_CONTINUE
         )
         with pytest.raises(grpc.RpcError) as error:
             decoder.GenerateOnce(bad, timeout=30)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert missing in error.value.details()
+        foreign = pb.GenerateRequest(
+            slots=pb.SlotList(items=[pb.SlotRef(key="user:42")]), mode=pb.MODE_CONTINUE
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            decoder.GenerateOnce(foreign, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

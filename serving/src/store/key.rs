@@ -97,7 +97,7 @@ impl SlotKey {
                 name: "key",
                 value: shown(raw),
                 expected: format!(
-                    "an ICAE slot key of at most {MAX_KEY_BYTES} bytes: \
+                    "must be an ICAE slot key of at most {MAX_KEY_BYTES} bytes, \
                      [namespace:]{SCHEMA}:<fingerprint>:<64 hex digits>, as Compress returns it"
                 ),
             })

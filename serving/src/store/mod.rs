@@ -274,10 +274,10 @@ impl SlotStore {
 }
 
 impl SlotStore {
-    /// Refuse before expensive work when a write would fail for lack of memory (Redis at
-    /// maxmemory with `noeviction`). One INFO round trip; a Cluster is not checked (INFO
-    /// would describe one node only) and relies on the write's own OOM error.
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
+    /// Refuse before expensive work when writing `bytes` would fail for lack of memory
+    /// (Redis near maxmemory with `noeviction`). One INFO round trip; a Cluster is not
+    /// checked (INFO would describe one node only) and relies on the write's own OOM error.
+    pub async fn check_writable(&self, bytes: u64) -> Result<(), StoreError> {
         if matches!(self.target, Target::Cluster(_)) {
             return Ok(());
         }
@@ -291,15 +291,17 @@ impl SlotStore {
                 }
             })
             .await?;
-        match memory_full(&info) {
+        match memory_full(&info, bytes) {
             Some(detail) => Err(StoreError::OutOfMemory(detail)),
             None => Ok(()),
         }
     }
 }
 
-/// `Some(detail)` when INFO memory says writes are refused: at maxmemory, no eviction.
-fn memory_full(info: &str) -> Option<String> {
+/// `Some(detail)` when INFO memory says `bytes` more would not fit: maxmemory set, no
+/// eviction. (Redis refuses a write while its memory, counting the write's own buffers, is
+/// above maxmemory; after the refusal INFO shows it below again.)
+fn memory_full(info: &str, bytes: u64) -> Option<String> {
     let field = |name: &str| {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
@@ -307,8 +309,12 @@ fn memory_full(info: &str) -> Option<String> {
     };
     let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
     let (used, max) = (number("used_memory")?, number("maxmemory")?);
-    let full = max > 0 && used >= max && field("maxmemory_policy") == Some("noeviction");
-    full.then(|| format!("used_memory {used} bytes >= maxmemory {max} bytes"))
+    let full = max > 0
+        && used.saturating_add(bytes) > max
+        && field("maxmemory_policy") == Some("noeviction");
+    full.then(|| {
+        format!("used_memory {used} bytes + {bytes} bytes to store > maxmemory {max} bytes")
+    })
 }
 
 /// An async closure over a cloned connection (a named trait keeps `run` readable).
