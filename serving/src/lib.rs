@@ -6,9 +6,12 @@
 //! scheduler → engine (icae-core); nothing here calls back up into a service.
 
 mod admission;
+pub mod auth;
+pub mod auth_tokens;
 pub mod config;
 pub mod convert;
 mod error;
+mod file_stamp;
 mod health;
 pub mod identity;
 mod info;
@@ -17,13 +20,17 @@ mod metadata;
 pub mod metrics;
 pub mod model_thread;
 pub mod runtime;
+pub mod security_args;
 mod server;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
+mod tls_incoming;
 
 pub use admission::{Admission, Permit};
+pub use auth::{AuthError, Authenticator};
 pub use config::{Ports, ServiceArgs};
 pub use error::ServiceError;
 pub use health::Readiness;
@@ -32,4 +39,5 @@ pub use info::info_response;
 pub use limits::Limits;
 pub use metadata::{deadline, traceparent};
 pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState};
+pub use security_args::SecurityArgs;
 pub use server::serve;
