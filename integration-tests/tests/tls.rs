@@ -268,7 +268,8 @@ async fn mtls_round_trip_and_refused_client_certificates() {
     );
 
     // Refused at the handshake: no client certificate, one from another CA, an expired one.
-    let stranger = TestCa::new("stranger-ca").client("mallory");
+    let stranger_ca = TestCa::new("stranger-ca");
+    let stranger = stranger_ca.client("mallory");
     let expired = ca.expired_client("alice");
     for (what, options) in [
         ("no client certificate", tls_options(ca.ca_path(), None)),
