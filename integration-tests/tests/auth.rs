@@ -31,6 +31,14 @@ async fn info_as(url: &str, token: Option<&str>) -> Result<(), tonic::Status> {
     client.info(InfoRequest {}).await.map(|_| ())
 }
 
+/// Whether `token` is accepted within `timeout` (reloads happen in the background).
+async fn accepted_within(url: &str, token: &str, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        info_as(url, Some(token)).await.is_ok()
+    })
+    .await
+}
+
 fn sighup(service: &Service) {
     unsafe { libc::kill(service.pid(), libc::SIGHUP) };
 }
@@ -100,10 +108,7 @@ async fn bearer_tokens_authenticate_and_reload_on_sighup() {
     // SIGHUP: initech is added, acme removed.
     std::fs::write(&tokens, format!("{GLOBEX} globex\n{INITECH} initech\n")).unwrap();
     sighup(&encoder);
-    let reloaded = eventually(Duration::from_secs(10), || async {
-        info_as(&url, Some(INITECH)).await.is_ok()
-    })
-    .await;
+    let reloaded = accepted_within(&url, INITECH, Duration::from_secs(10)).await;
     assert!(
         reloaded,
         "the new token was not accepted:\n{}",
@@ -134,10 +139,7 @@ async fn bearer_tokens_authenticate_and_reload_on_sighup() {
 
     // Without a signal, a changed file (an updated Kubernetes Secret) applies by itself.
     std::fs::write(&tokens, format!("{ACME} acme\n")).unwrap();
-    let applied = eventually(Duration::from_secs(15), || async {
-        info_as(&url, Some(ACME)).await.is_ok()
-    })
-    .await;
+    let applied = accepted_within(&url, ACME, Duration::from_secs(15)).await;
     assert!(
         applied,
         "the changed file was not picked up:\n{}",
