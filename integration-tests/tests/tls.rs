@@ -19,7 +19,7 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const TEXT: &str = "Transport security keeps compressed contexts private on the wire.";
 
-fn tls_flags<'a>(server: &'a CertFiles) -> Vec<&'a str> {
+fn tls_flags(server: &CertFiles) -> Vec<&str> {
     vec![
         "--tls-cert",
         server.cert_str(),
