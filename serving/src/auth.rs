@@ -254,6 +254,45 @@ mod tests {
         assert_eq!(mtls.authenticate(&request(None)), Err(AuthError::Missing));
     }
 
+    /// Self-signed, made with `openssl req -x509 -subj /CN=ignored-cn -addext
+    /// subjectAltName=DNS:acme,DNS:other`.
+    const NAMED: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBljCCAT2gAwIBAgIUCSvwIcaKrLdnMvPIk7knPLUwAVowCgYIKoZIzj0EAwIw\n\
+FTETMBEGA1UEAwwKaWdub3JlZC1jbjAeFw0yNjExMjkwMzQyMTJaFw0yNjExMzAw\n\
+MzQyMTJaMBUxEzARBgNVBAMMCmlnbm9yZWQtY24wWTATBgcqhkjOPQIBBggqhkjO\n\
+PQMBBwNCAATdd96jFc6doF+znafWbG4C/D3NhRvBErs5+7tSsNbtZNV2LMWBxS6H\n\
+SvaY26J98vhxDVpFTtdLfGKZ0RLb9mXMo2swaTAdBgNVHQ4EFgQUmBkc79zRTLno\n\
+GLIMuufkqUE1bg4wHwYDVR0jBBgwFoAUmBkc79zRTLnoGLIMuufkqUE1bg4wDwYD\n\
+VR0TAQH/BAUwAwEB/zAWBgNVHREEDzANggRhY21lggVvdGhlcjAKBggqhkjOPQQD\n\
+AgNHADBEAiBiQDRqBS2s6GA74t1GgNbBtIxynd/jLVggUWB9mLnlnAIgHmQ2Yrfl\n\
+ai/aeIyY71CC1WD9i7Sf42HRFOyeiVtuNZk=\n\
+-----END CERTIFICATE-----";
+    /// The same key with `-subj /CN=acme` and no subjectAltName.
+    const NAMELESS: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBczCCARmgAwIBAgIULTTtcZQarHfJclfP5hgcAk2vP5AwCgYIKoZIzj0EAwIw\n\
+DzENMAsGA1UEAwwEYWNtZTAeFw0yNjExMjkwMzQyMTJaFw0yNjExMzAwMzQyMTJa\n\
+MA8xDTALBgNVBAMMBGFjbWUwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATdd96j\n\
+Fc6doF+znafWbG4C/D3NhRvBErs5+7tSsNbtZNV2LMWBxS6HSvaY26J98vhxDVpF\n\
+TtdLfGKZ0RLb9mXMo1MwUTAdBgNVHQ4EFgQUmBkc79zRTLnoGLIMuufkqUE1bg4w\n\
+HwYDVR0jBBgwFoAUmBkc79zRTLnoGLIMuufkqUE1bg4wDwYDVR0TAQH/BAUwAwEB\n\
+/zAKBggqhkjOPQQDAgNIADBFAiEAl/IjFJE5ZOh29KwHkXRRh7geBXM6m/oOYzc1\n\
+mLZMoUYCIDht0OWLGePMDJMsSPEMOIz/jUKXz/8AEcskrnjDSLPz\n\
+-----END CERTIFICATE-----";
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_names_its_tenant_by_its_first_dns_name_never_its_cn() {
+        assert_eq!(certificate_tenant(&der(NAMED)).unwrap().as_str(), "acme");
+        assert_eq!(
+            certificate_tenant(&der(NAMELESS)),
+            Err(AuthError::NoCertificateName)
+        );
+    }
+
     #[test]
     fn garbage_is_no_certificate_name() {
         let cert = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
