@@ -1,8 +1,9 @@
-//! Opening encoder and decoder clients with a deadline and a message size limit.
+//! Opening encoder and decoder clients with a deadline, a message size limit, TLS for
+//! `https://` addresses and a bearer token.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use icae_proto::v1::decoder_client::DecoderClient;
 use icae_proto::v1::encoder_client::EncoderClient;
 use tonic::service::interceptor::InterceptedService;
@@ -10,12 +11,15 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::credentials::{BearerToken, ClientTls};
+
 /// How long to wait for the TCP/HTTP2 connection itself, so that a wrong address fails
 /// quickly instead of hanging until the request deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Per-connection settings. The default is tonic's: no deadline, 4 MiB messages.
-#[derive(Debug, Clone, Copy, Default)]
+/// Per-connection settings. The default is tonic's: no deadline, 4 MiB messages, web PKI
+/// roots for `https://`, no token.
+#[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// Deadline of every call, sent as `grpc-timeout` so the server stops work the client
     /// has given up on.
@@ -23,30 +27,66 @@ pub struct ConnectOptions {
     /// Largest message accepted from the server, in bytes (slots returned inline can be
     /// larger than tonic's 4 MiB default).
     pub max_message_bytes: Option<usize>,
+    /// TLS settings for `https://` addresses (None: trust the web PKI roots).
+    pub tls: Option<ClientTls>,
+    /// Sent with every call as `authorization: Bearer <token>`.
+    pub token: Option<BearerToken>,
 }
 
-/// Puts the connection's deadline on every call.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(Option<Duration>);
+/// Puts the connection's deadline and bearer token on every call.
+#[derive(Debug, Clone, Default)]
+pub struct PerCall {
+    timeout: Option<Duration>,
+    token: Option<BearerToken>,
+}
 
-impl Interceptor for Deadline {
+impl PerCall {
+    fn of(options: &ConnectOptions) -> Self {
+        PerCall {
+            timeout: options.timeout,
+            token: options.token.clone(),
+        }
+    }
+}
+
+impl Interceptor for PerCall {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(timeout) = self.0 {
+        if let Some(timeout) = self.timeout {
             request.set_timeout(timeout);
+        }
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.header());
         }
         Ok(request)
     }
 }
 
-/// An encoder-svc client whose calls carry the connection's deadline.
-pub type Encoder = EncoderClient<InterceptedService<Channel, Deadline>>;
-/// A decoder-svc client whose calls carry the connection's deadline.
-pub type Decoder = DecoderClient<InterceptedService<Channel, Deadline>>;
+/// An encoder-svc client whose calls carry the connection's deadline and token.
+pub type Encoder = EncoderClient<InterceptedService<Channel, PerCall>>;
+/// A decoder-svc client whose calls carry the connection's deadline and token.
+pub type Decoder = DecoderClient<InterceptedService<Channel, PerCall>>;
 
-async fn channel(url: &str) -> Result<Channel> {
-    Channel::from_shared(url.to_string())
+/// A connection to `url`: TLS for `https://` (with `options.tls`, or the web PKI roots).
+pub async fn channel(url: &str, options: &ConnectOptions) -> Result<Channel> {
+    let mut endpoint = Channel::from_shared(url.to_string())
         .with_context(|| format!("invalid address {url}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
+    let https = endpoint.uri().scheme_str() == Some("https");
+    match (&options.tls, https) {
+        (Some(_), false) => {
+            bail!("TLS options (--tls-ca, --tls-cert) need an https:// address, got {url}")
+        }
+        (tls, true) => {
+            let config = tls.clone().unwrap_or_default().config();
+            endpoint = endpoint
+                .tls_config(config)
+                .with_context(|| format!("TLS settings for {url}"))?;
+        }
+        (None, false) => {}
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))
@@ -54,7 +94,8 @@ async fn channel(url: &str) -> Result<Channel> {
 
 /// Connect to encoder-svc at `url`, e.g. `http://127.0.0.1:50051`.
 pub async fn connect_encoder(url: &str, options: &ConnectOptions) -> Result<Encoder> {
-    let client = EncoderClient::with_interceptor(channel(url).await?, Deadline(options.timeout));
+    let client =
+        EncoderClient::with_interceptor(channel(url, options).await?, PerCall::of(options));
     Ok(match options.max_message_bytes {
         Some(limit) => client.max_decoding_message_size(limit),
         None => client,
@@ -63,7 +104,8 @@ pub async fn connect_encoder(url: &str, options: &ConnectOptions) -> Result<Enco
 
 /// Connect to decoder-svc at `url`, e.g. `http://127.0.0.1:50052`.
 pub async fn connect_decoder(url: &str, options: &ConnectOptions) -> Result<Decoder> {
-    let client = DecoderClient::with_interceptor(channel(url).await?, Deadline(options.timeout));
+    let client =
+        DecoderClient::with_interceptor(channel(url, options).await?, PerCall::of(options));
     Ok(match options.max_message_bytes {
         Some(limit) => client.max_decoding_message_size(limit),
         None => client,
@@ -76,16 +118,47 @@ mod tests {
 
     #[test]
     fn the_deadline_is_sent_as_grpc_timeout() {
-        let request = Deadline(Some(Duration::from_millis(1500)))
-            .call(Request::new(()))
-            .unwrap();
+        let options = ConnectOptions {
+            timeout: Some(Duration::from_millis(1500)),
+            ..Default::default()
+        };
+        let request = PerCall::of(&options).call(Request::new(())).unwrap();
         assert!(request.metadata().get("grpc-timeout").is_some());
     }
 
     #[test]
-    fn no_deadline_leaves_the_request_alone() {
-        let request = Deadline(None).call(Request::new(())).unwrap();
+    fn no_deadline_and_no_token_leave_the_request_alone() {
+        let request = PerCall::default().call(Request::new(())).unwrap();
         assert!(request.metadata().get("grpc-timeout").is_none());
+        assert!(request.metadata().get("authorization").is_none());
+    }
+
+    #[test]
+    fn the_token_is_sent_as_a_bearer() {
+        let options = ConnectOptions {
+            token: Some(BearerToken::new("abc").unwrap()),
+            ..Default::default()
+        };
+        let request = PerCall::of(&options).call(Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer abc"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_options_on_a_plaintext_address_are_refused() {
+        let options = ConnectOptions {
+            tls: Some(ClientTls::default()),
+            ..Default::default()
+        };
+        let err = connect_encoder("http://127.0.0.1:1", &options)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("need an https:// address"),
+            "{err:#}"
+        );
     }
 
     #[tokio::test]

@@ -3,12 +3,16 @@
 //! never needs libtorch.
 
 mod connect;
+mod credentials;
 mod names;
 mod requests;
 mod status;
 mod stream;
 
-pub use connect::{connect_decoder, connect_encoder, ConnectOptions, Deadline, Decoder, Encoder};
+pub use connect::{
+    channel, connect_decoder, connect_encoder, ConnectOptions, Decoder, Encoder, PerCall,
+};
+pub use credentials::{BearerToken, ClientTls};
 pub use names::{finish_reason, finish_reason_name, parse_mode};
 pub use requests::{
     baseline_text, compress_one, generate_request, greedy, slot_keys, text_document,

@@ -2,7 +2,9 @@
 //! binaries on free loopback ports and stops them by PID.
 
 pub mod client;
+pub mod pki;
 pub mod processes;
 
 pub use client::*;
+pub use pki::*;
 pub use processes::*;

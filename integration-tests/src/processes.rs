@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use icae_client::ConnectOptions;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+use crate::pki::TestCa;
 
 /// A free TCP port on 127.0.0.1 (the listener is closed before returning).
 pub fn free_port() -> u16 {
@@ -55,19 +58,6 @@ pub fn adapter_dir() -> PathBuf {
     env_path("ICAE_UNTRAINED_ADAPTER", "adapters/untrained-m32")
 }
 
-/// Run openssl with whitespace-separated arguments (temp paths have no spaces).
-fn openssl(args: &str) {
-    let output = Command::new("openssl")
-        .args(args.split_whitespace())
-        .output()
-        .expect("openssl must be installed (scripts/setup.sh installs it)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// How clients must talk to a test Redis.
 enum Security {
     Plain,
@@ -87,7 +77,7 @@ pub struct Redis {
     pid: Option<i32>,
     extra: Vec<String>,
     security: Security,
-    _cert_dir: Option<tempfile::TempDir>,
+    _cert_dir: Option<TestCa>,
 }
 
 impl Redis {
@@ -111,34 +101,15 @@ impl Redis {
     /// Start serving TLS only, with a server certificate for 127.0.0.1 from a fresh
     /// private CA (`ca_cert()`).
     pub fn start_tls() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-        let (ca, ca_key, cert, key) = (
-            path("ca.pem"),
-            path("ca.key"),
-            path("server.pem"),
-            path("server.key"),
-        );
-        let (csr, ext) = (path("server.csr"), path("server.ext"));
-        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
-        let new_key = "req -newkey rsa:2048 -nodes -days 1";
-        openssl(&format!(
-            "{new_key} -x509 -subj /CN=icae-test-ca -keyout {ca_key} -out {ca}"
-        ));
-        openssl(&format!(
-            "{new_key} -subj /CN=127.0.0.1 -keyout {key} -out {csr}"
-        ));
-        openssl(&format!(
-            "x509 -req -days 1 -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial \
-             -extfile {ext} -out {cert}"
-        ));
+        let ca = TestCa::new("icae-test-ca");
+        let server = ca.server("server");
         let security = Security::Tls {
-            ca_cert: ca,
-            cert,
-            key,
+            ca_cert: ca.ca.cert_str().to_owned(),
+            cert: server.cert_str().to_owned(),
+            key: server.key_str().to_owned(),
         };
         let mut redis = Self::start_secured(&[], security);
-        redis._cert_dir = Some(dir);
+        redis._cert_dir = Some(ca);
         redis
     }
 
@@ -360,6 +331,8 @@ impl Kind {
 pub struct Service {
     pub kind: Kind,
     pub port: u16,
+    /// How the harness itself connects (TLS when the service serves TLS).
+    pub client: ConnectOptions,
     child: Child,
     pub log: PathBuf,
     _log_dir: tempfile::TempDir,
@@ -371,11 +344,32 @@ impl Service {
         Self::start_with_adapter(kind, redis_url, &adapter_dir(), extra).await
     }
 
+    /// Start with `extra` flags (e.g. --tls-cert) and reach it, readiness included, with
+    /// `client` (its `tls` makes the address https://).
+    pub async fn start_with_client(
+        kind: Kind,
+        redis_url: &str,
+        extra: &[&str],
+        client: ConnectOptions,
+    ) -> Service {
+        Self::launch(kind, redis_url, &adapter_dir(), extra, client).await
+    }
+
     pub async fn start_with_adapter(
         kind: Kind,
         redis_url: &str,
         adapter: &Path,
         extra: &[&str],
+    ) -> Service {
+        Self::launch(kind, redis_url, adapter, extra, ConnectOptions::default()).await
+    }
+
+    async fn launch(
+        kind: Kind,
+        redis_url: &str,
+        adapter: &Path,
+        extra: &[&str],
+        client: ConnectOptions,
     ) -> Service {
         let port = free_port();
         let log_dir = tempfile::tempdir().unwrap();
@@ -412,6 +406,7 @@ impl Service {
         let mut service = Service {
             kind,
             port,
+            client,
             child,
             log,
             _log_dir: log_dir,
@@ -421,7 +416,12 @@ impl Service {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.client.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn pid(&self) -> i32 {
@@ -457,11 +457,7 @@ impl Service {
 
     /// grpc.health.v1 status of `service` ("" for the server as a whole).
     pub async fn health(&self, service: &str) -> Option<ServingStatus> {
-        let channel = tonic::transport::Channel::from_shared(self.url())
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
+        let channel = icae_client::channel(&self.url(), &self.client).await.ok()?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: service.into(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
 
+use crate::security_args::SecurityArgs;
 use crate::store::StoreOptions;
 
 const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
@@ -91,6 +92,8 @@ pub struct ServiceArgs {
     /// After SIGTERM, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "ICAE_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 impl ServiceArgs {

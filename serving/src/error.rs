@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use icae_core::error::{IcaeError, InputError};
 use icae_core::slots::SlotError;
 
+use crate::auth::AuthError;
 use crate::store::StoreError;
 
 #[derive(Debug, Error)]
@@ -47,6 +48,8 @@ pub enum ServiceError {
     DeadlineExceeded(f64),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
 }
 
 impl From<IcaeError> for ServiceError {
@@ -76,6 +79,7 @@ impl ServiceError {
             | ServiceError::ShutDown(_) => Code::Unavailable,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Internal(_) => Code::Internal,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
         }
     }
 }
@@ -170,6 +174,10 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (ServiceError::DeadlineExceeded(1.0), Code::DeadlineExceeded),
+            (
+                ServiceError::Unauthenticated(AuthError::UnknownToken),
+                Code::Unauthenticated,
+            ),
         ];
         for (error, code) in cases {
             let message = error.to_string();

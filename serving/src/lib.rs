@@ -6,9 +6,12 @@
 //! scheduler → engine (icae-core); nothing here calls back up into a service.
 
 mod admission;
+pub mod auth;
+pub mod auth_tokens;
 pub mod config;
 pub mod convert;
 mod error;
+mod file_stamp;
 mod health;
 pub mod identity;
 mod info;
@@ -17,14 +20,18 @@ mod metadata;
 pub mod metrics;
 pub mod model_thread;
 pub mod runtime;
+pub mod security_args;
 mod server;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 mod text;
+pub mod tls;
+mod tls_incoming;
 
 pub use admission::{Admission, Permit};
+pub use auth::{AuthError, Authenticator};
 pub use config::{Ports, ServiceArgs};
 pub use error::{shown, ServiceError};
 pub use health::Readiness;
@@ -33,5 +40,6 @@ pub use info::info_response;
 pub use limits::{Limits, BYTES_PER_TOKEN};
 pub use metadata::{deadline, traceparent};
 pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState};
+pub use security_args::SecurityArgs;
 pub use server::serve;
 pub use text::check_text_bytes;

@@ -14,7 +14,8 @@ use tracing::{error, info};
 
 use crate::metrics::init_metrics;
 use crate::store::SlotStore;
-use crate::{telemetry, Admission, Ports, Readiness, ServiceArgs};
+use crate::tls::ReloadingTls;
+use crate::{telemetry, Admission, Authenticator, Ports, Readiness, ServiceArgs};
 
 /// What every service builds before its own gRPC service. Readiness starts NOT_SERVING
 /// until the model loads.
@@ -25,6 +26,29 @@ pub struct ServiceParts {
     pub readiness: Readiness,
     pub health: HealthServer<HealthService>,
     pub ports: Ports,
+    pub security: Security,
+}
+
+/// The transport's security, loaded before the model so that a bad file stops the start at
+/// once, with its name.
+pub struct Security {
+    pub authenticator: Authenticator,
+    /// None: plaintext gRPC.
+    pub tls: Option<Arc<ReloadingTls>>,
+}
+
+impl Security {
+    pub fn load(args: &ServiceArgs) -> Result<Security, String> {
+        let authenticator = Authenticator::from_args(&args.security).map_err(|e| e.to_string())?;
+        authenticator.watch_tokens_file()?;
+        let tls = match args.security.tls_files() {
+            Some(files) => Some(Arc::new(
+                ReloadingTls::load(files).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        Ok(Security { authenticator, tls })
+    }
 }
 
 impl ServiceParts {
@@ -36,6 +60,7 @@ impl ServiceParts {
         default_ports: Ports,
     ) -> Result<Self, String> {
         args.validate()?;
+        let security = Security::load(args)?;
         let ports = args.ports(default_ports);
         init_metrics(&args.metrics_host, ports.metrics)?;
         let store = Arc::new(
@@ -54,6 +79,7 @@ impl ServiceParts {
             readiness,
             health,
             ports,
+            security,
         })
     }
 }

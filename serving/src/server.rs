@@ -1,14 +1,21 @@
-//! Serving one gRPC service with health and reflection until SIGTERM/SIGINT, then draining.
+//! Serving one gRPC service with health and reflection until SIGTERM/SIGINT, then draining;
+//! over TLS when --tls-cert is given, behind the authenticator when tokens or mTLS are on.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 
 use crate::runtime::ServiceParts;
-use crate::{LoadFailure, ServiceArgs};
+use crate::tls_incoming::tls_incoming;
+use crate::{Authenticator, LoadFailure, ServiceArgs};
 
 /// Idle connections are probed so dead peers (a pod gone, a NAT entry dropped) are noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -52,12 +59,28 @@ where
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| format!("building reflection: {e}"))?;
+    let security = &args.security;
+    let (authenticator, tls) = (parts.security.authenticator, parts.security.tls);
     let addr = format!("{}:{}", args.host, parts.ports.grpc);
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
+    if let Some(port) = security.health_port {
+        serve_plaintext_health(&args.host, port, parts.health.clone()).await?;
+    }
     let readiness = parts.readiness;
-    info!(address = %listener.local_addr().map_err(|e| e.to_string())?, service = readiness.service(), "listening");
+    info!(
+        address = %listener.local_addr().map_err(|e| e.to_string())?,
+        service = readiness.service(),
+        tls = tls.is_some(),
+        client_certificates = security.tls_client_ca.is_some(),
+        bearer_tokens = security.auth_tokens_file.is_some(),
+        reflection = security.reflection,
+        "listening"
+    );
+    if matches!(authenticator, Authenticator::Open) {
+        info!("no authentication (no --auth-tokens-file, no --tls-client-ca): for trusted networks only");
+    }
     // Streamed tokens are small writes: without TCP_NODELAY each could wait on Nagle.
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -104,14 +127,22 @@ where
         // at that age by a forced close at age + grace, which would cut running streams.
         builder = builder.max_connection_age(Duration::from_secs(args.max_connection_age_seconds));
     }
-    let server = builder
+    // Health and reflection stay outside authentication: probes carry no identity, and
+    // reflection describes the public API only (--reflection false turns it off).
+    let router = builder
         .add_service(parts.health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        .add_optional_service(security.reflection.then_some(reflection_v1))
+        .add_optional_service(security.reflection.then_some(reflection_v1alpha))
+        .add_service(InterceptedService::new(service, authenticator));
+    let shutdown = async {
+        let _ = stop_rx.await;
+    };
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> = match tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls_incoming(incoming, tls), shutdown))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
+    };
     tokio::select! {
         served = server => served.map_err(|e| {
             error!(error = %e, "server failed");
@@ -123,6 +154,30 @@ where
             Ok(())
         }
     }
+}
+
+/// grpc.health.v1 alone, in plaintext, for probes that cannot speak TLS (kubelet's gRPC
+/// probes). It reveals only whether the process is up and ready.
+async fn serve_plaintext_health(
+    host: &str,
+    port: u16,
+    health: HealthServer<HealthService>,
+) -> Result<(), String> {
+    let addr = format!("{host}:{port}");
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("binding --health-port {addr}: {e}"))?;
+    info!(address = %addr, "serving plaintext grpc.health.v1 for probes");
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await;
+        if let Err(e) = served {
+            error!(error = %e, "the health port failed");
+        }
+    });
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -52,6 +52,7 @@ def test_ci_value_sets_cover_the_deployments_we_support():
         "keda-values.yaml",
         "external-redis-cluster-tls-values.yaml",
         "autoscaling-off-values.yaml",
+        "tls-auth-values.yaml",
     ):
         assert expected in names, f"{CI_VALUES_DIR}/{expected} is missing"
 
@@ -125,6 +126,7 @@ def test_two_deployments_run_the_two_binaries(case):
         assert binary in repository, f"{name}: {component} runs image {container['image']}"
         assert tag, container["image"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        ports.pop("health", None)  # with TLS (test_tls_and_tokens_come_from_mounted_secrets)
         assert ports == {"grpc": cv["port"], "metrics": cv["metricsPort"]}
         env = env_of(container)
         assert env["ICAE_PORT"]["value"] == str(cv["port"])
@@ -243,7 +245,9 @@ def test_grpc_probes_on_the_right_services_and_ports(case):
     for component in COMPONENTS:
         pod = named(docs, "Deployment", component_name(component))["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        port = values[component]["port"]
+        # The kubelet's gRPC probes cannot speak TLS: with TLS they use the plaintext port.
+        tls = values["security"]["tls"]["existingSecret"]
+        port = values["security"]["healthPort"] if tls else values[component]["port"]
         readiness = GRPC_SERVICES[component]
         for probe_key, service in (
             ("startupProbe", readiness),
@@ -392,6 +396,39 @@ def test_external_redis_tls_ca_is_mounted(case):
         volume = {v["name"]: v for v in pod["volumes"]}["redis-ca"]
         source = volume.get("secret") or volume.get("configMap")
         assert source["items"] == [{"key": ca["key"], "path": path.rsplit("/", 1)[1]}]
+
+
+def test_tls_and_tokens_come_from_mounted_secrets(case):
+    name, values, _, docs = case
+    security = values["security"]
+    tls, tokens = security["tls"], security["authTokens"]
+    for component in COMPONENTS:
+        pod = named(docs, "Deployment", component_name(component))["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = env_of(container)
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert env["ICAE_REFLECTION"]["value"] == str(security["reflection"]).lower(), name
+        if tls["existingSecret"]:
+            for var, file in (("ICAE_TLS_CERT", "tls.crt"), ("ICAE_TLS_KEY", "tls.key")):
+                assert env[var]["value"] == f"{mounts['tls']['mountPath']}/{file}", name
+            assert mounts["tls"]["readOnly"] is True and "subPath" not in mounts["tls"]
+            assert volumes["tls"]["secret"]["secretName"] == tls["existingSecret"]
+            assert ("ICAE_TLS_CLIENT_CA" in env) == tls["clientAuth"], name
+            assert env["ICAE_HEALTH_PORT"]["value"] == str(security["healthPort"])
+            assert ports["health"] == security["healthPort"]
+        else:
+            assert not {"ICAE_TLS_CERT", "ICAE_TLS_KEY", "ICAE_HEALTH_PORT"} & set(env), name
+            assert "tls" not in volumes and "health" not in ports, name
+        if tokens["existingSecret"]:
+            path = env["ICAE_AUTH_TOKENS_FILE"]["value"]
+            assert path.startswith(mounts["auth-tokens"]["mountPath"] + "/"), name
+            secret = volumes["auth-tokens"]["secret"]
+            assert secret["secretName"] == tokens["existingSecret"]
+            assert secret["items"] == [{"key": tokens["key"], "path": path.rsplit("/", 1)[1]}]
+        else:
+            assert "ICAE_AUTH_TOKENS_FILE" not in env and "auth-tokens" not in volumes, name
 
 
 def test_pod_disruption_budgets(case):

@@ -145,6 +145,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
                 let (url, key, tokens) = (args.decoder.clone(), key.clone(), args.tokens);
+                let options = options.clone();
                 // A connection per stream, as independent clients would have.
                 tokio::spawn(async move {
                     let mut client = connect_decoder(&url, &options).await?;

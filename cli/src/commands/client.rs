@@ -1,6 +1,7 @@
 //! `icae client …`: talk to running encoder-svc / decoder-svc over gRPC.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -8,7 +9,7 @@ use clap::{Args, Subcommand};
 use icae_client::{
     baseline_text, compress_one, connect_decoder, connect_encoder, finish_reason,
     finish_reason_name, generate_request, generate_with, parse_mode, slot_keys, status_error,
-    ConnectOptions,
+    BearerToken, ClientTls, ConnectOptions,
 };
 use icae_proto::v1::{
     CompressOptions, CompressResponse, GenerateRequest, InfoRequest, Mode, Sampling,
@@ -38,21 +39,56 @@ pub struct ConnectArgs {
     /// Largest message accepted from the server, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// PEM CA certificate that signed the services' certificates (https:// addresses;
+    /// without it the web PKI roots are trusted).
+    #[arg(long, env = "ICAE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mTLS (with --tls-key). Its variables are named apart
+    /// from the services' ICAE_TLS_CERT/KEY, so a client in a service's pod is not confused.
+    #[arg(long, env = "ICAE_CLIENT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ICAE_CLIENT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token sent as `authorization: Bearer <token>` (prefer --token-file or the
+    /// environment: a flag is visible in the process list).
+    #[arg(long, env = "ICAE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored).
+    #[arg(long, env = "ICAE_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
-    fn options(&self) -> ConnectOptions {
-        ConnectOptions {
+    fn options(&self) -> Result<ConnectOptions> {
+        let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some();
+        let tls = any_tls
+            .then(|| {
+                ClientTls::from_files(
+                    self.tls_ca.as_deref(),
+                    self.tls_cert.as_deref(),
+                    self.tls_key.as_deref(),
+                )
+            })
+            .transpose()?;
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(BearerToken::new(token).context("--token")?),
+            (None, Some(path)) => Some(BearerToken::from_file(path)?),
+            (None, None) => None,
+        };
+        Ok(ConnectOptions {
             // Clamped because a zero deadline would fail every call before it is sent.
             timeout: Some(Duration::from_secs_f64(self.timeout_seconds.max(0.001))),
             max_message_bytes: Some(self.max_message_bytes),
-        }
+            tls,
+            token,
+        })
     }
 }
 
 #[derive(Debug, Args)]
 pub struct CompressArgs {
-    /// Encoder address, e.g. http://127.0.0.1:50051.
+    /// Encoder address, e.g. http://127.0.0.1:50051 (https:// for TLS).
     #[arg(long, env = "ICAE_ENCODER_URL")]
     pub encoder: String,
     #[command(flatten)]
@@ -71,7 +107,7 @@ pub struct CompressArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Decoder address, e.g. http://127.0.0.1:50052.
+    /// Decoder address, e.g. http://127.0.0.1:50052 (https:// for TLS).
     #[arg(long, env = "ICAE_DECODER_URL")]
     pub decoder: String,
     /// Slot key from `client compress`; repeat for several slot sets, read in order.
@@ -145,7 +181,7 @@ async fn compress_text(
     ttl_seconds: u32,
     connect: &ConnectArgs,
 ) -> Result<CompressResponse> {
-    let mut client = connect_encoder(encoder, &connect.options()).await?;
+    let mut client = connect_encoder(encoder, &connect.options()?).await?;
     let options = CompressOptions {
         ttl_seconds,
         namespace: namespace.to_string(),
@@ -207,7 +243,7 @@ async fn stream(
     connect: &ConnectArgs,
     json_output: bool,
 ) -> Result<()> {
-    let mut client = connect_decoder(decoder, &connect.options()).await?;
+    let mut client = connect_decoder(decoder, &connect.options()?).await?;
     let generated = generate_with(&mut client, message, |text| {
         if !json_output {
             print!("{text}");
@@ -274,7 +310,7 @@ async fn ask(args: AskArgs) -> Result<()> {
 }
 
 async fn info(args: InfoArgs) -> Result<()> {
-    let options = args.connect.options();
+    let options = args.connect.options()?;
     let response = match (&args.encoder, &args.decoder) {
         (Some(url), _) => {
             connect_encoder(url, &options)
