@@ -151,7 +151,7 @@ async fn request_tokens_and_response_size_are_checked_before_any_work() {
     .await;
     let mut client = integration_tests::encoder(&encoder.url()).await;
     let two = CompressRequest {
-        documents: vec![text_doc(&long_text(15)), text_doc(&long_text(16))],
+        documents: vec![text_doc(long_text(15)), text_doc(long_text(16))],
         options: Some(Default::default()),
     };
     assert_status(
@@ -170,7 +170,7 @@ async fn request_tokens_and_response_size_are_checked_before_any_work() {
         ..Default::default()
     };
     let two_returned = CompressRequest {
-        documents: vec![text_doc(&long_text(12)), text_doc(&long_text(11))],
+        documents: vec![text_doc(long_text(12)), text_doc(long_text(11))],
         options: Some(returned.clone()),
     };
     let started = Instant::now();
@@ -211,6 +211,9 @@ async fn request_tokens_and_response_size_are_checked_before_any_work() {
     assert_eq!(limits.max_input_bytes, 32_768 * 16);
 }
 
+/// Writes something unusable under a key, straight into Redis.
+type Poison<'a> = dyn Fn(&mut redis::Connection) + 'a;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cache_verifies_what_it_reads_and_repairs_it() {
     let _serial = SERIAL.lock().await;
@@ -231,7 +234,7 @@ async fn the_cache_verifies_what_it_reads_and_repairs_it() {
 
     // Another document's slots under A's key, then another Redis type, then garbage:
     // each is recomputed and overwritten, never reported as a hit.
-    let poison: Vec<Box<dyn Fn(&mut redis::Connection)>> = vec![
+    let poison: Vec<Box<Poison<'_>>> = vec![
         Box::new(|c| {
             redis::cmd("SET")
                 .arg(&key_a)

@@ -392,12 +392,16 @@ mod tests {
                  maxmemory:1048576\r\nmaxmemory_policy:{policy}\r\n"
             )
         };
-        assert!(memory_full(&info(2_000_000, "noeviction")).is_some());
-        assert!(memory_full(&info(1_000, "noeviction")).is_none());
-        assert!(memory_full(&info(2_000_000, "allkeys-lru")).is_none());
+        // Below maxmemory, but not by the 100,000 bytes about to be written.
+        let detail = memory_full(&info(1_000_000, "noeviction"), 100_000).unwrap();
         assert!(
-            memory_full("used_memory:5\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction").is_none()
+            detail.contains("1000000") && detail.contains("1048576"),
+            "{detail}"
         );
+        assert!(memory_full(&info(1_000, "noeviction"), 100_000).is_none());
+        assert!(memory_full(&info(1_000_000, "allkeys-lru"), 100_000).is_none());
+        let unlimited = "used_memory:5\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction";
+        assert!(memory_full(unlimited, 100_000).is_none());
     }
 
     #[test]
