@@ -32,6 +32,7 @@ impl TextArgs {
 
 /// Load model + adapter and warn loudly when the adapter is untrained.
 pub fn load_icae(model: &ModelArgs, adapter: &AdapterArgs) -> Result<IcaeModel> {
+    model.apply_threads();
     let icae = IcaeModel::load(
         &model.model,
         &adapter.adapter,

@@ -16,6 +16,20 @@ pub struct ModelArgs {
     /// Where to run the model: cpu, cuda, cuda:N or auto (first GPU if any).
     #[arg(long, env = "ICAE_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
+    /// libtorch's intra-op CPU threads; 0 keeps its default (one per core of the machine).
+    /// In a container with a CPU limit, set it to that limit: more threads than CPUs only
+    /// contend.
+    #[arg(long, env = "ICAE_THREADS", default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    /// Apply --threads to this process (libtorch's thread pool is process-wide).
+    pub fn apply_threads(&self) {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads.min(i32::MAX as usize) as i32);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -39,5 +53,32 @@ impl AdapterArgs {
             lora_alpha: self.lora_alpha,
             compression_rate: self.compression_rate,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    #[test]
+    fn threads_set_libtorchs_pool_and_zero_keeps_its_default() {
+        let default = tch::get_num_threads();
+        let keep = Command::parse_from(["x", "--model", "m"]).model;
+        assert_eq!(keep.threads, 0);
+        keep.apply_threads();
+        assert_eq!(tch::get_num_threads(), default);
+        Command::parse_from(["x", "--model", "m", "--threads", "1"])
+            .model
+            .apply_threads();
+        assert_eq!(tch::get_num_threads(), 1);
+        tch::set_num_threads(default);
     }
 }

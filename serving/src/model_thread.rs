@@ -171,6 +171,7 @@ pub fn load_icae(
     model: &ModelArgs,
     adapter: &AdapterArgs,
 ) -> Result<(IcaeModel, ModelSummary), String> {
+    model.apply_threads();
     let icae = IcaeModel::load(
         &model.model,
         &adapter.adapter,
