@@ -45,6 +45,12 @@ def _train_args(p: argparse.ArgumentParser):
         default=None,
         help="learning rate of memory_token_embed (default: --lr)",
     )
+    p.add_argument(
+        "--projector-lr",
+        type=float,
+        default=None,
+        help="learning rate of the slot projector, if the adapter has one (default: --memory-lr)",
+    )
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument(
         "--min-lr-ratio",
@@ -77,6 +83,7 @@ def _train_config(args):
         steps=args.steps,
         lr=args.lr,
         memory_lr=args.memory_lr,
+        projector_lr=args.projector_lr,
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
         weight_decay=args.weight_decay,
@@ -150,6 +157,7 @@ def cmd_pretrain(args):
         lora_alpha=args.lora_alpha,
         target_modules=args.target_modules.split(","),
         lm_token=args.lm_token,
+        slot_projector=args.slot_projector,
     )
     torch.manual_seed(args.seed)
     if args.init_adapter:
@@ -316,6 +324,12 @@ def main(argv=None):
         "--lm-token",
         action="store_true",
         help="put the LM special token after the slots for LM examples",
+    )
+    p.add_argument(
+        "--slot-projector",
+        action="store_true",
+        help="train a linear map on the slots (hidden x hidden + bias, starts at the token "
+        "embeddings' scale; issue 13's strongest lever); recorded in icae_config.json",
     )
     p.add_argument(
         "--max-segments",

@@ -32,6 +32,7 @@ class TrainConfig:
     steps: int
     lr: float = 1e-4
     memory_lr: float | None = None  # defaults to lr
+    projector_lr: float | None = None  # the slot projector's; defaults to memory_lr
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -52,14 +53,18 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def optimizer_for(model: ICAE, cfg: TrainConfig):
-    lora = [
-        p for n, p in model.named_parameters() if p.requires_grad and "memory_token_embed" not in n
-    ]
+    own = ("memory_token_embed", "slot_projector")
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(own)]
     memory = [model.memory_token_embed.weight]
     groups = [
         {"params": lora, "lr": cfg.lr},
         {"params": memory, "lr": cfg.memory_lr or cfg.lr},
     ]
+    # A third group only with a projector, so runs without one keep their optimizer layout
+    # (and their checkpoints resume unchanged).
+    if model.slot_projector is not None:
+        projector_lr = cfg.projector_lr or cfg.memory_lr or cfg.lr
+        groups.append({"params": list(model.slot_projector.parameters()), "lr": projector_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     return optimizer, scheduler
