@@ -237,7 +237,7 @@ def cmd_eval(args):
     if args.heldout:
         documents = _tokenize_documents(tokenizer, args.heldout, None)
         report["autoencode"] = autoencode_eval(
-            model, documents, args.passage_tokens, args.passages, args.seed
+            model, tokenizer, documents, args.passage_tokens, args.passages, args.seed
         )
     if args.pwc:
         records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
@@ -359,7 +359,11 @@ def main(argv=None):
     p.add_argument("--max-context-tokens", type=int, default=2048)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("eval", help="AE BLEU / exact prefix on held-out text; ROUGE-L on PwC data")
+    p = sub.add_parser(
+        "eval",
+        help="AE BLEU (sacrebleu) / exact prefix / token accuracy on held-out text; "
+        "ROUGE-L (rouge-score) on PwC data",
+    )
     _model_args(p)
     p.add_argument("--adapter", type=Path, required=True)
     p.add_argument("--heldout", type=Path, help="held-out corpus JSONL")
