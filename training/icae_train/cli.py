@@ -74,6 +74,18 @@ def _train_args(p: argparse.ArgumentParser):
         default=None,
         help="run at most this many steps in this session (resumable)",
     )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="end this session with a checkpoint after this much wall time (resumable)",
+    )
+    p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="write only the checkpoint, not run-dir/adapter (e.g. on a machine without the "
+        "imported model directory; `icae-train export` later)",
+    )
 
 
 def _train_config(args):
@@ -107,6 +119,83 @@ def cmd_build_corpus(args):
     print(json.dumps(build(args.out, args.heldout_percent), indent=2))
 
 
+def cmd_tokenize(args):
+    from transformers import AutoTokenizer
+
+    from .data import write_tokens
+
+    documents = _tokenize_documents(
+        AutoTokenizer.from_pretrained(args.model), args.corpus / "train.jsonl", None
+    )
+    write_tokens(args.out, documents)
+    print(json.dumps({"documents": len(documents), "tokens": sum(map(len, documents))}))
+
+
+def _overfit_texts(args, tokenizer) -> list[list[int]]:
+    """`--texts` windows of `--text-tokens` tokens, one per document, from the corpus (or,
+    without one, the Markdown files under the repository's docs/), chosen by `--seed`."""
+    import random
+
+    from .data import read_tokens
+
+    if args.tokens:
+        documents = read_tokens(args.tokens)
+    elif args.corpus:
+        documents = _tokenize_documents(tokenizer, args.corpus / "train.jsonl", None)
+    else:
+        docs_dir = Path(__file__).resolve().parents[2] / "docs"
+        texts = [p.read_text() for p in sorted(docs_dir.glob("*.md"))]
+        documents = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    long_enough = [d for d in documents if len(d) >= args.text_tokens]
+    if len(long_enough) < args.texts:
+        sys.exit(f"error: only {len(long_enough)} documents have {args.text_tokens} tokens")
+    rng = random.Random(args.seed)
+    chosen = rng.sample(long_enough, args.texts)
+    out = []
+    for doc in chosen:
+        start = rng.randint(0, len(doc) - args.text_tokens)
+        out.append(doc[start : start + args.text_tokens])
+    return out
+
+
+def cmd_overfit(args):
+    from transformers import AutoTokenizer
+
+    from .model import ICAE, IcaeConfig
+    from .overfit import OverfitConfig, overfit
+
+    device, dtype = _device(args.device)
+    texts = _overfit_texts(args, AutoTokenizer.from_pretrained(args.model))
+    config = IcaeConfig(
+        mem_size=args.mem_size,
+        compression_rate=args.compression_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        target_modules=args.target_modules.split(","),
+        slot_projector=args.slot_projector,
+    )
+    torch.manual_seed(args.seed)
+    model = ICAE(args.model, config, dtype=dtype, device=device)
+    cfg = OverfitConfig(
+        max_steps=args.steps,
+        target_accuracy=args.target_accuracy,
+        lr=args.lr,
+        memory_lr=args.memory_lr,
+        projector_lr=args.projector_lr,
+    )
+    history = overfit(model, texts, cfg, log=lambda r: print(json.dumps(r), flush=True))
+    report = {"icae": config.__dict__, "overfit": cfg.__dict__, "history": history}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    last = history[-1]
+    reached = last["accuracy"] >= args.target_accuracy
+    print(
+        f"{'reached' if reached else 'did not reach'} accuracy {args.target_accuracy} "
+        f"(last {last['accuracy']:.3f}, loss {last['loss']:.3f}) at step {last['step']} "
+        f"in {last['seconds']:.0f} s"
+    )
+
+
 def cmd_make_qa(args):
     from .data import read_jsonl
     from .qa import make_qa
@@ -135,8 +224,9 @@ def _train_and_export(args, model, tokenizer, example_for, objective: str, notes
         meta,
         resume=not args.no_resume,
         stop_after=args.stop_after,
+        max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
     )
-    if not _is_main_process():
+    if not _is_main_process() or args.no_export:
         return
     save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
     print(f"adapter written to {args.run_dir / 'adapter'}")
@@ -149,7 +239,8 @@ def cmd_pretrain(args):
     from .model import ICAE, AutoencodeInput, IcaeConfig, LmInput
 
     device, dtype = _device(args.device)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    # A GGUF base (scripts/train-gpu.sh) has no tokenizer directory: it needs --tokens.
+    tokenizer = None if args.model.endswith(".gguf") else AutoTokenizer.from_pretrained(args.model)
     config = IcaeConfig(
         mem_size=args.mem_size,
         compression_rate=args.compression_rate,
@@ -170,8 +261,16 @@ def cmd_pretrain(args):
     else:
         model = ICAE(args.model, config, dtype=dtype, device=device)
     capacity = config.mem_size * config.compression_rate
+    if args.tokens:
+        from .data import read_tokens
+
+        documents = read_tokens(args.tokens)[: args.max_documents]
+    elif args.corpus and tokenizer is not None:
+        documents = _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents)
+    else:
+        sys.exit("error: pretrain needs --corpus (with an HF model directory) or --tokens")
     stream = PretrainStream(
-        _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents),
+        documents,
         seed=args.seed,
         max_tokens=capacity * args.max_segments,
         min_tokens=args.min_tokens,
@@ -288,6 +387,41 @@ def main(argv=None):
     p.set_defaults(func=cmd_build_corpus)
 
     p = sub.add_parser(
+        "tokenize", help="tokenize a corpus's train.jsonl into one .npz (for --tokens)"
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser(
+        "overfit",
+        help="the overfit check: train on one fixed batch until its teacher-forced AE "
+        "accuracy reaches a target (issue 13)",
+    )
+    _model_args(p)
+    p.add_argument("--corpus", type=Path, help="texts from this corpus (default: docs/*.md)")
+    p.add_argument("--tokens", type=Path, help="texts from this tokenized .npz")
+    p.add_argument("--texts", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=64)
+    p.add_argument("--mem-size", type=int, default=16)
+    p.add_argument("--compression-rate", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument(
+        "--target-modules", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )
+    p.add_argument("--slot-projector", action="store_true")
+    p.add_argument("--steps", type=int, default=300, help="most optimizer steps")
+    p.add_argument("--target-accuracy", type=float, default=0.95)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--memory-lr", type=float, default=1e-3)
+    p.add_argument("--projector-lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the history as JSON here")
+    p.set_defaults(func=cmd_overfit)
+
+    p = sub.add_parser(
         "make-qa", help="write (input, prompt, answer) triples with the base model itself"
     )
     p.add_argument("--model", required=True)
@@ -300,7 +434,12 @@ def main(argv=None):
     p = sub.add_parser("pretrain", help="autoencoding + language-modelling pretraining")
     _model_args(p)
     _train_args(p)
-    p.add_argument("--corpus", type=Path, required=True, help="directory with train.jsonl")
+    p.add_argument("--corpus", type=Path, help="directory with train.jsonl")
+    p.add_argument(
+        "--tokens",
+        type=Path,
+        help="tokenized documents (.npz from `icae-train tokenize`) instead of --corpus",
+    )
     p.add_argument("--max-documents", type=int, default=None)
     p.add_argument(
         "--init-adapter",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -97,7 +98,7 @@ class ICAE(nn.Module):
     def __init__(self, model_dir: str, config: IcaeConfig, dtype=torch.float32, device="cpu"):
         super().__init__()
         self.config = config
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        base = load_base(model_dir, dtype)
         for p in base.parameters():
             p.requires_grad = False
         self.eos_ids = _eos_ids(base)
@@ -282,6 +283,18 @@ class ICAE(nn.Module):
                 f"unexpected {sorted(unexpected)[:3]}"
             )
         self.load_state_dict({k: v.to(self.device) for k, v in tensors.items()}, strict=False)
+
+
+def load_base(model: str, dtype):
+    """An HF model directory, or a GGUF file (as scripts/train-gpu.sh ships the base model to
+    a machine without the imported directory: 94 MiB instead of 514). transformers
+    dequantizes the GGUF with the `gguf` package to the same f32 values as `icae import`."""
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype
+        )
+    return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
 
 
 def slot_projector_init(base) -> nn.Linear:

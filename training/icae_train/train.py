@@ -170,10 +170,12 @@ def train(
     meta: dict,
     resume: bool = True,
     stop_after: int | None = None,
+    max_seconds: float | None = None,
 ) -> list[dict]:
     """Run steps [start, cfg.steps). `example_for(step, index)` gives example `index` of a
-    step, typed by its objective (see `ICAE.forward`). `stop_after` ends the
-    session early (the run stays resumable), e.g. to fit a time budget."""
+    step, typed by its objective (see `ICAE.forward`). `stop_after` (steps) and `max_seconds`
+    (wall time of this session) end it early with a checkpoint (the run stays resumable),
+    e.g. to fit a rented machine's time."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=model.device.type == "cpu")
@@ -214,6 +216,7 @@ def train(
         disable=not main,
     )
     window_tokens, window_started = 0, time.time()
+    session_started = window_started
     model.train()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
@@ -253,6 +256,13 @@ def train(
                 tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}",
                 lr=f"{record['lr']:.1e}",
             )
+        out_of_time = False
+        if max_seconds is not None:
+            # Any process out of time stops all of them (clocks differ between processes).
+            late = torch.tensor(float(time.time() - session_started > max_seconds))
+            out_of_time = accelerator.reduce(late.to(accelerator.device), "sum").item() > 0
+        if out_of_time:
+            end = step + 1
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             if main:
                 metrics.flush()
@@ -264,6 +274,10 @@ def train(
                 )
             accelerator.wait_for_everyone()
             window_tokens, window_started = 0, time.time()
+        if out_of_time:
+            if main:
+                print(f"time budget of {max_seconds:.0f} s spent: stopped at step {step + 1}")
+            break
     if metrics:
         metrics.close()
     return history
