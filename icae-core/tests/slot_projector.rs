@@ -11,32 +11,13 @@ use common::tiny_model::{
     write_random_adapter,
 };
 use icae_core::adapter::{
-    save_adapter, Adapter, LoadOptions, NamedTensor, CONFIG_FILE, SLOT_PROJECTOR_BIAS,
-    SLOT_PROJECTOR_WEIGHT,
+    save_adapter, LoadOptions, NamedTensor, CONFIG_FILE, SLOT_PROJECTOR_BIAS, SLOT_PROJECTOR_WEIGHT,
 };
-use icae_core::model::ModelConfig;
 use icae_core::{DeviceSpec, IcaeModel, Mode};
 use tch::{Device, Kind, Tensor};
 
-fn load(path: &Path, config: &ModelConfig) -> Result<Adapter, String> {
-    Adapter::load(
-        path,
-        config,
-        &LoadOptions::default(),
-        None,
-        Device::Cpu,
-        Kind::Float,
-    )
-    .map_err(|e| e.to_string())
-}
-
 fn icae(model: &Path, adapter: &Path) -> IcaeModel {
     IcaeModel::load(model, adapter, &LoadOptions::default(), DeviceSpec::Cpu).unwrap()
-}
-
-fn tensor(t: &NamedTensor) -> Tensor {
-    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-    Tensor::from_slice(&t.data).view(dims.as_slice())
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -64,7 +45,7 @@ fn projected_slots_are_the_raw_slots_through_the_affine_map() {
     let raw = plain.compress(&doc).unwrap();
     let got = projected.compress(&doc).unwrap();
     assert_eq!(got.num_segments, 2);
-    let want = raw.slots.matmul(&tensor(weight).tr()) + tensor(bias);
+    let want = raw.slots.matmul(&to_tensor(weight).tr()) + to_tensor(bias);
     assert!(max_abs_diff(&got.slots, &want) < 1e-4);
     assert!(
         max_abs_diff(&got.slots, &raw.slots) > 0.1,
@@ -120,7 +101,7 @@ fn a_bare_file_with_the_keys_has_a_projector() {
     tensors.extend(projector_tensors(&tiny.config, 3));
     let named: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|t| (t.name.clone(), tensor(t)))
+        .map(|t| (t.name.clone(), to_tensor(t)))
         .collect();
     Tensor::write_safetensors(&named, &path).unwrap();
     let adapter = load(&path, &tiny.config).unwrap();
@@ -128,7 +109,9 @@ fn a_bare_file_with_the_keys_has_a_projector() {
     let projector = adapter.slot_projector.as_ref().unwrap();
     let h = tiny.config.hidden_size as i64;
     assert_eq!(projector.weight.size(), vec![h, h]);
-    assert!(projector.bias.equal(&tensor(&tensors[tensors.len() - 1])));
+    assert!(projector
+        .bias
+        .equal(&to_tensor(&tensors[tensors.len() - 1])));
 }
 
 #[test]

@@ -15,7 +15,8 @@ from icae_train.model import ICAE, IcaeConfig
 from icae_train.overfit import OverfitConfig, overfit
 
 TEXTS, TEXT_TOKENS, MEM_SIZE, RATE, VOCAB = 8, 8, 4, 2, 256
-# Measured: 0.71 after 50 steps on a loaded CI CPU; the bound leaves room for variance.
+# Measured: 0.71 after 50 steps, 0.958 after 130 (scripted run, same seeds); the bound
+# leaves room for variance across torch builds.
 MAX_STEPS, LR, PROJECTOR_LR = 200, 1e-3, 1e-2
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -50,6 +51,7 @@ def texts():
 
 def test_a_fixed_batch_is_memorised(tiny_dir):
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared CPU
     config = IcaeConfig(
         mem_size=MEM_SIZE,
@@ -62,7 +64,10 @@ def test_a_fixed_batch_is_memorised(tiny_dir):
     cfg = OverfitConfig(
         max_steps=MAX_STEPS, lr=LR, memory_lr=PROJECTOR_LR, projector_lr=PROJECTOR_LR
     )
-    history = overfit(model, texts(), cfg)
+    try:
+        history = overfit(model, texts(), cfg)
+    finally:
+        torch.set_num_threads(threads)
     first, last = history[0], history[-1]
     assert first["accuracy"] < 0.1, "the check must start far from its target"
     assert last["accuracy"] >= 0.95, (last, history[::10])

@@ -30,6 +30,35 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 
+def _icae_args(p: argparse.ArgumentParser, mem_size: int, lora_r: int, targets: str):
+    """The adapter's shape (what a fresh ICAE is built with); defaults differ by command."""
+    p.add_argument("--mem-size", type=int, default=mem_size)
+    p.add_argument("--compression-rate", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=lora_r)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--target-modules", default=targets)
+    p.add_argument(
+        "--slot-projector",
+        action="store_true",
+        help="train a linear map on the slots (hidden x hidden + bias, starts at the token "
+        "embeddings' scale; issue 13's strongest lever); recorded in icae_config.json",
+    )
+
+
+def _icae_config(args):
+    from .model import IcaeConfig
+
+    return IcaeConfig(
+        mem_size=args.mem_size,
+        compression_rate=args.compression_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        target_modules=args.target_modules.split(","),
+        lm_token=getattr(args, "lm_token", False),
+        slot_projector=args.slot_projector,
+    )
+
+
 def _train_args(p: argparse.ArgumentParser):
     p.add_argument(
         "--run-dir",
@@ -132,8 +161,8 @@ def cmd_tokenize(args):
 
 
 def _overfit_texts(args, tokenizer) -> list[list[int]]:
-    """`--texts` windows of `--text-tokens` tokens, one per document, from the corpus (or,
-    without one, the Markdown files under the repository's docs/), chosen by `--seed`."""
+    """`--texts` windows of `--text-tokens` tokens from the corpus (or, without one, the
+    Markdown files under the repository's docs/), chosen by `--seed`."""
     import random
 
     from .data import read_tokens
@@ -146,34 +175,23 @@ def _overfit_texts(args, tokenizer) -> list[list[int]]:
         docs_dir = Path(__file__).resolve().parents[2] / "docs"
         texts = [p.read_text() for p in sorted(docs_dir.glob("*.md"))]
         documents = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    long_enough = [d for d in documents if len(d) >= args.text_tokens]
-    if len(long_enough) < args.texts:
-        sys.exit(f"error: only {len(long_enough)} documents have {args.text_tokens} tokens")
-    rng = random.Random(args.seed)
-    chosen = rng.sample(long_enough, args.texts)
-    out = []
-    for doc in chosen:
-        start = rng.randint(0, len(doc) - args.text_tokens)
-        out.append(doc[start : start + args.text_tokens])
-    return out
+    # Non-overlapping windows of every document, `--texts` of them drawn by `--seed`.
+    n = args.text_tokens
+    windows = [d[i : i + n] for d in documents for i in range(0, len(d) - n + 1, n)]
+    if len(windows) < args.texts:
+        sys.exit(f"error: only {len(windows)} windows of {n} tokens in the texts")
+    return random.Random(args.seed).sample(windows, args.texts)
 
 
 def cmd_overfit(args):
     from transformers import AutoTokenizer
 
-    from .model import ICAE, IcaeConfig
+    from .model import ICAE
     from .overfit import OverfitConfig, overfit
 
     device, dtype = _device(args.device)
     texts = _overfit_texts(args, AutoTokenizer.from_pretrained(args.model))
-    config = IcaeConfig(
-        mem_size=args.mem_size,
-        compression_rate=args.compression_rate,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        target_modules=args.target_modules.split(","),
-        slot_projector=args.slot_projector,
-    )
+    config = _icae_config(args)
     torch.manual_seed(args.seed)
     model = ICAE(args.model, config, dtype=dtype, device=device)
     cfg = OverfitConfig(
@@ -236,20 +254,12 @@ def cmd_pretrain(args):
     from transformers import AutoTokenizer
 
     from .data import PretrainStream
-    from .model import ICAE, AutoencodeInput, IcaeConfig, LmInput
+    from .model import ICAE, AutoencodeInput, LmInput
 
     device, dtype = _device(args.device)
     # A GGUF base (scripts/train-gpu.sh) has no tokenizer directory: it needs --tokens.
     tokenizer = None if args.model.endswith(".gguf") else AutoTokenizer.from_pretrained(args.model)
-    config = IcaeConfig(
-        mem_size=args.mem_size,
-        compression_rate=args.compression_rate,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        target_modules=args.target_modules.split(","),
-        lm_token=args.lm_token,
-        slot_projector=args.slot_projector,
-    )
+    config = _icae_config(args)
     torch.manual_seed(args.seed)
     if args.init_adapter:
         # Warm start from an adapter directory (e.g. the committed default adapter): its
@@ -404,14 +414,7 @@ def main(argv=None):
     p.add_argument("--tokens", type=Path, help="texts from this tokenized .npz")
     p.add_argument("--texts", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=64)
-    p.add_argument("--mem-size", type=int, default=16)
-    p.add_argument("--compression-rate", type=int, default=4)
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument(
-        "--target-modules", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    )
-    p.add_argument("--slot-projector", action="store_true")
+    _icae_args(p, 16, 16, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     p.add_argument("--steps", type=int, default=300, help="most optimizer steps")
     p.add_argument("--target-accuracy", type=float, default=0.95)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -448,11 +451,7 @@ def main(argv=None):
         help="start from this adapter directory (its mem_size/rate/LoRA settings win) "
         "instead of a fresh one",
     )
-    p.add_argument("--mem-size", type=int, default=32)
-    p.add_argument("--compression-rate", type=int, default=4)
-    p.add_argument("--lora-r", type=int, default=32)
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--target-modules", default="q_proj,v_proj")
+    _icae_args(p, 32, 32, "q_proj,v_proj")
     p.add_argument(
         "--lm-ratio",
         type=float,
@@ -463,12 +462,6 @@ def main(argv=None):
         "--lm-token",
         action="store_true",
         help="put the LM special token after the slots for LM examples",
-    )
-    p.add_argument(
-        "--slot-projector",
-        action="store_true",
-        help="train a linear map on the slots (hidden x hidden + bias, starts at the token "
-        "embeddings' scale; issue 13's strongest lever); recorded in icae_config.json",
     )
     p.add_argument(
         "--max-segments",

@@ -198,3 +198,25 @@ pub fn write_projector_adapter(
     save_adapter(&path, &adapter_config, &tensors).unwrap();
     path
 }
+
+/// A saved tensor back as a `Tensor` of its shape.
+pub fn to_tensor(t: &NamedTensor) -> Tensor {
+    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(&t.data).view(dims.as_slice())
+}
+
+/// Load an adapter (directory or bare file) on the CPU in f32; errors as their message.
+pub fn load_adapter(
+    path: &Path,
+    config: &ModelConfig,
+) -> Result<icae_core::adapter::Adapter, String> {
+    icae_core::adapter::Adapter::load(
+        path,
+        config,
+        &icae_core::adapter::LoadOptions::default(),
+        None,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+    )
+    .map_err(|e| e.to_string())
+}
