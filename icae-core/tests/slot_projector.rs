@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::tiny_model::{
-    adapter_config, projector_tensors, random_adapter_tensors, tiny_model, write_projector_adapter,
-    write_random_adapter,
+    adapter_config, load_adapter as load, projector_tensors, random_adapter_tensors, tiny_model,
+    to_tensor, write_projector_adapter, write_random_adapter,
 };
 use icae_core::adapter::{
     save_adapter, LoadOptions, NamedTensor, CONFIG_FILE, SLOT_PROJECTOR_BIAS, SLOT_PROJECTOR_WEIGHT,
