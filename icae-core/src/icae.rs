@@ -140,7 +140,8 @@ impl IcaeModel {
         num_tokens.div_ceil(self.adapter.segment_capacity())
     }
 
-    /// Compress token ids into memory slots (LoRA on).
+    /// Compress token ids into memory slots (LoRA on; the adapter's slot projector, if any,
+    /// applied).
     pub fn compress(&self, ids: &[u32]) -> Result<Compressed, IcaeError> {
         let mut all = self.compress_many(&[ids])?;
         Ok(all.remove(0))
@@ -214,6 +215,12 @@ impl IcaeModel {
                     self.base
                         .forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
                 let slots = hidden.narrow(1, len, k);
+                // Slots leave the encoder projected: what is stored and sent is what the
+                // decoder reads (see adapter/projector.rs).
+                let slots = match &self.adapter.slot_projector {
+                    Some(projector) => projector.apply(&slots),
+                    None => slots,
+                };
                 for (row, &(doc, seg, _)) in batch_segments.iter().enumerate() {
                     outputs[doc][seg] = Some(slots.get(row as i64));
                 }

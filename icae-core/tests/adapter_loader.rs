@@ -5,35 +5,18 @@ mod common;
 
 use std::path::Path;
 
-use common::tiny_model::{adapter_config, named, random_adapter_tensors, tiny_model};
-use icae_core::adapter::{save_adapter, Adapter, LoadOptions, NamedTensor, MEMORY_EMBED};
-use icae_core::model::ModelConfig;
+use common::tiny_model::{
+    adapter_config, load_adapter as load, named, random_adapter_tensors, tiny_model, to_tensor,
+};
+use icae_core::adapter::{save_adapter, NamedTensor, MEMORY_EMBED};
 use tch::{Device, Kind, Tensor};
 
 fn write_file(path: &Path, tensors: &[NamedTensor]) {
     let named: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|t| {
-            let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-            (
-                t.name.clone(),
-                Tensor::from_slice(&t.data).view(dims.as_slice()),
-            )
-        })
+        .map(|t| (t.name.clone(), to_tensor(t)))
         .collect();
     Tensor::write_safetensors(&named, path).unwrap();
-}
-
-fn load(path: &Path, config: &ModelConfig) -> Result<Adapter, String> {
-    Adapter::load(
-        path,
-        config,
-        &LoadOptions::default(),
-        None,
-        Device::Cpu,
-        Kind::Float,
-    )
-    .map_err(|e| e.to_string())
 }
 
 #[test]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import run_icae_json
 from icae_train.data import PretrainStream
-from icae_train.metrics import corpus_bleu, prefix_match, rouge_l
+from icae_train.metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
 from icae_train.model import (
     ICAE,
     AnswerInput,
@@ -32,14 +32,24 @@ TEXT = (
 ) * 6
 
 
-def test_metrics():
-    ref = list("the cat sat on the mat".split())
+def test_metrics_are_the_standard_ones_on_text():
+    """sacrebleu BLEU (0-1) and rouge-score ROUGE-L on detokenized text; ids for the rest."""
+    ref = "The cat sat on the mat, next to 3 dogs."
     assert corpus_bleu([ref], [ref]) == pytest.approx(1.0)
-    assert corpus_bleu([ref], [["dog"]]) == 0.0
-    assert rouge_l(ref, ref) == pytest.approx(1.0)
-    # LCS("the cat sat", "the sat") = 2: P = 1, R = 2/3.
-    assert rouge_l("the cat sat".split(), "the sat".split()) == pytest.approx(0.8)
+    # 13a tokenization: punctuation spacing does not matter, case does.
+    assert corpus_bleu([ref], ["The cat sat on the mat , next to 3 dogs ."]) == pytest.approx(1.0)
+    assert corpus_bleu([ref], ["the cat sat on the mat, next to 3 dogs."]) < 1.0
+    assert corpus_bleu([ref], ["dog"]) == 0.0
+    # A hypothesis that is a 4-gram-complete prefix: precision 1, brevity penalty only.
+    half = "The cat sat on the mat"
+    assert corpus_bleu([ref], [half]) == pytest.approx(math.exp(1 - 12 / 6), rel=1e-6)
+    with pytest.raises(ValueError):
+        corpus_bleu([ref, ref], [ref])
+    # LCS("the cat sat", "the sat") = 2: P = 1, R = 2/3; lower-cased, punctuation dropped.
+    assert rouge_l("the cat sat", "The sat!") == pytest.approx(0.8)
+    assert rouge_l("a b", "c d") == 0.0
     assert prefix_match([1, 2, 3, 4], [1, 2, 9, 4]) == 0.5
+    assert token_accuracy([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5]]) == pytest.approx(4 / 6)
 
 
 def test_pretrain_stream_is_deterministic_and_bounded():
@@ -229,11 +239,15 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     cmd = [
         "icae-train", "eval", "--model", str(model_dir), "--adapter", str(run / "adapter"),
         "--device", "cpu", "--pwc", str(qa), "--questions", "2", "--max-new-tokens", "8",
+        "--heldout", str(corpus / "train.jsonl"), "--passages", "2", "--passage-tokens", "12",
         "--out", str(out),
     ]
     # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    autoencode = json.loads(out.read_text())["autoencode"]
+    assert autoencode["passages"] == 2 and autoencode["slots"] == 8
+    assert all(0.0 <= autoencode[k] <= 1.0 for k in ("bleu4", "exact_prefix", "token_accuracy"))
     report = json.loads(out.read_text())["answers"]
     assert report["questions"] == 2 and 0.0 <= report["rouge_l_slots"] <= 1.0
     assert all("from_slots" in a and "from_full_context" in a for a in report["answers"])

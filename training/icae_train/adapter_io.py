@@ -1,5 +1,7 @@
 """Adapter directories as `icae`, `encoder-svc` and `decoder-svc` load them:
-`adapter.safetensors` (official v2 keys, f32) + `icae_config.json`."""
+`adapter.safetensors` (official v2 keys, f32) + `icae_config.json`. An adapter with a slot
+projector also holds `slot_projector.weight` / `.bias` (f32) and records
+`"slot_projector": true`; without one the directory is exactly what it was before."""
 
 from __future__ import annotations
 
@@ -104,6 +106,9 @@ def save_adapter(
         "trained": trained,
         "notes": notes,
     }
+    if c.slot_projector:
+        # Only when on, as icae-core writes it: other adapters keep their exact config.
+        config["slot_projector"] = True
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -119,6 +124,7 @@ def read_config(adapter_dir: str | Path) -> IcaeConfig:
         lora_alpha=raw["lora_alpha"],
         target_modules=raw["target_modules"],
         lm_token=raw.get("continue_with_lm_token", False),
+        slot_projector=raw.get("slot_projector", False),
     )
 
 

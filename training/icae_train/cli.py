@@ -30,6 +30,35 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 
+def _icae_args(p: argparse.ArgumentParser, mem_size: int, lora_r: int, targets: str):
+    """The adapter's shape (what a fresh ICAE is built with); defaults differ by command."""
+    p.add_argument("--mem-size", type=int, default=mem_size)
+    p.add_argument("--compression-rate", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=lora_r)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--target-modules", default=targets)
+    p.add_argument(
+        "--slot-projector",
+        action="store_true",
+        help="train a linear map on the slots (hidden x hidden + bias, starts at the token "
+        "embeddings' scale; issue 13's strongest lever); recorded in icae_config.json",
+    )
+
+
+def _icae_config(args):
+    from .model import IcaeConfig
+
+    return IcaeConfig(
+        mem_size=args.mem_size,
+        compression_rate=args.compression_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        target_modules=args.target_modules.split(","),
+        lm_token=getattr(args, "lm_token", False),
+        slot_projector=args.slot_projector,
+    )
+
+
 def _train_args(p: argparse.ArgumentParser):
     p.add_argument(
         "--run-dir",
@@ -44,6 +73,12 @@ def _train_args(p: argparse.ArgumentParser):
         type=float,
         default=None,
         help="learning rate of memory_token_embed (default: --lr)",
+    )
+    p.add_argument(
+        "--projector-lr",
+        type=float,
+        default=None,
+        help="learning rate of the slot projector, if the adapter has one (default: --memory-lr)",
     )
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument(
@@ -68,6 +103,18 @@ def _train_args(p: argparse.ArgumentParser):
         default=None,
         help="run at most this many steps in this session (resumable)",
     )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="end this session with a checkpoint after this much wall time (resumable)",
+    )
+    p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="write only the checkpoint, not run-dir/adapter (e.g. on a machine without the "
+        "imported model directory; `icae-train export` later)",
+    )
 
 
 def _train_config(args):
@@ -77,6 +124,7 @@ def _train_config(args):
         steps=args.steps,
         lr=args.lr,
         memory_lr=args.memory_lr,
+        projector_lr=args.projector_lr,
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
         weight_decay=args.weight_decay,
@@ -98,6 +146,72 @@ def cmd_build_corpus(args):
     from .corpus import build
 
     print(json.dumps(build(args.out, args.heldout_percent), indent=2))
+
+
+def cmd_tokenize(args):
+    from transformers import AutoTokenizer
+
+    from .data import write_tokens
+
+    documents = _tokenize_documents(
+        AutoTokenizer.from_pretrained(args.model), args.corpus / "train.jsonl", None
+    )
+    write_tokens(args.out, documents)
+    print(json.dumps({"documents": len(documents), "tokens": sum(map(len, documents))}))
+
+
+def _overfit_texts(args, tokenizer) -> list[list[int]]:
+    """`--texts` windows of `--text-tokens` tokens from the corpus (or, without one, the
+    Markdown files under the repository's docs/), chosen by `--seed`."""
+    import random
+
+    from .data import read_tokens
+
+    if args.tokens:
+        documents = read_tokens(args.tokens)
+    elif args.corpus:
+        documents = _tokenize_documents(tokenizer, args.corpus / "train.jsonl", None)
+    else:
+        docs_dir = Path(__file__).resolve().parents[2] / "docs"
+        texts = [p.read_text() for p in sorted(docs_dir.glob("*.md"))]
+        documents = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # Non-overlapping windows of every document, `--texts` of them drawn by `--seed`.
+    n = args.text_tokens
+    windows = [d[i : i + n] for d in documents for i in range(0, len(d) - n + 1, n)]
+    if len(windows) < args.texts:
+        sys.exit(f"error: only {len(windows)} windows of {n} tokens in the texts")
+    return random.Random(args.seed).sample(windows, args.texts)
+
+
+def cmd_overfit(args):
+    from transformers import AutoTokenizer
+
+    from .model import ICAE
+    from .overfit import OverfitConfig, overfit
+
+    device, dtype = _device(args.device)
+    texts = _overfit_texts(args, AutoTokenizer.from_pretrained(args.model))
+    config = _icae_config(args)
+    torch.manual_seed(args.seed)
+    model = ICAE(args.model, config, dtype=dtype, device=device)
+    cfg = OverfitConfig(
+        max_steps=args.steps,
+        target_accuracy=args.target_accuracy,
+        lr=args.lr,
+        memory_lr=args.memory_lr,
+        projector_lr=args.projector_lr,
+    )
+    history = overfit(model, texts, cfg, log=lambda r: print(json.dumps(r), flush=True))
+    report = {"icae": config.__dict__, "overfit": cfg.__dict__, "history": history}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    last = history[-1]
+    reached = last["accuracy"] >= args.target_accuracy
+    print(
+        f"{'reached' if reached else 'did not reach'} accuracy {args.target_accuracy} "
+        f"(last {last['accuracy']:.3f}, loss {last['loss']:.3f}) at step {last['step']} "
+        f"in {last['seconds']:.0f} s"
+    )
 
 
 def cmd_make_qa(args):
@@ -128,8 +242,9 @@ def _train_and_export(args, model, tokenizer, example_for, objective: str, notes
         meta,
         resume=not args.no_resume,
         stop_after=args.stop_after,
+        max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
     )
-    if not _is_main_process():
+    if not _is_main_process() or args.no_export:
         return
     save_adapter(model, args.model, args.run_dir / "adapter", tokenizer, notes)
     print(f"adapter written to {args.run_dir / 'adapter'}")
@@ -139,18 +254,12 @@ def cmd_pretrain(args):
     from transformers import AutoTokenizer
 
     from .data import PretrainStream
-    from .model import ICAE, AutoencodeInput, IcaeConfig, LmInput
+    from .model import ICAE, AutoencodeInput, LmInput
 
     device, dtype = _device(args.device)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    config = IcaeConfig(
-        mem_size=args.mem_size,
-        compression_rate=args.compression_rate,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        target_modules=args.target_modules.split(","),
-        lm_token=args.lm_token,
-    )
+    # A GGUF base (scripts/train-gpu.sh) has no tokenizer directory: it needs --tokens.
+    tokenizer = None if args.model.endswith(".gguf") else AutoTokenizer.from_pretrained(args.model)
+    config = _icae_config(args)
     torch.manual_seed(args.seed)
     if args.init_adapter:
         # Warm start from an adapter directory (e.g. the committed default adapter): its
@@ -162,8 +271,16 @@ def cmd_pretrain(args):
     else:
         model = ICAE(args.model, config, dtype=dtype, device=device)
     capacity = config.mem_size * config.compression_rate
+    if args.tokens:
+        from .data import read_tokens
+
+        documents = read_tokens(args.tokens)[: args.max_documents]
+    elif args.corpus and tokenizer is not None:
+        documents = _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents)
+    else:
+        sys.exit("error: pretrain needs --corpus (with an HF model directory) or --tokens")
     stream = PretrainStream(
-        _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents),
+        documents,
         seed=args.seed,
         max_tokens=capacity * args.max_segments,
         min_tokens=args.min_tokens,
@@ -229,7 +346,7 @@ def cmd_eval(args):
     if args.heldout:
         documents = _tokenize_documents(tokenizer, args.heldout, None)
         report["autoencode"] = autoencode_eval(
-            model, documents, args.passage_tokens, args.passages, args.seed
+            model, tokenizer, documents, args.passage_tokens, args.passages, args.seed
         )
     if args.pwc:
         records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
@@ -280,6 +397,34 @@ def main(argv=None):
     p.set_defaults(func=cmd_build_corpus)
 
     p = sub.add_parser(
+        "tokenize", help="tokenize a corpus's train.jsonl into one .npz (for --tokens)"
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser(
+        "overfit",
+        help="the overfit check: train on one fixed batch until its teacher-forced AE "
+        "accuracy reaches a target (issue 13)",
+    )
+    _model_args(p)
+    p.add_argument("--corpus", type=Path, help="texts from this corpus (default: docs/*.md)")
+    p.add_argument("--tokens", type=Path, help="texts from this tokenized .npz")
+    p.add_argument("--texts", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=64)
+    _icae_args(p, 16, 16, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    p.add_argument("--steps", type=int, default=300, help="most optimizer steps")
+    p.add_argument("--target-accuracy", type=float, default=0.95)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--memory-lr", type=float, default=1e-3)
+    p.add_argument("--projector-lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the history as JSON here")
+    p.set_defaults(func=cmd_overfit)
+
+    p = sub.add_parser(
         "make-qa", help="write (input, prompt, answer) triples with the base model itself"
     )
     p.add_argument("--model", required=True)
@@ -292,7 +437,12 @@ def main(argv=None):
     p = sub.add_parser("pretrain", help="autoencoding + language-modelling pretraining")
     _model_args(p)
     _train_args(p)
-    p.add_argument("--corpus", type=Path, required=True, help="directory with train.jsonl")
+    p.add_argument("--corpus", type=Path, help="directory with train.jsonl")
+    p.add_argument(
+        "--tokens",
+        type=Path,
+        help="tokenized documents (.npz from `icae-train tokenize`) instead of --corpus",
+    )
     p.add_argument("--max-documents", type=int, default=None)
     p.add_argument(
         "--init-adapter",
@@ -301,11 +451,7 @@ def main(argv=None):
         help="start from this adapter directory (its mem_size/rate/LoRA settings win) "
         "instead of a fresh one",
     )
-    p.add_argument("--mem-size", type=int, default=32)
-    p.add_argument("--compression-rate", type=int, default=4)
-    p.add_argument("--lora-r", type=int, default=32)
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--target-modules", default="q_proj,v_proj")
+    _icae_args(p, 32, 32, "q_proj,v_proj")
     p.add_argument(
         "--lm-ratio",
         type=float,
@@ -345,7 +491,11 @@ def main(argv=None):
     p.add_argument("--max-context-tokens", type=int, default=2048)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("eval", help="AE BLEU / exact prefix on held-out text; ROUGE-L on PwC data")
+    p = sub.add_parser(
+        "eval",
+        help="AE BLEU (sacrebleu) / exact prefix / token accuracy on held-out text; "
+        "ROUGE-L (rouge-score) on PwC data",
+    )
     _model_args(p)
     p.add_argument("--adapter", type=Path, required=True)
     p.add_argument("--heldout", type=Path, help="held-out corpus JSONL")

@@ -1,6 +1,7 @@
-"""Evaluation: autoencoding of held-out passages (BLEU-4, exact prefix, token accuracy) at
-the adapter's compression rate, and for PwC-style data ROUGE-L of answers from slots vs
-answers from the full context vs the references."""
+"""Evaluation: autoencoding of held-out passages (sacrebleu BLEU-4 on the detokenized text,
+exact prefix and token accuracy on ids) at the adapter's compression rate, and for PwC-style
+data ROUGE-L (rouge-score) of answers from slots vs answers from the full context vs the
+references."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import time
 import torch
 
 from .adapter_io import chat_pieces
-from .metrics import corpus_bleu, prefix_match, rouge_l, words
+from .metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
 from .model import ICAE
 
 
 @torch.no_grad()
 def autoencode_eval(
-    model: ICAE, documents: list[list[int]], passage_tokens: int, count: int, seed: int = 0
+    model: ICAE,
+    tokenizer,
+    documents: list[list[int]],
+    passage_tokens: int,
+    count: int,
+    seed: int = 0,
 ) -> dict:
     model.eval()
     rng = random.Random(seed)
@@ -30,18 +36,17 @@ def autoencode_eval(
     for passage in passages:
         slots = model.compress(passage)
         hypotheses.append(model.greedy(model.ae_layout(slots), passage_tokens + 8))
-    accuracy = sum(
-        sum(a == b for a, b in zip(p, h, strict=False))
-        for p, h in zip(passages, hypotheses, strict=True)
-    ) / max(1, sum(map(len, passages)))
+    detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     return {
         "passages": len(passages),
         "passage_tokens": passage_tokens,
         "slots": model.num_segments(passage_tokens) * model.config.mem_size,
-        "bleu4": corpus_bleu(passages, hypotheses),
+        # sacrebleu on text, 0-1 scale (the paper's BLEU); earlier EVAL.json files (before
+        # issue 13) held a hand-written BLEU over token ids instead.
+        "bleu4": corpus_bleu(list(map(detokenize, passages)), list(map(detokenize, hypotheses))),
         "exact_prefix": sum(prefix_match(p, h) for p, h in zip(passages, hypotheses, strict=True))
         / max(1, len(passages)),
-        "token_accuracy": accuracy,
+        "token_accuracy": token_accuracy(passages, hypotheses),
         "seconds": time.time() - started,
     }
 
@@ -54,7 +59,7 @@ def answer_eval(
     max_new_tokens: int = 64,
     max_context_tokens: int = 4096,
 ) -> dict:
-    """ROUGE-L (on lower-cased words) of answers from slots and from the full context."""
+    """ROUGE-L (rouge-score) of answers from slots and from the full context."""
     model.eval()
     pieces = chat_pieces(tokenizer)
     if pieces is None:
@@ -81,8 +86,8 @@ def answer_eval(
                 "reference": r["answer"],
                 "from_slots": slots_text,
                 "from_full_context": full_text,
-                "rouge_l_slots": rouge_l(words(r["answer"]), words(slots_text)),
-                "rouge_l_full_context": rouge_l(words(r["answer"]), words(full_text)),
+                "rouge_l_slots": rouge_l(r["answer"], slots_text),
+                "rouge_l_full_context": rouge_l(r["answer"], full_text),
             }
         )
     mean = lambda key: sum(row[key] for row in rows) / max(1, len(rows))  # noqa: E731

@@ -5,13 +5,19 @@ official keys (`icae.base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.d
 `memory_token_embed.weight`).
 
 The decoder is the same base model with the adapter disabled (the official code keeps a
-second frozen copy for training; the computation is the same)."""
+second frozen copy for training; the computation is the same).
+
+Optionally (`IcaeConfig.slot_projector`, our extension, issue 13) a trainable linear map
+`self.slot_projector` (hidden x hidden + bias) is applied to the slots before the decoder
+reads them; its tensors are `slot_projector.weight` / `slot_projector.bias`. Without it the
+module is exactly the official one."""
 
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -84,13 +90,15 @@ class IcaeConfig:
     lora_dropout: float = 0.0
     # Append the LM token after the slots for the LM objective (official default: no).
     lm_token: bool = False
+    # A trainable linear map on the slots (see slot_projector_init); off = official ICAE.
+    slot_projector: bool = False
 
 
 class ICAE(nn.Module):
     def __init__(self, model_dir: str, config: IcaeConfig, dtype=torch.float32, device="cpu"):
         super().__init__()
         self.config = config
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        base = load_base(model_dir, dtype)
         for p in base.parameters():
             p.requires_grad = False
         self.eos_ids = _eos_ids(base)
@@ -109,6 +117,7 @@ class ICAE(nn.Module):
         with torch.no_grad():
             rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt().item()
             self.memory_token_embed.weight.normal_(0.0, rms)
+        self.slot_projector = slot_projector_init(base) if config.slot_projector else None
         self.to(device)
         self.device = torch.device(device)
 
@@ -140,7 +149,11 @@ class ICAE(nn.Module):
             x = torch.cat([self.embed(segment), memory.to(self.dtype)], dim=0).unsqueeze(0)
             hidden = self.icae(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
             out.append(hidden[0, -k:])
-        return torch.cat(out)
+        slots = torch.cat(out)
+        if self.slot_projector is None:
+            return slots
+        # The projector's parameters stay f32 (like memory_token_embed) under a bf16 model.
+        return self.slot_projector(slots.float()).to(slots.dtype)
 
     @property
     def dtype(self):
@@ -174,23 +187,37 @@ class ICAE(nn.Module):
 
     # ------------------------------------------------------------------ objectives
 
-    def _loss(
+    def _predictions(
         self, prompt: torch.Tensor, target_ids: list[int], ignored: int = 0
-    ) -> tuple[torch.Tensor, int]:
-        """Cross-entropy of `target_ids` after `prompt` (the first `ignored` targets carry no
-        loss), as the official labels [-100] * len(prompt) + answer with logits[:-1] vs
-        labels[1:]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits for `target_ids` after `prompt` and the targets themselves
+        (the first `ignored` dropped), as the official labels [-100] * len(prompt) + answer
+        with logits[:-1] vs labels[1:]."""
         x = torch.cat([prompt, self.embed(target_ids)])
         logits = self.decode_logits(x)
         start = prompt.shape[0] - 1
         predicted = logits[start : start + len(target_ids)].float()
         targets = torch.tensor(target_ids, device=self.device)
-        if ignored:
-            predicted, targets = predicted[ignored:], targets[ignored:]
+        return predicted[ignored:], targets[ignored:]
+
+    def _loss(
+        self, prompt: torch.Tensor, target_ids: list[int], ignored: int = 0
+    ) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy of `target_ids` after `prompt` and the number of targets."""
+        predicted, targets = self._predictions(prompt, target_ids, ignored)
         return nn.functional.cross_entropy(predicted, targets), len(targets)
 
     def autoencode_loss(self, ids: list[int]):
         return self._loss(self.ae_layout(self.compress(ids)), ids + [self.eos_ids[0]])
+
+    def autoencode_scores(self, ids: list[int]) -> tuple[torch.Tensor, int, int]:
+        """(mean loss, correct argmax predictions, targets) of the AE example, teacher-forced:
+        the token accuracy the overfit check and the recipe comparisons measure."""
+        predicted, targets = self._predictions(
+            self.ae_layout(self.compress(ids)), ids + [self.eos_ids[0]]
+        )
+        correct = int((predicted.argmax(-1) == targets).sum())
+        return nn.functional.cross_entropy(predicted, targets), correct, len(targets)
 
     def lm_loss(self, context: list[int], continuation: list[int], leave: int):
         slots = self.compress(context)
@@ -256,6 +283,35 @@ class ICAE(nn.Module):
                 f"unexpected {sorted(unexpected)[:3]}"
             )
         self.load_state_dict({k: v.to(self.device) for k, v in tensors.items()}, strict=False)
+
+
+def load_base(model: str, dtype):
+    """An HF model directory, or a GGUF file (as scripts/train-gpu.sh ships the base model to
+    a machine without the imported directory: 94 MiB instead of 514). transformers
+    dequantizes the GGUF with the `gguf` package to the same f32 values as `icae import`."""
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype
+        )
+    return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+
+
+def slot_projector_init(base) -> nn.Linear:
+    """`nn.Linear(hidden, hidden)` initialised to `identity * s`, bias 0, with `s` the RMS of
+    the token embeddings over the RMS of the final norm's weight. Slots are final-norm
+    outputs, whose RMS is about that weight's RMS (the normalised input has RMS 1; SmolLM2:
+    1.8 vs 1.9 measured), so the projected slots start at the scale of real tokens (SmolLM2:
+    0.13, ~15x smaller than raw slots) while keeping their direction. Deterministic: no data
+    needed."""
+    hidden = base.config.hidden_size
+    embed_rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt()
+    norm_rms = base.model.norm.weight.float().pow(2).mean().sqrt()
+    projector = nn.Linear(hidden, hidden, dtype=torch.float32)
+    with torch.no_grad():
+        projector.weight.copy_(torch.eye(hidden) * (embed_rms / norm_rms))
+        projector.bias.zero_()
+    return projector
 
 
 def _eos_ids(model) -> list[int]:

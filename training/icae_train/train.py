@@ -32,6 +32,7 @@ class TrainConfig:
     steps: int
     lr: float = 1e-4
     memory_lr: float | None = None  # defaults to lr
+    projector_lr: float | None = None  # the slot projector's; defaults to memory_lr
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -52,14 +53,18 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def optimizer_for(model: ICAE, cfg: TrainConfig):
-    lora = [
-        p for n, p in model.named_parameters() if p.requires_grad and "memory_token_embed" not in n
-    ]
+    own = ("memory_token_embed", "slot_projector")
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(own)]
     memory = [model.memory_token_embed.weight]
     groups = [
         {"params": lora, "lr": cfg.lr},
         {"params": memory, "lr": cfg.memory_lr or cfg.lr},
     ]
+    # A third group only with a projector, so runs without one keep their optimizer layout
+    # (and their checkpoints resume unchanged).
+    if model.slot_projector is not None:
+        projector_lr = cfg.projector_lr or cfg.memory_lr or cfg.lr
+        groups.append({"params": list(model.slot_projector.parameters()), "lr": projector_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     return optimizer, scheduler
@@ -165,10 +170,12 @@ def train(
     meta: dict,
     resume: bool = True,
     stop_after: int | None = None,
+    max_seconds: float | None = None,
 ) -> list[dict]:
     """Run steps [start, cfg.steps). `example_for(step, index)` gives example `index` of a
-    step, typed by its objective (see `ICAE.forward`). `stop_after` ends the
-    session early (the run stays resumable), e.g. to fit a time budget."""
+    step, typed by its objective (see `ICAE.forward`). `stop_after` (steps) and `max_seconds`
+    (wall time of this session) end it early with a checkpoint (the run stays resumable),
+    e.g. to fit a rented machine's time."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=model.device.type == "cpu")
@@ -209,6 +216,7 @@ def train(
         disable=not main,
     )
     window_tokens, window_started = 0, time.time()
+    session_started = window_started
     model.train()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
@@ -248,6 +256,13 @@ def train(
                 tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}",
                 lr=f"{record['lr']:.1e}",
             )
+        out_of_time = False
+        if max_seconds is not None:
+            # Any process out of time stops all of them (clocks differ between processes).
+            late = torch.tensor(float(time.time() - session_started > max_seconds))
+            out_of_time = accelerator.reduce(late.to(accelerator.device), "sum").item() > 0
+        if out_of_time:
+            end = step + 1
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             if main:
                 metrics.flush()
@@ -259,6 +274,10 @@ def train(
                 )
             accelerator.wait_for_everyone()
             window_tokens, window_started = 0, time.time()
+        if out_of_time:
+            if main:
+                print(f"time budget of {max_seconds:.0f} s spent: stopped at step {step + 1}")
+            break
     if metrics:
         metrics.close()
     return history

@@ -26,6 +26,12 @@ pub struct AdapterConfig {
     /// Whether CONTINUE appends the LM special token after the slots (official default: no).
     #[serde(default)]
     pub continue_with_lm_token: bool,
+    /// Whether `adapter.safetensors` holds a slot projector (`slot_projector.weight`/`.bias`,
+    /// our extension) that the encoder applies to the slots. Absent in official files and
+    /// older directories: no projector, which is the identity. Written only when true, so
+    /// adapters without one keep their exact `icae_config.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slot_projector: bool,
     /// False for `icae adapter init` output: slots from it carry no information.
     pub trained: bool,
     /// Free text: how the adapter was produced.

@@ -98,6 +98,7 @@ pub fn init_untrained(
         },
         chat,
         continue_with_lm_token: false,
+        slot_projector: false,
         trained: false,
         notes: format!(
             "UNTRAINED: made by `icae adapter init` (seed {}); LoRA B is zero and the memory embeddings are random, so its slots carry no information",

@@ -1,11 +1,16 @@
 //! Tensor names of adapter files: the official ICAE v2 layout
 //! (`icae.base_model.model.model.layers.{i}.{module}.lora_A.default.weight`), the plain PEFT
 //! layout (`base_model.model.model.layers…`, with or without `.default`), and
-//! `memory_token_embed.weight`.
+//! `memory_token_embed.weight`, and the optional slot projector (`slot_projector.weight`,
+//! `slot_projector.bias`): an extension of ours that official files never hold.
 
 use crate::model::Target;
 
 pub const MEMORY_EMBED: &str = "memory_token_embed.weight";
+/// `[hidden, hidden]`: the slot projector's matrix (the Python module's `slot_projector`).
+pub const SLOT_PROJECTOR_WEIGHT: &str = "slot_projector.weight";
+/// `[hidden]`: the slot projector's bias.
+pub const SLOT_PROJECTOR_BIAS: &str = "slot_projector.bias";
 const OFFICIAL_PREFIX: &str = "icae.base_model.model.";
 const PEFT_PREFIX: &str = "base_model.model.";
 
@@ -18,6 +23,8 @@ pub enum Half {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdapterKey {
     MemoryEmbed,
+    SlotProjectorWeight,
+    SlotProjectorBias,
     Lora {
         layer: usize,
         target: Target,
@@ -27,8 +34,11 @@ pub enum AdapterKey {
 
 /// Classify a tensor name; `None` for names no supported layout uses.
 pub fn parse_key(name: &str) -> Option<AdapterKey> {
-    if name == MEMORY_EMBED {
-        return Some(AdapterKey::MemoryEmbed);
+    match name {
+        MEMORY_EMBED => return Some(AdapterKey::MemoryEmbed),
+        SLOT_PROJECTOR_WEIGHT => return Some(AdapterKey::SlotProjectorWeight),
+        SLOT_PROJECTOR_BIAS => return Some(AdapterKey::SlotProjectorBias),
+        _ => {}
     }
     let rest = name
         .strip_prefix(OFFICIAL_PREFIX)
@@ -98,6 +108,15 @@ mod tests {
             parse_key("memory_token_embed.weight"),
             Some(AdapterKey::MemoryEmbed)
         );
+        assert_eq!(
+            parse_key("slot_projector.weight"),
+            Some(AdapterKey::SlotProjectorWeight)
+        );
+        assert_eq!(
+            parse_key("slot_projector.bias"),
+            Some(AdapterKey::SlotProjectorBias)
+        );
+        assert_eq!(parse_key("icae.slot_projector.weight"), None);
         assert_eq!(
             parse_key("icae.base_model.model.model.layers.29.mlp.down_proj.lora_B.default.weight"),
             Some(AdapterKey::Lora {

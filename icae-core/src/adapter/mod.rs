@@ -2,17 +2,23 @@
 //!
 //! Two sources: an official v2 safetensors file (hyper-parameters from the shapes and the
 //! caller), or our adapter directory (`adapter.safetensors` + `icae_config.json`).
+//! Either may also hold a slot projector (see `projector.rs`).
 
 mod config;
 mod init;
 mod keys;
+mod projector;
 
 pub use config::{
     AdapterConfig, BaseModelId, CONFIG_FILE, DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA,
     TENSORS_FILE,
 };
 pub use init::{init_untrained, save_adapter, InitOptions, NamedTensor};
-pub use keys::{official_key, parse_key, AdapterKey, Half, MEMORY_EMBED};
+pub use keys::{
+    official_key, parse_key, AdapterKey, Half, MEMORY_EMBED, SLOT_PROJECTOR_BIAS,
+    SLOT_PROJECTOR_WEIGHT,
+};
+pub use projector::SlotProjector;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +52,8 @@ pub struct Adapter {
     pub lora: LoraWeights,
     /// `[mem_size + 3, hidden]`: memory tokens, then the AE, LM and FT tokens.
     pub memory_embed: Tensor,
+    /// Applied to the slots by the encoder; `None` (the identity) for official files.
+    pub slot_projector: Option<SlotProjector>,
     /// SHA-256 over the tensors (names, dtypes, shapes, bytes), independent of file layout.
     pub digest: String,
     pub source: String,
@@ -121,6 +129,13 @@ impl Adapter {
                         parsed.rank.unwrap_or_default()
                     )));
                 }
+                if config.slot_projector != parsed.slot_projector.is_some() {
+                    return Err(invalid(if config.slot_projector {
+                        format!("icae_config.json says slot_projector true but {TENSORS_FILE} has no {SLOT_PROJECTOR_WEIGHT} / {SLOT_PROJECTOR_BIAS}")
+                    } else {
+                        format!("{TENSORS_FILE} holds {SLOT_PROJECTOR_WEIGHT} but icae_config.json does not record slot_projector: true")
+                    }));
+                }
                 check_identity(&config.base_model, model)?;
                 config
             }
@@ -143,6 +158,8 @@ impl Adapter {
                 },
                 chat,
                 continue_with_lm_token: false,
+                // A bare file describes its projector by holding its tensors.
+                slot_projector: parsed.slot_projector.is_some(),
                 trained: true,
                 notes: format!("official ICAE v2 file {}", path.display()),
             },
@@ -177,6 +194,10 @@ impl Adapter {
                 layers,
             },
             memory_embed: to(parsed.memory_embed),
+            slot_projector: parsed.slot_projector.map(|p| SlotProjector {
+                weight: to(p.weight),
+                bias: to(p.bias),
+            }),
             digest: parsed.digest,
             source: path.display().to_string(),
         })
@@ -206,6 +227,7 @@ impl Adapter {
 /// Tensors of an adapter file, validated against the model shape.
 struct ParsedTensors {
     memory_embed: Tensor,
+    slot_projector: Option<SlotProjector>,
     layers: Vec<BTreeMap<Target, (Tensor, Tensor)>>,
     rank: Option<i64>,
     targets: Vec<Target>,
@@ -220,6 +242,7 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
     };
     let mut halves: BTreeMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     let mut memory_embed = None;
+    let (mut projector_weight, mut projector_bias) = (None, None);
     let mut hasher = Sha256::new();
 
     with_mapped(path, |st| {
@@ -247,6 +270,8 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
                 .to_kind(Kind::Float);
             match key {
                 AdapterKey::MemoryEmbed => memory_embed = Some(tensor),
+                AdapterKey::SlotProjectorWeight => projector_weight = Some(tensor),
+                AdapterKey::SlotProjectorBias => projector_bias = Some(tensor),
                 AdapterKey::Lora {
                     layer,
                     target,
@@ -274,6 +299,9 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
             expected: format!("[mem_size + 3, {hidden}] with mem_size >= 1"),
         });
     }
+
+    let slot_projector =
+        SlotProjector::from_parts(&shown, projector_weight, projector_bias, hidden)?;
 
     let mut layers: Vec<BTreeMap<Target, (Tensor, Tensor)>> = (0..model.num_hidden_layers)
         .map(|_| BTreeMap::new())
@@ -326,6 +354,7 @@ fn read_tensors(path: &Path, model: &ModelConfig) -> Result<ParsedTensors, Adapt
     targets.sort();
     Ok(ParsedTensors {
         memory_embed,
+        slot_projector,
         layers,
         rank,
         targets,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use icae_core::adapter::{
     official_key, save_adapter, AdapterConfig, BaseModelId, Half, NamedTensor, MEMORY_EMBED,
+    SLOT_PROJECTOR_BIAS, SLOT_PROJECTOR_WEIGHT,
 };
 use icae_core::gguf::import_gguf;
 use icae_core::model::{ModelConfig, Target};
@@ -132,6 +133,7 @@ pub fn adapter_config(config: &ModelConfig, mem_size: usize, rank: usize) -> Ada
         },
         chat: None,
         continue_with_lm_token: false,
+        slot_projector: false,
         trained: true,
         notes: "test".into(),
     }
@@ -164,4 +166,57 @@ pub fn tiny_icae() -> (TinyModel, tempfile::TempDir, icae_core::IcaeModel) {
         icae_core::IcaeModel::load(&tiny.path, &adapter, &options, icae_core::DeviceSpec::Cpu)
             .unwrap();
     (tiny, dir, icae)
+}
+
+/// A non-identity slot projector (`slot_projector.weight` / `.bias`) for `config`: identity
+/// plus noise, so projected slots differ from raw ones by a known affine map.
+pub fn projector_tensors(config: &ModelConfig, seed: u64) -> Vec<NamedTensor> {
+    let h = config.hidden_size;
+    let mut weight = seeded_named(SLOT_PROJECTOR_WEIGHT, &[h, h], 0.2, seed);
+    for i in 0..h {
+        weight.data[i * h + i] += 0.5;
+    }
+    vec![
+        weight,
+        seeded_named(SLOT_PROJECTOR_BIAS, &[h], 0.1, seed + 1),
+    ]
+}
+
+/// Write a random adapter directory with a slot projector (same LoRA and memory tensors as
+/// `write_random_adapter`) and return its path.
+pub fn write_projector_adapter(
+    dir: &Path,
+    config: &ModelConfig,
+    mem_size: usize,
+    rank: usize,
+) -> PathBuf {
+    let path = dir.join("adapter-with-projector");
+    let mut adapter_config = adapter_config(config, mem_size, rank);
+    adapter_config.slot_projector = true;
+    let mut tensors = random_adapter_tensors(config, mem_size, rank, 11);
+    tensors.extend(projector_tensors(config, 21));
+    save_adapter(&path, &adapter_config, &tensors).unwrap();
+    path
+}
+
+/// A saved tensor back as a `Tensor` of its shape.
+pub fn to_tensor(t: &NamedTensor) -> Tensor {
+    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(&t.data).view(dims.as_slice())
+}
+
+/// Load an adapter (directory or bare file) on the CPU in f32; errors as their message.
+pub fn load_adapter(
+    path: &Path,
+    config: &ModelConfig,
+) -> Result<icae_core::adapter::Adapter, String> {
+    icae_core::adapter::Adapter::load(
+        path,
+        config,
+        &icae_core::adapter::LoadOptions::default(),
+        None,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+    )
+    .map_err(|e| e.to_string())
 }
