@@ -139,9 +139,10 @@ mod tests {
     }
 
     #[test]
-    fn prefill_chunk_size_comes_from_the_flag_or_the_environment_and_is_at_least_one() {
+    fn prefill_chunk_size_defaults_to_256_and_must_be_at_least_one() {
         let parse = |extra: &[&str]| {
-            Config::try_parse_from([&["decoder-svc"], extra].concat())
+            let required = ["decoder-svc", "--model", "m", "--adapter", "a"];
+            Config::try_parse_from([&required, extra].concat())
                 .unwrap()
                 .step_limits()
         };

@@ -281,10 +281,12 @@ async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
         max_batch_sequences: 4,
         max_prefill_tokens_per_step: 4,
     };
-    let (scheduler, failure) =
-        Scheduler::spawn(4, limits, unmounted_readiness("icae.v1.Decoder").await, || {
-            Err::<(FakeBackend, ModelSummary), _>("weights missing".to_string())
-        });
+    let (scheduler, failure) = Scheduler::spawn(
+        4,
+        limits,
+        unmounted_readiness("icae.v1.Decoder").await,
+        || Err::<(FakeBackend, ModelSummary), _>("weights missing".to_string()),
+    );
     let error = tokio::time::timeout(Duration::from_secs(5), failure.wait())
         .await
         .expect("the load failure is reported");
@@ -441,7 +443,10 @@ async fn a_deadline_that_passes_during_the_prefill_ends_it_between_chunks() {
         Err(ServiceError::DeadlineExceeded(seconds)) => assert_eq!(seconds, 0.2),
         other => panic!("expected DEADLINE_EXCEEDED, got {:?}", other.err()),
     }
-    assert!(waited < Duration::from_millis(600), "ended after {waited:?}");
+    assert!(
+        waited < Duration::from_millis(600),
+        "ended after {waited:?}"
+    );
     let chunks = prefill_chunks(&ops);
     assert!((2..30).contains(&chunks), "{chunks} chunks ran");
     wait_until("the sequence is freed", || scheduler.state().active() == 0).await;

@@ -58,14 +58,45 @@ fn chunked_prefill_gives_the_logits_of_a_one_shot_prefill() {
             let b = fresh.choose(&tokenizer).unwrap().token_id;
             assert_eq!(a, b, "chunk {chunk}, step {step}");
             decode_batch(&model, &mut [&mut chunked, &mut fresh]).unwrap();
-            let diff = max_abs_diff(
-                chunked.next_logits().unwrap(),
-                fresh.next_logits().unwrap(),
-            );
+            let diff = max_abs_diff(chunked.next_logits().unwrap(), fresh.next_logits().unwrap());
             assert!(diff < 1e-4, "chunk {chunk}, step {step}: {diff}");
         }
     }
     // The one-shot sequence is itself a one-chunk prefill: nothing is left.
     assert_eq!(one_shot.prefill_remaining(), 0);
     assert_eq!(one_shot.prefill_chunk(&model, 10).unwrap(), 0);
+}
+
+/// Figures for BENCHMARKS.md and the chunk size advice in docs/deploy.md (needs the real
+/// model): `cargo test --release -p icae-core --test chunked_prefill -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn measure_chunked_prefill_of_the_real_model() {
+    let dir = std::env::var_os("ICAE_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var("HOME").unwrap())
+                .join(".cache/icae/models/smollm2-135m-instruct")
+        });
+    let model = LlamaModel::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let ids: Vec<i64> = (0..2048).map(|i| 100 + (i * 37) % 20000).collect();
+    let embeds = model.embed(&Tensor::from_slice(&ids).unsqueeze(0));
+    let params = SamplingParams::greedy(1);
+    let time = |chunk: usize| {
+        let started = std::time::Instant::now();
+        let mut sequence = Sequence::begin(&model, &embeds, params.clone(), vec![]).unwrap();
+        let chunks = prefill_in_chunks(&mut sequence, &model, chunk).len();
+        let seconds = started.elapsed().as_secs_f64();
+        (seconds, seconds / chunks as f64)
+    };
+    let (one_shot, _) = time(2048);
+    println!("2,048 positions in one pass: {one_shot:.2}s");
+    for chunk in [8, 16, 32, 256] {
+        let (total, per_chunk) = time(chunk);
+        println!(
+            "chunks of {chunk}: {total:.2}s in all ({:.2}× one pass), {:.1} ms per chunk",
+            total / one_shot,
+            per_chunk * 1e3
+        );
+    }
 }

@@ -78,3 +78,50 @@ fn text_pushed_token_by_token_equals_the_full_decode_at_every_step() {
         "the text must split characters over tokens"
     );
 }
+
+/// Before/after figure for BENCHMARKS.md (needs the real model's tokenizer):
+/// `cargo test --release -p icae-core --test output_text -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn measure_text_cost_per_step_at_1000_tokens() {
+    let dir = std::env::var_os("ICAE_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var("HOME").unwrap())
+                .join(".cache/icae/models/smollm2-135m-instruct")
+        });
+    let tokenizer = TextTokenizer::load(&dir).unwrap();
+    let text =
+        "Entry: near the harbour someone counted 🎉 lanterns, écrit deux fois, 世界. ".repeat(100);
+    let ids: Vec<u32> = tokenizer.encode_fragment(&text).unwrap()[..1000].to_vec();
+    // Seconds per step over the last 100 of 1,000 steps, and for the whole generation.
+    let time = |step: &mut dyn FnMut(usize)| {
+        let started = std::time::Instant::now();
+        let mut last_100 = 0.0;
+        for end in 1..=ids.len() {
+            let t = std::time::Instant::now();
+            step(end);
+            if end > ids.len() - 100 {
+                last_100 += t.elapsed().as_secs_f64();
+            }
+        }
+        (last_100 / 100.0, started.elapsed().as_secs_f64())
+    };
+    let (old_step, old_total) = time(&mut |end| {
+        std::hint::black_box(tokenizer.decode(&ids[..end], true).unwrap());
+    });
+    let mut output = OutputText::default();
+    let (new_step, new_total) = time(&mut |end| {
+        output.push(ids[end - 1], &ids[..end], &tokenizer).unwrap();
+    });
+    assert_eq!(output.as_str(), tokenizer.decode(&ids, true).unwrap());
+    println!(
+        "per step at 1,000 tokens: full decode {:.1} µs, incremental {:.1} µs ({:.0}×); \
+         1,000 steps: {:.1} ms vs {:.1} ms",
+        old_step * 1e6,
+        new_step * 1e6,
+        old_step / new_step,
+        old_total * 1e3,
+        new_total * 1e3
+    );
+}
