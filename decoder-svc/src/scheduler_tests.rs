@@ -3,6 +3,7 @@
 //! sequences freed (also between two chunks of their prefill), failures kept to their
 //! request, queued work finished when the handles go.
 
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,6 +162,8 @@ fn request(mode: Mode, baseline_tokens: usize, max_new_tokens: usize) -> Generat
     }
 }
 
+type Events = mpsc::UnboundedReceiver<Event>;
+
 /// Every event of one generation, until it finishes or fails.
 async fn collect(
     mut events: mpsc::UnboundedReceiver<Event>,
@@ -318,19 +321,26 @@ async fn queued_requests_still_finish_when_the_last_handle_is_dropped() {
 
 /// The first token of a generation (its prefill is then done and its first decoding step
 /// under way).
-async fn first_token(events: &mut mpsc::UnboundedReceiver<Event>) {
+async fn first_token(events: &mut Events) {
     assert!(matches!(events.recv().await, Some(Event::Token { .. })));
+}
+
+/// A gated scheduler prefilling `chunk` positions per step, with one long generation
+/// waiting in its first decoding step for a permit from the returned sender.
+async fn one_running(chunk: usize) -> (Scheduler, Arc<Mutex<Vec<Op>>>, SyncSender<()>, Events) {
+    let (backend, open) = gated();
+    let ops = backend.ops.clone();
+    let scheduler = start_chunked(8, chunk, backend).await;
+    let mut running = scheduler
+        .generate(request(Mode::Continue, 1, 1000), None)
+        .unwrap();
+    first_token(&mut running).await;
+    (scheduler, ops, open, running)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_prompt_is_prefilled_in_chunks_between_decoding_steps() {
-    let (backend, open) = gated();
-    let ops = backend.ops.clone();
-    let scheduler = start_chunked(4, 4, backend).await;
-    let mut running = scheduler
-        .generate(request(Mode::Continue, 2, 1000), None)
-        .unwrap();
-    first_token(&mut running).await;
+    let (scheduler, ops, open, running) = one_running(4).await;
     // The running sequence waits in a decoding step: the long request arrives meanwhile.
     let long = scheduler
         .generate(request(Mode::Continue, 10, 2), None)
@@ -365,13 +375,7 @@ async fn a_long_prompt_is_prefilled_in_chunks_between_decoding_steps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_small_prompts_are_prefilled_in_one_iteration() {
-    let (backend, open) = gated();
-    let ops = backend.ops.clone();
-    let scheduler = start_chunked(8, 10, backend).await;
-    let mut running = scheduler
-        .generate(request(Mode::Continue, 1, 1000), None)
-        .unwrap();
-    first_token(&mut running).await;
+    let (scheduler, ops, open, running) = one_running(10).await;
     let small: Vec<_> = [3, 4, 5]
         .map(|prompt| {
             scheduler

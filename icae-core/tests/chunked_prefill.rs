@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::real_model::real_model_dir;
 use common::tiny_model::tiny_model;
 use icae_core::generate::{decode_batch, Sequence};
 use icae_core::model::LlamaModel;
@@ -72,12 +73,7 @@ fn chunked_prefill_gives_the_logits_of_a_one_shot_prefill() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn measure_chunked_prefill_of_the_real_model() {
-    let dir = std::env::var_os("ICAE_MODEL_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(&std::env::var("HOME").unwrap())
-                .join(".cache/icae/models/smollm2-135m-instruct")
-        });
+    let dir = real_model_dir();
     let model = LlamaModel::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let ids: Vec<i64> = (0..2048).map(|i| 100 + (i * 37) % 20000).collect();
     let embeds = model.embed(&Tensor::from_slice(&ids).unsqueeze(0));

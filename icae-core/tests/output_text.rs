@@ -1,8 +1,11 @@
 //! The generation text kept up to date token by token equals decoding every token at once,
 //! also while multi-byte characters arrive split over several tokens.
 
+mod common;
+
 use std::path::Path;
 
+use common::real_model::real_model_dir;
 use icae_core::generate::OutputText;
 use icae_core::tokenizer::TextTokenizer;
 
@@ -84,12 +87,7 @@ fn text_pushed_token_by_token_equals_the_full_decode_at_every_step() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn measure_text_cost_per_step_at_1000_tokens() {
-    let dir = std::env::var_os("ICAE_MODEL_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var("HOME").unwrap())
-                .join(".cache/icae/models/smollm2-135m-instruct")
-        });
+    let dir = real_model_dir();
     let tokenizer = TextTokenizer::load(&dir).unwrap();
     let text =
         "Entry: near the harbour someone counted 🎉 lanterns, écrit deux fois, 世界. ".repeat(100);

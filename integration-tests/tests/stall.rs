@@ -94,6 +94,7 @@ impl Drop for TimedStream {
 
 /// The `q` quantile (nearest rank) of `values`.
 fn quantile(values: &[f64], q: f64) -> f64 {
+    assert!(!values.is_empty(), "no gaps to take the quantile of");
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -141,8 +142,18 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
     })
     .await;
     assert!(warm, "the four streams did not start");
+    // The pace before: 30 more tokens of every stream (a fixed time would leave too few on
+    // a machine shared with other jobs).
     let steady_from = Instant::now();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let counts: Vec<usize> = streams.iter().map(TimedStream::count).collect();
+    let steady = eventually(Duration::from_secs(120), || async {
+        streams
+            .iter()
+            .zip(&counts)
+            .all(|(s, &n)| s.count() >= n + 30)
+    })
+    .await;
+    assert!(steady, "the streams stopped before the long request");
     let arrived = Instant::now();
     let long = generate(&url, long_request(12)).await.unwrap();
     let prefilled = arrived + Duration::from_secs_f64(long.first_token_seconds);
@@ -155,6 +166,12 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
         .iter()
         .flat_map(|s| s.gaps(arrived, prefilled))
         .collect();
+    assert!(
+        before.len() >= 100 && !during.is_empty(),
+        "{} gaps before, {} during",
+        before.len(),
+        during.len()
+    );
     let (median, p99) = (quantile(&before, 0.5), quantile(&during, 0.99));
     println!(
         "prefill alone {:.2}s, with 4 streams {:.2}s; gaps before: median {:.1} ms over {}; \
