@@ -184,6 +184,10 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
         quantile(&during, 1.0) * 1e3,
         during.len()
     );
+    // Correct first: interleaved with the streams, the request gives what it gives alone.
+    assert_eq!(long.token_ids, alone.token_ids);
+    assert_eq!(long.text, alone.text);
+    assert_eq!(long.finish_reason(), FinishReason::Length);
     // Every stream kept producing through the whole prefill (it did not end or stall).
     for (i, stream) in streams.iter().enumerate() {
         let tokens = stream.gaps(arrived, prefilled).len();
@@ -198,9 +202,6 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
         p99 * 1e3,
         median * 1e3
     );
-    assert_eq!(long.token_ids, alone.token_ids);
-    assert_eq!(long.text, alone.text);
-    assert_eq!(long.finish_reason(), FinishReason::Length);
 }
 
 #[tokio::test(flavor = "multi_thread")]
