@@ -137,7 +137,7 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
         let request = from_keys(&[&key], Mode::Autoencode, "", greedy(1000));
         streams.push(TimedStream::start(&url, request).await);
     }
-    let warm = eventually(Duration::from_secs(30), || async {
+    let warm = eventually(Duration::from_secs(120), || async {
         streams.iter().all(|s| s.count() >= 5)
     })
     .await;
