@@ -1,5 +1,5 @@
-//! What the scheduler needs from the engine: prefill a request, choose a sequence's next
-//! token, and run a batched decoding step. The ICAE model is the real backend; the
+//! What the scheduler needs from the engine: start a request, prefill its prompt chunk by
+//! chunk, choose a sequence's next token, and run a batched decoding step. The ICAE model is the real backend; the
 //! scheduler's tests use a fake one.
 
 use icae_core::generate::{decode_batch, Step};
@@ -10,9 +10,21 @@ use crate::scheduler::{ContextSource, GenerationRequest};
 pub trait DecodeBackend {
     type Sequence;
 
-    /// Build the decoder's input for `request` and run it through the model; the first
-    /// token's logits come out of this prefill.
-    fn prefill(&self, request: &GenerationRequest) -> Result<Self::Sequence, IcaeError>;
+    /// Build the decoder's input for `request` without running the model: the prompt is
+    /// then prefilled with `prefill_chunk`.
+    fn start(&self, request: &GenerationRequest) -> Result<Self::Sequence, IcaeError>;
+
+    /// Run at most `max_positions` more prompt positions through the model, extending the
+    /// sequence's cache; returns how many ran. The first token's logits come out of the last
+    /// chunk.
+    fn prefill_chunk(
+        &self,
+        sequence: &mut Self::Sequence,
+        max_positions: usize,
+    ) -> Result<usize, IcaeError>;
+
+    /// Prompt positions not yet prefilled: 0 once the sequence can choose tokens.
+    fn prefill_remaining(&self, sequence: &Self::Sequence) -> usize;
 
     /// Choose the next token of `sequence` from its latest logits.
     fn choose(&self, sequence: &mut Self::Sequence) -> Result<Step, IcaeError>;
@@ -30,7 +42,7 @@ pub trait DecodeBackend {
 impl DecodeBackend for IcaeModel {
     type Sequence = Sequence;
 
-    fn prefill(&self, request: &GenerationRequest) -> Result<Sequence, IcaeError> {
+    fn start(&self, request: &GenerationRequest) -> Result<Sequence, IcaeError> {
         let prompt = request.prompt_ids.as_deref();
         let embeds = match &request.context {
             ContextSource::Slots(slot_sets) => {
@@ -38,7 +50,19 @@ impl DecodeBackend for IcaeModel {
             }
             ContextSource::Baseline(ids) => self.baseline_input(ids, request.mode, prompt)?,
         };
-        Sequence::start(&self.base, &embeds, request.params.clone(), self.eos_ids())
+        Sequence::begin(&self.base, &embeds, request.params.clone(), self.eos_ids())
+    }
+
+    fn prefill_chunk(
+        &self,
+        sequence: &mut Sequence,
+        max_positions: usize,
+    ) -> Result<usize, IcaeError> {
+        sequence.prefill_chunk(&self.base, max_positions)
+    }
+
+    fn prefill_remaining(&self, sequence: &Sequence) -> usize {
+        sequence.prefill_remaining()
     }
 
     fn choose(&self, sequence: &mut Sequence) -> Result<Step, IcaeError> {

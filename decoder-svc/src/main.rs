@@ -16,7 +16,7 @@ use icae_serving::runtime::{run_service, ServiceParts};
 use icae_serving::{serve, Limits, Ports, ServiceArgs};
 
 use crate::pipeline::GeneratePipeline;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, StepLimits};
 use crate::server::DecoderService;
 
 #[derive(Debug, Parser)]
@@ -38,9 +38,38 @@ pub struct Config {
         default_value_t = 16
     )]
     pub max_slot_sets: usize,
-    /// Most sequences decoded together in one batched step.
+    /// Most sequences decoded together in one batched step (requests still prefilling
+    /// count).
     #[arg(long, env = "ICAE_MAX_BATCH_SEQUENCES", default_value_t = 16)]
     pub max_batch_sequences: usize,
+    /// Most prompt positions prefilled between two decoding steps, over all new requests: a
+    /// long prompt is prefilled in chunks of this size, so running streams wait one chunk
+    /// per token instead of the whole prefill. Smaller: steadier streams, slower first token
+    /// for long prompts.
+    #[arg(long, env = "ICAE_MAX_PREFILL_TOKENS_PER_STEP", default_value_t = 256)]
+    pub max_prefill_tokens_per_step: usize,
+}
+
+impl Config {
+    /// Refuse zero limits, which would stop the scheduler from making progress.
+    fn step_limits(&self) -> Result<StepLimits, String> {
+        for (flag, value) in [
+            ("--max-slot-sets", self.max_slot_sets),
+            ("--max-batch-sequences", self.max_batch_sequences),
+            (
+                "--max-prefill-tokens-per-step",
+                self.max_prefill_tokens_per_step,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} is 0: it must be at least 1"));
+            }
+        }
+        Ok(StepLimits {
+            max_batch_sequences: self.max_batch_sequences,
+            max_prefill_tokens_per_step: self.max_prefill_tokens_per_step,
+        })
+    }
 }
 
 /// gRPC 50052, metrics 9092: distinct from the other service's, so both run on one host.
@@ -56,15 +85,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    if config.max_slot_sets == 0 || config.max_batch_sequences == 0 {
-        return Err("--max-slot-sets and --max-batch-sequences must be at least 1".into());
-    }
+    let step_limits = config.step_limits()?;
     let args = &config.service;
     let parts = ServiceParts::build(args, icae_proto::DECODER_SERVICE, DEFAULT_PORTS).await?;
     let (model, adapter) = (args.model.clone(), args.adapter.clone());
     let (scheduler, load_failure) = Scheduler::spawn(
         args.max_concurrent_requests,
-        config.max_batch_sequences,
+        step_limits,
         parts.readiness.clone(),
         move || load_icae(&model, &adapter),
     );
@@ -109,5 +136,26 @@ mod tests {
             }
         );
         assert_pod_ready_defaults::<Config>("decoder-svc", DEFAULT_PORTS);
+    }
+
+    #[test]
+    fn prefill_chunk_size_defaults_to_256_and_must_be_at_least_one() {
+        let parse = |extra: &[&str]| {
+            let required = ["decoder-svc", "--model", "m", "--adapter", "a"];
+            Config::try_parse_from([&required, extra].concat())
+                .unwrap()
+                .step_limits()
+        };
+        assert_eq!(parse(&[]).unwrap().max_prefill_tokens_per_step, 256);
+        let limits = parse(&["--max-prefill-tokens-per-step", "32"]).unwrap();
+        assert_eq!(limits.max_prefill_tokens_per_step, 32);
+        let err = parse(&["--max-prefill-tokens-per-step", "0"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--max-prefill-tokens-per-step is 0: it must be at least 1"
+        );
+        assert!(parse(&["--max-batch-sequences", "0"])
+            .unwrap_err()
+            .contains("--max-batch-sequences is 0"));
     }
 }

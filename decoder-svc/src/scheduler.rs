@@ -1,7 +1,13 @@
 //! The generation scheduler: one OS thread owns the backend and steps every active sequence
 //! together (one batched decoding step per iteration), admitting new requests between
 //! steps and dropping sequences whose client went away or whose deadline passed.
+//!
+//! New requests are prefilled in chunks: each iteration runs at most
+//! `max_prefill_tokens_per_step` prompt positions (of one or several new requests, oldest
+//! first) before the decoding step, so a long prompt delays the running streams' next
+//! token by one chunk, not by its whole prefill.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -63,6 +69,15 @@ struct Job {
     span: Span,
 }
 
+/// How the model thread divides its iterations.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    /// Most sequences prefilling or decoding at once.
+    pub max_batch_sequences: usize,
+    /// Most prompt positions prefilled per iteration, over all new requests.
+    pub max_prefill_tokens_per_step: usize,
+}
+
 /// The pipeline's handle on the scheduler thread.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -74,7 +89,7 @@ impl Scheduler {
     /// every sequence has finished. A load error reaches the server through `LoadFailure`.
     pub fn spawn<B, L>(
         queue_capacity: usize,
-        max_batch_sequences: usize,
+        limits: StepLimits,
         readiness: Readiness,
         load: L,
     ) -> (Scheduler, LoadFailure)
@@ -92,7 +107,8 @@ impl Scheduler {
                     Steps {
                         backend: &backend,
                         state: &state,
-                        max_batch: max_batch_sequences,
+                        limits,
+                        prefilling: VecDeque::new(),
                         active: Vec::new(),
                     }
                     .run(rx);
@@ -143,7 +159,10 @@ struct Active<S> {
 struct Steps<'a, B: DecodeBackend> {
     backend: &'a B,
     state: &'a ModelState,
-    max_batch: usize,
+    limits: StepLimits,
+    /// Requests whose prompt is not fully in the cache yet, oldest first.
+    prefilling: VecDeque<Active<B::Sequence>>,
+    /// Sequences that choose a token at every iteration.
     active: Vec<Active<B::Sequence>>,
 }
 
@@ -151,25 +170,31 @@ impl<B: DecodeBackend> Steps<'_, B> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let _guard = tch::no_grad_guard();
         loop {
-            if self.active.is_empty() {
+            if self.in_flight() == 0 {
                 match rx.blocking_recv() {
                     Some(job) => self.admit(job),
                     None => return,
                 }
             }
-            while self.active.len() < self.max_batch {
+            while self.in_flight() < self.limits.max_batch_sequences {
                 match rx.try_recv() {
                     Ok(job) => self.admit(job),
                     Err(_) => break,
                 }
             }
             self.drop_abandoned();
+            self.prefill();
             self.step();
-            self.state.set_active(self.active.len());
+            self.state.set_active(self.in_flight());
         }
     }
 
-    /// Prefill a new request (its first logits come out of the prefill).
+    /// Sequences holding a cache: prefilling or decoding.
+    fn in_flight(&self) -> usize {
+        self.prefilling.len() + self.active.len()
+    }
+
+    /// Build a new request's input; its prompt waits for `prefill`.
     fn admit(&mut self, job: Job) {
         self.state.dequeued(1);
         if job.events.is_closed() {
@@ -179,12 +204,15 @@ impl<B: DecodeBackend> Steps<'_, B> {
         metrics::histogram!(names::QUEUE_SECONDS, "service" => "decoder")
             .record(job.enqueued.elapsed().as_secs_f64());
         let backend = self.backend;
-        let prefill = info_span!(parent: &job.span, "prefill");
-        let result =
-            prefill.in_scope(|| catch_unwind(AssertUnwindSafe(|| backend.prefill(&job.request))));
+        let result = job.span.in_scope(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                backend.start(&job.request).map_err(ServiceError::from)
+            }))
+            .unwrap_or_else(|_| Err(panicked("start")))
+        });
         match result {
-            Ok(Ok(sequence)) => {
-                self.active.push(Active {
+            Ok(sequence) => {
+                self.prefilling.push_back(Active {
                     sequence,
                     events: job.events,
                     deadline: job.deadline,
@@ -193,25 +221,66 @@ impl<B: DecodeBackend> Steps<'_, B> {
                     first_token: None,
                     span: job.span,
                 });
-                self.state.set_active(self.active.len());
+                self.state.set_active(self.in_flight());
             }
-            Ok(Err(e)) => {
-                let _ = job.events.send(Event::Failed(e.into()));
-            }
-            Err(_) => {
-                error!("prefill panicked");
-                let _ = job.events.send(Event::Failed(ServiceError::Internal(
-                    "the model failed on this request".into(),
-                )));
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e));
             }
         }
     }
 
-    /// Free the sequences whose client is gone (cancelled or dropped stream) or whose
-    /// deadline passed.
+    /// Run up to `max_prefill_tokens_per_step` prompt positions, oldest request first (a
+    /// request that finishes leaves the rest of the budget to the next); requests whose
+    /// prompt is then fully cached start decoding.
+    fn prefill(&mut self) {
+        let backend = self.backend;
+        let mut budget = self.limits.max_prefill_tokens_per_step;
+        while budget > 0 {
+            let Some(front) = self.prefilling.front_mut() else {
+                return;
+            };
+            let result = if backend.prefill_remaining(&front.sequence) == 0 {
+                Ok(0)
+            } else {
+                let span = info_span!(parent: &front.span, "prefill", max_positions = budget);
+                span.in_scope(|| {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        backend
+                            .prefill_chunk(&mut front.sequence, budget)
+                            .map_err(ServiceError::from)
+                    }))
+                    .unwrap_or_else(|_| Err(panicked("prefill")))
+                })
+            };
+            match result {
+                Ok(ran) if ran > 0 || backend.prefill_remaining(&front.sequence) == 0 => {
+                    budget = budget.saturating_sub(ran);
+                    if backend.prefill_remaining(&front.sequence) == 0 {
+                        if let Some(done) = self.prefilling.pop_front() {
+                            self.active.push(done);
+                        }
+                    }
+                }
+                // A chunk that makes no progress would spin forever: fail the request.
+                Ok(_) => self.fail_front(ServiceError::Internal(
+                    "the prefill made no progress".into(),
+                )),
+                Err(e) => self.fail_front(e),
+            }
+        }
+    }
+
+    fn fail_front(&mut self, error: ServiceError) {
+        if let Some(failed) = self.prefilling.pop_front() {
+            let _ = failed.events.send(Event::Failed(error));
+        }
+    }
+
+    /// Free the sequences (decoding or still prefilling: between two chunks) whose client
+    /// is gone (cancelled or dropped stream) or whose deadline passed.
     fn drop_abandoned(&mut self) {
         let now = Instant::now();
-        self.active.retain(|a| {
+        let keep = |a: &Active<B::Sequence>| {
             if a.events.is_closed() {
                 metrics::counter!(names::CANCELLED_TOTAL, "service" => "decoder").increment(1);
                 return false;
@@ -223,7 +292,9 @@ impl<B: DecodeBackend> Steps<'_, B> {
                 return false;
             }
             true
-        });
+        };
+        self.active.retain(keep);
+        self.prefilling.retain(keep);
     }
 
     /// Choose one token for every active sequence, report it, then run the survivors'
@@ -266,7 +337,7 @@ impl<B: DecodeBackend> Steps<'_, B> {
         }
         let mut keep = keep.into_iter();
         self.active.retain(|_| keep.next().unwrap_or(false));
-        self.state.set_active(self.active.len());
+        self.state.set_active(self.in_flight());
         if self.active.is_empty() {
             return;
         }
@@ -291,6 +362,12 @@ impl<B: DecodeBackend> Steps<'_, B> {
             }
         }
     }
+}
+
+/// A model failure the request sees as INTERNAL (the panic itself is logged here).
+fn panicked(what: &str) -> ServiceError {
+    error!("{what} panicked");
+    ServiceError::Internal("the model failed on this request".into())
 }
 
 #[cfg(test)]

@@ -28,6 +28,9 @@ pub enum ModelError {
     Device(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A caller bug: tokens are only chosen once the prompt is in the cache.
+    #[error("a token was requested before the prompt's prefill finished")]
+    NotPrefilled,
 }
 
 /// Loading, validating or writing an ICAE adapter.

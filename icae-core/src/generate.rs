@@ -5,19 +5,27 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::error::{IcaeError, InputError};
+use crate::error::{IcaeError, InputError, ModelError};
 use crate::model::{KvCache, LlamaModel};
 use crate::tokenizer::TextTokenizer;
+
+#[path = "output_text.rs"]
+mod output_text;
+pub use output_text::OutputText;
 
 /// Most stop strings one request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
 /// Longest stop string, in bytes.
 pub const MAX_STOP_STRING_BYTES: usize = 256;
+/// Temperatures below this decode greedily: dividing f32 logits by a temperature near
+/// f32's smallest normal overflows to ±inf and would sample the least likely token, and
+/// any temperature this small puts all the mass on the maximum anyway.
+pub const GREEDY_BELOW_TEMPERATURE: f64 = 1e-5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     pub max_new_tokens: usize,
-    /// 0 means greedy.
+    /// 0 (or anything below [`GREEDY_BELOW_TEMPERATURE`]) means greedy.
     pub temperature: f64,
     /// 0 means no top-k cut.
     pub top_k: usize,
@@ -59,7 +67,7 @@ impl SamplingParams {
             return bad(
                 "temperature",
                 self.temperature.to_string(),
-                "must be in [0, 100] (0 = greedy)".into(),
+                format!("must be in [0, 100] (below {GREEDY_BELOW_TEMPERATURE} = greedy)"),
             );
         }
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
@@ -81,7 +89,7 @@ impl SamplingParams {
     }
 
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < GREEDY_BELOW_TEMPERATURE
     }
 }
 
@@ -116,12 +124,17 @@ pub struct Step {
 /// One sequence being decoded: its cache, sampler state and emitted text.
 pub struct Sequence {
     cache: KvCache,
+    /// Prompt embeddings not yet run through the model (`[1, len, hidden]`); dropped once
+    /// the prefill is done.
+    prompt: Option<Tensor>,
     next_position: i64,
-    next_logits: Tensor,
+    /// Logits of the next token; `None` until the prefill is done.
+    next_logits: Option<Tensor>,
     params: SamplingParams,
     eos_ids: Vec<u32>,
     rng: ChaCha8Rng,
     generated: Vec<u32>,
+    text: OutputText,
     emitted: usize,
     finished: Option<FinishReason>,
     prompt_len: usize,
@@ -130,14 +143,27 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// Prefill the decoder with `embeds` (`[1, len, hidden]`, positions 0..len).
+    /// Prefill the decoder with `embeds` (`[1, len, hidden]`, positions 0..len) in one pass.
     pub fn start(
         model: &LlamaModel,
         embeds: &Tensor,
         params: SamplingParams,
         eos_ids: Vec<u32>,
     ) -> Result<Self, IcaeError> {
-        let _guard = tch::no_grad_guard();
+        let mut sequence = Self::begin(model, embeds, params, eos_ids)?;
+        sequence.prefill_chunk(model, sequence.prefill_remaining())?;
+        Ok(sequence)
+    }
+
+    /// A sequence whose prompt `embeds` (`[1, len, hidden]`) still has to be prefilled with
+    /// [`Sequence::prefill_chunk`]: a scheduler can then interleave a long prompt's
+    /// prefill with other sequences' decoding steps. Nothing runs through the model here.
+    pub fn begin(
+        model: &LlamaModel,
+        embeds: &Tensor,
+        params: SamplingParams,
+        eos_ids: Vec<u32>,
+    ) -> Result<Self, IcaeError> {
         let len = embeds.size()[1];
         let limit = model.config.max_position_embeddings;
         let needed = len as usize + params.max_new_tokens;
@@ -148,18 +174,16 @@ impl Sequence {
             }
             .into());
         }
-        let mut cache = model.new_cache(len + params.max_new_tokens as i64);
-        let positions = Tensor::arange(len, (Kind::Int64, model.device)).unsqueeze(0);
-        let hidden = model.forward(embeds, &positions, None, Some(&mut cache), None);
-        let next_logits = model.logits(&hidden.narrow(1, len - 1, 1)).view([-1]);
         Ok(Sequence {
-            cache,
-            next_position: len,
-            next_logits,
+            cache: model.new_cache(len + params.max_new_tokens as i64),
+            prompt: Some(embeds.shallow_clone()),
+            next_position: 0,
+            next_logits: None,
             rng: ChaCha8Rng::seed_from_u64(params.seed),
             params,
             eos_ids,
             generated: Vec::new(),
+            text: OutputText::default(),
             emitted: 0,
             finished: None,
             prompt_len: len as usize,
@@ -167,8 +191,46 @@ impl Sequence {
         })
     }
 
+    /// Run the next (at most) `max_positions` prompt positions through the model, extending
+    /// the cache; the last chunk leaves the first token's logits. Returns how many ran.
+    pub fn prefill_chunk(
+        &mut self,
+        model: &LlamaModel,
+        max_positions: usize,
+    ) -> Result<usize, IcaeError> {
+        let _guard = tch::no_grad_guard();
+        let Some(prompt) = &self.prompt else {
+            return Ok(0);
+        };
+        let start = self.next_position;
+        let count = (self.prompt_len as i64 - start).min(max_positions as i64);
+        if count <= 0 {
+            return Ok(0);
+        }
+        let chunk = prompt.narrow(1, start, count);
+        let positions =
+            Tensor::arange_start(start, start + count, (Kind::Int64, model.device)).unsqueeze(0);
+        let hidden = model.forward(&chunk, &positions, None, Some(&mut self.cache), None);
+        self.next_position += count;
+        if self.next_position == self.prompt_len as i64 {
+            self.next_logits = Some(model.logits(&hidden.narrow(1, count - 1, 1)).view([-1]));
+            self.prompt = None;
+        }
+        Ok(count as usize)
+    }
+
+    /// Prompt positions still to prefill (0 once the sequence can choose tokens).
+    pub fn prefill_remaining(&self) -> usize {
+        self.prompt_len - self.next_position.min(self.prompt_len as i64) as usize
+    }
+
     pub fn prompt_len(&self) -> usize {
         self.prompt_len
+    }
+
+    /// Logits of the next token (`[vocab]`, f32), once the prefill is done.
+    pub fn next_logits(&self) -> Option<&Tensor> {
+        self.next_logits.as_ref()
     }
 
     pub fn generated(&self) -> &[u32] {
@@ -195,14 +257,19 @@ impl Sequence {
     /// Sample the next token from the latest logits and report the text it completes. When
     /// the sequence goes on, the token waits in `pending` for the next `decode_batch`.
     pub fn choose(&mut self, tokenizer: &TextTokenizer) -> Result<Step, IcaeError> {
-        let logits: Vec<f32> = Vec::try_from(&self.next_logits)?;
+        let next_logits = self
+            .next_logits
+            .as_ref()
+            .ok_or(IcaeError::Model(ModelError::NotPrefilled))?;
+        let logits: Vec<f32> = Vec::try_from(next_logits)?;
         let token = sample(&logits, &self.params, &mut self.rng);
         if self.eos_ids.contains(&token) {
-            return self.finish(token, tokenizer, FinishReason::Eos);
+            return self.finish(token, FinishReason::Eos);
         }
         self.generated.push(token);
-        let text = tokenizer.decode(&self.generated, true)?;
-        if let Some(cut) = find_stop(&text, &self.params.stop, self.emitted) {
+        self.text.push(token, &self.generated, tokenizer)?;
+        let text = self.text.as_str();
+        if let Some(cut) = find_stop(text, &self.params.stop, self.emitted) {
             let delta = text[self.emitted..cut].to_string();
             self.emitted = cut;
             self.finished = Some(FinishReason::Stop);
@@ -213,9 +280,9 @@ impl Sequence {
             });
         }
         if self.generated.len() >= self.params.max_new_tokens {
-            return self.finish(token, tokenizer, FinishReason::Length);
+            return self.finish(token, FinishReason::Length);
         }
-        let safe = safe_prefix_len(&text, &self.params.stop).max(self.emitted);
+        let safe = safe_prefix_len(text, &self.params.stop).max(self.emitted);
         let delta = text[self.emitted..safe].to_string();
         self.emitted = safe;
         self.pending = Some(token);
@@ -226,13 +293,8 @@ impl Sequence {
         })
     }
 
-    fn finish(
-        &mut self,
-        token: u32,
-        tokenizer: &TextTokenizer,
-        reason: FinishReason,
-    ) -> Result<Step, IcaeError> {
-        let text = tokenizer.decode(&self.generated, true)?;
+    fn finish(&mut self, token: u32, reason: FinishReason) -> Result<Step, IcaeError> {
+        let text = self.text.as_str();
         let delta = text.get(self.emitted..).unwrap_or_default().to_string();
         self.emitted = text.len();
         self.finished = Some(reason);
@@ -268,7 +330,7 @@ pub fn decode_batch(model: &LlamaModel, sequences: &mut [&mut Sequence]) -> Resu
     };
     let logits = model.logits(&hidden);
     for (row, sequence) in ready.iter_mut().enumerate() {
-        sequence.next_logits = logits.get(row as i64).view([-1]);
+        sequence.next_logits = Some(logits.get(row as i64).view([-1]));
         sequence.next_position += 1;
         sequence.pending = None;
     }
@@ -372,6 +434,31 @@ mod tests {
         let params = SamplingParams::greedy(1);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         assert_eq!(sample(&[0.1, 3.0, 3.0, -1.0], &params, &mut rng), 1);
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy_instead_of_overflowing() {
+        // 1 / 1e-38 as f32 is inf: the logits became ±inf/NaN and the least likely token
+        // came out. Every token but the maximum must now be impossible.
+        let logits = [-2.0f32, 5.0, 4.9, -30.0];
+        for temperature in [1e-38, 1e-30, 1e-6, f64::MIN_POSITIVE] {
+            let params = SamplingParams {
+                temperature,
+                seed: 11,
+                ..SamplingParams::greedy(1)
+            };
+            assert!(params.is_greedy(), "{temperature}");
+            assert!(params.validate(10).is_ok());
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            for _ in 0..20 {
+                assert_eq!(sample(&logits, &params, &mut rng), 1, "{temperature}");
+            }
+        }
+        let warm = SamplingParams {
+            temperature: 1e-4,
+            ..SamplingParams::greedy(1)
+        };
+        assert!(!warm.is_greedy());
     }
 
     #[test]

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod gguf_builder;
+pub mod real_model;
 pub mod tiny_model;
