@@ -15,6 +15,9 @@ use tonic::Code;
 const DOC: &str = "The lighthouse keeper wrote every evening about the ships that passed, the \
 weather over the strait and the birds that rested on the gallery rail.";
 
+/// The tests here measure time: one at a time, so they do not slow each other down.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Positions the long request must have: the size issue 11 names.
 const LONG_TOKENS: u32 = 2048;
 
@@ -116,6 +119,7 @@ async fn services(chunk: &str) -> (Redis, Service, Service) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled() {
+    let _serial = SERIAL.lock().await;
     // 16 positions per step: on the 2-core CPU a chunk costs about one batch-4 decoding step
     // (the default 256 suits an accelerator; docs/ explains the trade-off).
     let (_redis, encoder, decoder) = services("16").await;
@@ -206,6 +210,7 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deadline_or_a_cancel_is_honoured_during_a_long_prefill() {
+    let _serial = SERIAL.lock().await;
     // 8 positions per step: the 2,048-token prefill alone takes seconds.
     let (_redis, encoder, decoder) = services("8").await;
     let url = decoder.url();
