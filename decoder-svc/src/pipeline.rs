@@ -187,17 +187,17 @@ impl GeneratePipeline {
         tenant: Option<&Tenant>,
     ) -> Result<Tensor, ServiceError> {
         let fingerprint = &summary.fingerprint;
+        let wrong_model = |key: String, found: String| ServiceError::WrongModel {
+            key,
+            found,
+            expected: fingerprint.clone(),
+        };
         let (slots, meta, key) = match source {
             SlotSource::Key(raw) => {
                 let key = SlotKey::parse(&raw, tenant)?;
-                let wrong_model = |found: String| ServiceError::WrongModel {
-                    key: key.key.clone(),
-                    found,
-                    expected: fingerprint.clone(),
-                };
                 // The key names the model that made it: no need to read another model's.
                 if &key.fingerprint != fingerprint {
-                    return Err(wrong_model(key.fingerprint.clone()));
+                    return Err(wrong_model(key.key, key.fingerprint));
                 }
                 let value =
                     self.store
@@ -212,24 +212,13 @@ impl GeneratePipeline {
                 };
                 let (slots, meta) = decode_slots(&value).map_err(corrupt)?;
                 check_width(&slots, summary.hidden_size).map_err(corrupt)?;
-                if &meta.fingerprint != fingerprint {
-                    return Err(wrong_model(meta.fingerprint));
-                }
                 (slots, meta, key.key)
             }
             SlotSource::Inline(value) => {
                 let invalid = |source| ServiceError::BadInlineSlots { index, source };
                 let (slots, meta) = decode_slots(&value).map_err(invalid)?;
                 check_width(&slots, summary.hidden_size).map_err(invalid)?;
-                let key = format!("inline slot set {index}");
-                if &meta.fingerprint != fingerprint {
-                    return Err(ServiceError::WrongModel {
-                        key,
-                        found: meta.fingerprint,
-                        expected: fingerprint.clone(),
-                    });
-                }
-                (slots, meta, key)
+                (slots, meta, format!("inline slot set {index}"))
             }
             SlotSource::Missing => {
                 return Err(InputError::BadParameter {
@@ -240,6 +229,9 @@ impl GeneratePipeline {
                 .into())
             }
         };
+        if &meta.fingerprint != fingerprint {
+            return Err(wrong_model(key, meta.fingerprint));
+        }
         // Link this request's trace to the encoder request that made the slots.
         if let Some(encoder_trace) = &meta.traceparent {
             link_to(&Span::current(), encoder_trace);

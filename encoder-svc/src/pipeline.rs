@@ -102,11 +102,16 @@ impl CompressPipeline {
         }
 
         let store_started = Instant::now();
-        let keys: Vec<String> = token_ids
+        // Each document's content address, computed once: its key, the check of a cached
+        // value and the metadata of a new one all use it.
+        let digests: Vec<String> = token_ids.iter().map(|ids| token_digest(ids)).collect();
+        let keys: Vec<String> = digests
             .iter()
-            .map(|ids| slot_key(&scope, &summary.fingerprint, ids))
+            .map(|digest| slot_key(&scope, &summary.fingerprint, digest))
             .collect();
-        let mut stored = self.lookup(&keys, &token_ids, &summary, ttl).await?;
+        let mut stored = self
+            .lookup(&keys, &token_ids, &digests, &summary, ttl)
+            .await?;
         timings.store_seconds = store_started.elapsed().as_secs_f64();
 
         let misses: Vec<usize> = (0..count).filter(|&i| stored[i].is_none()).collect();
@@ -130,7 +135,7 @@ impl CompressPipeline {
                     num_segments: doc.num_segments,
                     created_at,
                     traceparent: input.traceparent.clone(),
-                    token_digest: Some(token_digest(&token_ids[i])),
+                    token_digest: Some(digests[i].clone()),
                 };
                 let value = encode_slots(&doc.slots, &meta)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -234,13 +239,14 @@ impl CompressPipeline {
         &self,
         keys: &[String],
         token_ids: &[Vec<u32>],
+        digests: &[String],
         summary: &ModelSummary,
         ttl: u32,
     ) -> Result<Vec<Option<StoredSlots>>, ServiceError> {
         let mut stored = Vec::with_capacity(keys.len());
-        for (key, ids) in keys.iter().zip(token_ids) {
+        for ((key, ids), digest) in keys.iter().zip(token_ids).zip(digests) {
             let hit = match self.store.get_refresh(key, u64::from(ttl)).await {
-                Ok(Some(value)) => match verify(&value, ids, summary) {
+                Ok(Some(value)) => match verify(&value, ids.len(), digest, summary) {
                     Ok((meta, num_slots)) => {
                         Some(stored_slots(key, num_slots, &meta, ttl, true, value))
                     }
@@ -262,19 +268,18 @@ impl CompressPipeline {
 /// or why it does not verify. Only the header is read, not the tensor.
 fn verify(
     value: &[u8],
-    ids: &[u32],
+    num_tokens: usize,
+    digest: &str,
     summary: &ModelSummary,
 ) -> Result<(SlotMeta, usize), &'static str> {
     let header = inspect_slots(value).map_err(|_| "undecodable")?;
     if header.meta.fingerprint != summary.fingerprint {
         return Err("fingerprint");
     }
-    if header.meta.num_tokens != ids.len()
-        || header.meta.token_digest.as_deref() != Some(token_digest(ids).as_str())
-    {
+    if header.meta.num_tokens != num_tokens || header.meta.token_digest.as_deref() != Some(digest) {
         return Err("digest");
     }
-    let slots = expected_slots(summary, ids.len());
+    let slots = expected_slots(summary, num_tokens);
     if header.shape != [slots, summary.hidden_size] {
         return Err("shape");
     }

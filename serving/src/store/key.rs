@@ -6,7 +6,6 @@
 //! of this schema.
 
 use icae_core::error::InputError;
-use icae_core::slots::token_digest;
 
 use crate::error::shown;
 use crate::identity::Tenant;
@@ -71,13 +70,10 @@ impl KeyScope {
     }
 }
 
-/// The key of a document's slots under one model fingerprint.
-pub fn slot_key(scope: &KeyScope, fingerprint: &str, token_ids: &[u32]) -> String {
-    format!(
-        "{}{SCHEMA}:{fingerprint}:{}",
-        scope.prefix(),
-        token_digest(token_ids)
-    )
+/// The key of a document's slots under one model fingerprint, from the document's
+/// [`token_digest`](icae_core::slots::token_digest).
+pub fn slot_key(scope: &KeyScope, fingerprint: &str, token_digest: &str) -> String {
+    format!("{}{SCHEMA}:{fingerprint}:{token_digest}", scope.prefix())
 }
 
 /// A key a client named, checked against the schema and the caller's tenant.
@@ -149,7 +145,13 @@ impl SlotKey {
 
 #[cfg(test)]
 mod tests {
+    use icae_core::slots::token_digest;
+
     use super::*;
+
+    fn slot_key(scope: &KeyScope, fingerprint: &str, token_ids: &[u32]) -> String {
+        super::slot_key(scope, fingerprint, &token_digest(token_ids))
+    }
 
     fn scope(tenant: Option<&str>, namespace: &str) -> KeyScope {
         KeyScope {

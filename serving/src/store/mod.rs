@@ -164,35 +164,31 @@ impl SlotStore {
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(Some(self.timeout))
                     .set_number_of_retries(1);
-                let manager = tokio::time::timeout(
-                    self.timeout,
-                    client.get_connection_manager_with_config(config),
-                )
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable(format!(
-                        "connecting timed out after {:?}",
-                        self.timeout
-                    ))
-                })?
-                .map_err(unavailable)?;
+                let manager = self
+                    .connect_within_timeout(client.get_connection_manager_with_config(config))
+                    .await?;
                 Conn::Standalone(manager)
             }
-            Target::Cluster(client) => {
-                let conn = tokio::time::timeout(self.timeout, client.get_async_connection())
-                    .await
-                    .map_err(|_| {
-                        StoreError::Unavailable(format!(
-                            "connecting timed out after {:?}",
-                            self.timeout
-                        ))
-                    })?
-                    .map_err(unavailable)?;
-                Conn::Cluster(conn)
-            }
+            Target::Cluster(client) => Conn::Cluster(
+                self.connect_within_timeout(client.get_async_connection())
+                    .await?,
+            ),
         };
         *guard = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Make a connection, failing as unavailable when it takes longer than the timeout.
+    async fn connect_within_timeout<C>(
+        &self,
+        connect: impl std::future::Future<Output = RedisResult<C>>,
+    ) -> Result<C, StoreError> {
+        tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("connecting timed out after {:?}", self.timeout))
+            })?
+            .map_err(unavailable)
     }
 
     /// Run one command on `key` with the operation timeout, recording its duration.
