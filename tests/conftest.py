@@ -14,6 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The oracle comparisons are in f32; `--dtype auto` would pick bf16 on a machine with AMX.
+# The bf16 tests pass `--dtype bf16` explicitly, which wins over this.
+os.environ.setdefault("ICAE_DTYPE", "f32")
+
 
 def icae_bin() -> str:
     path = os.environ.get("ICAE_BIN", str(ROOT / "target" / "release" / "icae"))

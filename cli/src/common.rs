@@ -38,6 +38,7 @@ pub fn load_icae(model: &ModelArgs, adapter: &AdapterArgs) -> Result<IcaeModel> 
         &adapter.adapter,
         &adapter.load_options(),
         model.device,
+        model.dtype,
     )
     .with_context(|| {
         format!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::adapter::{DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA};
-use crate::{DeviceSpec, LoadOptions};
+use crate::{DeviceSpec, DtypeSpec, LoadOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
@@ -16,6 +16,10 @@ pub struct ModelArgs {
     /// Where to run the model: cpu, cuda, cuda:N or auto (first GPU if any).
     #[arg(long, env = "ICAE_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
+    /// Precision of weights, LoRA, KV cache and activations: f32, bf16 or auto (bf16 on
+    /// CUDA and on CPUs with AMX-BF16 or AVX512-BF16, f32 elsewhere).
+    #[arg(long, env = "ICAE_DTYPE", default_value = "auto")]
+    pub dtype: DtypeSpec,
     /// libtorch's intra-op CPU threads; 0 keeps its default (one per core of the machine).
     /// In a container with a CPU limit, set it to that limit: more threads than CPUs only
     /// contend.

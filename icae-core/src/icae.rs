@@ -7,7 +7,7 @@ use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
 
 use crate::adapter::{Adapter, LoadOptions, SpecialToken};
-use crate::device::{default_kind, kind_name, DeviceSpec};
+use crate::device::{kind_name, DeviceSpec, DtypeSpec};
 use crate::error::{IcaeError, InputError};
 use crate::fingerprint::{base_fingerprint, icae_fingerprint, IcaeIdentity};
 use crate::generate::{FinishReason, SamplingParams, Sequence};
@@ -68,9 +68,10 @@ impl IcaeModel {
         adapter_path: &Path,
         options: &LoadOptions,
         device: DeviceSpec,
+        dtype: DtypeSpec,
     ) -> Result<Self, IcaeError> {
         let device = device.resolve()?;
-        let kind = default_kind(device);
+        let kind = dtype.resolve(device);
         let base = LlamaModel::load(model_dir, device, kind)?;
         let tokenizer = TextTokenizer::load(model_dir)?;
         let adapter = Adapter::load(

@@ -16,7 +16,7 @@ pub mod slots;
 pub mod tokenizer;
 
 pub use adapter::{Adapter, LoadOptions};
-pub use device::DeviceSpec;
+pub use device::{DeviceSpec, DtypeSpec};
 pub use error::{AdapterError, IcaeError, InputError, ModelError};
 pub use generate::{FinishReason, SamplingParams, Sequence};
 pub use icae::{check_token_ids, Compressed, Generation, IcaeModel, Mode, ModelSummary};

@@ -13,11 +13,18 @@ use common::tiny_model::{
 use icae_core::adapter::{
     save_adapter, LoadOptions, NamedTensor, CONFIG_FILE, SLOT_PROJECTOR_BIAS, SLOT_PROJECTOR_WEIGHT,
 };
-use icae_core::{DeviceSpec, IcaeModel, Mode};
+use icae_core::{DeviceSpec, DtypeSpec, IcaeModel, Mode};
 use tch::{Device, Kind, Tensor};
 
 fn icae(model: &Path, adapter: &Path) -> IcaeModel {
-    IcaeModel::load(model, adapter, &LoadOptions::default(), DeviceSpec::Cpu).unwrap()
+    IcaeModel::load(
+        model,
+        adapter,
+        &LoadOptions::default(),
+        DeviceSpec::Cpu,
+        DtypeSpec::F32,
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

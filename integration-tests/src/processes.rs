@@ -21,6 +21,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A command for one of our binaries, pinned to f32 unless its arguments say `--dtype`:
+/// `--dtype auto` would pick bf16 on a CI machine with AMX, and these tests compare outputs
+/// that only f32 keeps identical across batch shapes.
+pub fn our_command(name: &str) -> Command {
+    let mut command = Command::new(bin(name));
+    command.env("ICAE_DTYPE", "f32");
+    command
+}
+
 /// Release binaries (built by scripts/setup.sh), or $ICAE_BIN_DIR.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("ICAE_BIN_DIR")
@@ -374,7 +383,7 @@ impl Service {
         let port = free_port();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("service.log");
-        let child = Command::new(bin(kind.binary()))
+        let child = our_command(kind.binary())
             .arg("--model")
             .arg(model_dir())
             .arg("--adapter")
@@ -504,7 +513,7 @@ impl Drop for Service {
 
 /// Run the icae CLI and parse the JSON it prints last.
 pub fn icae_json(args: &[&str]) -> serde_json::Value {
-    let output = Command::new(bin("icae")).args(args).output().unwrap();
+    let output = our_command("icae").args(args).output().unwrap();
     assert!(
         output.status.success(),
         "icae {args:?} failed: {}",

@@ -71,10 +71,7 @@ async fn a_decoder_with_another_adapter_refuses_the_slots() {
 }
 
 fn icae_json_ok(args: &[&str]) {
-    let status = std::process::Command::new(bin("icae"))
-        .args(args)
-        .output()
-        .unwrap();
+    let status = our_command("icae").args(args).output().unwrap();
     assert!(
         status.status.success(),
         "{}",

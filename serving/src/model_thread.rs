@@ -177,6 +177,7 @@ pub fn load_icae(
         &adapter.adapter,
         &adapter.load_options(),
         model.device,
+        model.dtype,
     )
     .map_err(|e| e.to_string())?;
     let summary = icae.summary(&model.model, &adapter.adapter);

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use icae_core::args::ModelArgs;
-use icae_core::device::default_kind;
 use icae_core::model::LlamaModel;
 use icae_core::tokenizer::TextTokenizer;
 use tch::{Kind, Tensor};
@@ -23,7 +22,7 @@ pub struct LogitsArgs {
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     let device = args.model.device.resolve()?;
-    let model = LlamaModel::load(&args.model.model, device, default_kind(device))?;
+    let model = LlamaModel::load(&args.model.model, device, args.model.dtype.resolve(device))?;
     let tokenizer = TextTokenizer::load(&args.model.model)?;
     let ids: Vec<i64> = tokenizer
         .encode(&args.text.read()?)?

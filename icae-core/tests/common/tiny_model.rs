@@ -162,9 +162,14 @@ pub fn tiny_icae() -> (TinyModel, tempfile::TempDir, icae_core::IcaeModel) {
     let dir = tempfile::tempdir().unwrap();
     let adapter = write_random_adapter(dir.path(), &tiny.config, 4, 2);
     let options = icae_core::adapter::LoadOptions::default();
-    let icae =
-        icae_core::IcaeModel::load(&tiny.path, &adapter, &options, icae_core::DeviceSpec::Cpu)
-            .unwrap();
+    let icae = icae_core::IcaeModel::load(
+        &tiny.path,
+        &adapter,
+        &options,
+        icae_core::DeviceSpec::Cpu,
+        icae_core::DtypeSpec::F32,
+    )
+    .unwrap();
     (tiny, dir, icae)
 }
 
