@@ -222,6 +222,15 @@ def cmd_make_qa(args):
     print(json.dumps(make_qa(args.model, documents, args.count, args.seed, args.out)))
 
 
+def cmd_make_cloze(args):
+    from .cloze import make_cloze, write_cloze
+    from .data import read_jsonl
+
+    documents = [d.get("text") or d["input"] for d in read_jsonl(args.documents)]
+    records = make_cloze(documents, args.passages, args.per_passage, args.seed)
+    print(json.dumps(write_cloze(records, args.out)))
+
+
 def _train_and_export(args, model, tokenizer, example_for, objective: str, notes: str):
     """The tail pretraining and fine-tuning share: run (or resume) the training loop in
     `args.run_dir`, then, on the main process, write the adapter to `run_dir/adapter`.
@@ -433,6 +442,22 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_make_qa)
+
+    p = sub.add_parser(
+        "make-cloze",
+        help="write extractive cloze (input, prompt, answer) triples from passages; no model",
+    )
+    p.add_argument(
+        "--documents",
+        type=Path,
+        required=True,
+        help='JSONL of documents under "text" (a corpus split) or "input" (PwC format)',
+    )
+    p.add_argument("--passages", type=int, default=5000, help="passages to draw questions from")
+    p.add_argument("--per-passage", type=int, default=2, help="most questions per passage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_make_cloze)
 
     p = sub.add_parser("pretrain", help="autoencoding + language-modelling pretraining")
     _model_args(p)

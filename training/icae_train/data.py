@@ -14,6 +14,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def passages(
+    documents: list[str], count: int, seed: int, min_chars: int = 300, max_chars: int = 1200
+):
+    """Up to `count` prose paragraphs of the documents, shuffled with `seed`."""
+    rng = random.Random(seed)
+    candidates = []
+    for doc in documents:
+        for paragraph in doc.split("\n\n"):
+            paragraph = paragraph.strip()
+            if min_chars <= len(paragraph) <= max_chars and sum(
+                c.isalpha() for c in paragraph
+            ) > 0.7 * len(paragraph):
+                candidates.append(paragraph)
+    rng.shuffle(candidates)
+    return candidates[:count]
+
+
 def write_tokens(path: str | Path, documents: list[list[int]]):
     """Tokenized documents as one .npz (ids as uint32, document offsets): ~4 bytes a token,
     readable with numpy alone (no tokenizer on the machine that trains)."""

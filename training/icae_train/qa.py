@@ -5,12 +5,13 @@ are dropped (the 135M model is too small to do both in one reply)."""
 from __future__ import annotations
 
 import json
-import random
 import re
 
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .data import passages
 
 ASK = (
     "Read the text and write one question that the text answers.\n\n"
@@ -22,22 +23,6 @@ ANSWER = (
     "Answer the question with a short phrase copied from the text.\n"
     "Question: {question}"
 )
-
-
-def passages(
-    documents: list[str], count: int, seed: int, min_chars: int = 300, max_chars: int = 1200
-):
-    rng = random.Random(seed)
-    candidates = []
-    for doc in documents:
-        for paragraph in doc.split("\n\n"):
-            paragraph = paragraph.strip()
-            if min_chars <= len(paragraph) <= max_chars and sum(
-                c.isalpha() for c in paragraph
-            ) > 0.7 * len(paragraph):
-                candidates.append(paragraph)
-    rng.shuffle(candidates)
-    return candidates[:count]
 
 
 def question_of(reply: str) -> str | None:
