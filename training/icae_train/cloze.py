@@ -52,6 +52,12 @@ PERSON_VERBS = re.compile(
     r"led|became|joined|was born)\b"
 )
 TITLES = re.compile(r"(?:Mr|Mrs|Ms|Dr|Prof|President|Minister|Senator|CEO)\.?\s+$")
+FUNCTION_WORDS = set(
+    "The A An This That These Those It Its If In On At For From To By With As Or And But So "
+    "When Where While What Which Who How Why Otherwise However Also Then Thus There Here Each "
+    "Every All Some Any No Not Note See Use Drop Add Fix Fixed Added Refer".split()
+)
+MARKUP = re.compile(r"[`\[\]$*_<>{}|=/\\]")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 MIN_WORDS, MAX_WORDS = 6, 50
 
@@ -66,6 +72,16 @@ class Cloze:
 def sentences(passage: str) -> list[str]:
     flat = re.sub(r"\s+", " ", passage).strip()
     return [s for s in SENTENCE_END.split(flat) if MIN_WORDS <= len(s.split()) <= MAX_WORDS]
+
+
+def _trim_function_words(sentence: str, start: int, end: int) -> tuple[int, int]:
+    """Drop capitalised function words ("The", "However") from the front of a name span."""
+    while start < end:
+        word = sentence[start:end].split(" ", 1)[0]
+        if word not in FUNCTION_WORDS:
+            break
+        start = min(end, start + len(word) + 1)
+    return start, end
 
 
 def _question_phrase(kind: str, sentence: str, start: int, end: int) -> tuple[int, str]:
@@ -104,10 +120,17 @@ def clozes_of(sentence: str) -> list[Cloze]:
             if any(start < e and s < end for s, e in taken):
                 continue
             taken.append((start, end))
-            # One capitalised word opening the sentence is usually not a name.
-            if kind == "name" and start == 0 and " " not in match.group(0):
+            if kind == "name":
+                start, end = _trim_function_words(sentence, start, end)
+                if start == end:
+                    continue
+            # Spans in markup or code (`x`, [x], $x, *x*) are identifiers, not prose.
+            if MARKUP.search(sentence[max(0, start - 1) : start] + sentence[end : end + 1]):
                 continue
-            answer = match.group(0).strip()
+            # One capitalised word opening the sentence is usually not a name.
+            if kind == "name" and start == 0 and " " not in sentence[start:end]:
+                continue
+            answer = sentence[start:end].strip()
             q_start, phrase = _question_phrase(kind, sentence, start, end)
             body = sentence[:q_start] + phrase + sentence[end:-1]
             question = body[0].upper() + body[1:] + "?"
