@@ -231,6 +231,45 @@ def cmd_make_cloze(args):
     print(json.dumps(write_cloze(records, args.out)))
 
 
+def cmd_search(args):
+    from transformers import AutoTokenizer
+
+    from .search import DEFAULT_CANDIDATES, Protocol, parse_candidate, plot_curves, search
+
+    device, dtype = _device(args.device)
+    try:
+        candidates = [parse_candidate(c) for c in args.candidate] or DEFAULT_CANDIDATES
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    train_docs = _tokenize_documents(tokenizer, args.corpus / "train.jsonl", args.max_documents)
+    heldout_docs = _tokenize_documents(tokenizer, args.corpus / "heldout.jsonl", None)
+    protocol = Protocol(
+        steps=args.steps,
+        batch=args.batch,
+        text_tokens=args.text_tokens,
+        eval_every=args.eval_every,
+        eval_texts=args.eval_texts,
+        seed=args.seed,
+        mem_size=args.text_tokens // args.compression_rate,
+        compression_rate=args.compression_rate,
+        target_modules=args.target_modules.split(","),
+    )
+
+    def log(name, record):
+        print(json.dumps({"candidate": name, **record}), flush=True)
+
+    report = search(args.model, candidates, protocol, train_docs, heldout_docs, dtype, device, log)
+    args.out.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot_curves(report, args.plot)
+    for row in report["table"]:
+        print(
+            f"{row['name']:<20} accuracy {row['start']['accuracy']:.3f} -> {row['accuracy']:.3f}"
+            f"  loss {row['start']['loss']:.3f} -> {row['loss']:.3f}"
+        )
+
+
 def _train_and_export(args, model, tokenizer, example_for, objective: str, notes: str):
     """The tail pretraining and fine-tuning share: run (or resume) the training loop in
     `args.run_dir`, then, on the main process, write the adapter to `run_dir/adapter`.
@@ -458,6 +497,32 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_make_cloze)
+
+    p = sub.add_parser(
+        "search",
+        help="compare recipes under one protocol (same data, seed, examples seen, held-out set)",
+    )
+    _model_args(p)
+    p.add_argument("--corpus", type=Path, required=True, help="with train.jsonl, heldout.jsonl")
+    p.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        help="name:key=value,... (keys: slot_projector, lr, lora_r, random_offsets); "
+        "repeatable; none = the default set",
+    )
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=64, help="one segment: mem = this / rate")
+    p.add_argument("--compression-rate", type=int, default=4)
+    p.add_argument("--target-modules", default="q_proj,v_proj")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-texts", type=int, default=32)
+    p.add_argument("--max-documents", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="the report (JSON)")
+    p.add_argument("--plot", type=Path, help="curves of every candidate (PNG)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("pretrain", help="autoencoding + language-modelling pretraining")
     _model_args(p)
