@@ -7,6 +7,7 @@ random, so only the encoder path (LoRA, memory tokens, slot projector) can learn
 
 import random
 
+import pytest
 import torch
 
 from icae_train.model import ICAE, IcaeConfig
@@ -48,3 +49,20 @@ def test_a_fixed_batch_is_memorised(tiny_dir):
     assert first["accuracy"] < 0.1, "the check must start far from its target"
     assert last["accuracy"] >= 0.95, (last, history[::10])
     assert last["loss"] < first["loss"] / 4
+
+
+def test_a_batch_scores_like_its_texts_one_by_one(tiny_dir):
+    """The batched AE path (one encoder and one decoder forward for equal-length texts)
+    gives the per-text path's numbers: loss as the mean of the texts' means, same argmax."""
+    torch.manual_seed(0)
+    config = IcaeConfig(mem_size=MEM_SIZE, compression_rate=RATE, lora_r=8, slot_projector=True)
+    model = ICAE(str(tiny_dir), config)
+    batch = texts()[:4]
+    loss, correct, total = model.autoencode_batch_scores(batch)
+    one_by_one = [model.autoencode_scores(ids) for ids in batch]
+    assert total == sum(n for _, _, n in one_by_one) == 4 * (TEXT_TOKENS + 1)
+    assert correct == sum(right for _, right, _ in one_by_one)
+    mean = sum(loss_i.item() for loss_i, _, _ in one_by_one) / len(batch)
+    assert loss.item() == pytest.approx(mean, rel=1e-5)
+    with pytest.raises(ValueError, match="one length of at most one segment"):
+        model.autoencode_batch_scores([[5] * TEXT_TOKENS, [5] * (TEXT_TOKENS - 1)])

@@ -2,10 +2,10 @@
 that cannot reproduce 8 short texts it sees at every step will not learn to compress a
 stream of fresh ones, and the check takes minutes instead of days, so it comes first.
 
-Every step trains on the whole batch (the gradient of each text accumulated, then one
-AdamW step at a constant learning rate) and measures the batch's teacher-forced AE token
-accuracy (argmax of the decoder at each position of `text ++ [EOS]`, given the slots, [AE]
-and the true tokens before it)."""
+Every step trains on the whole batch (one forward of all texts, which have one length and
+fit one segment each, then one AdamW step at a constant learning rate) and measures the
+batch's teacher-forced AE token accuracy (argmax of the decoder at each position of
+`text ++ [EOS]`, given the slots, [AE] and the true tokens before it)."""
 
 from __future__ import annotations
 
@@ -47,16 +47,12 @@ def overfit(model: ICAE, texts: list[list[int]], cfg: OverfitConfig, log=None) -
     model.train()
     for step in range(cfg.max_steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = correct = total = 0
-        for ids in texts:
-            loss, right, n = model.autoencode_scores(ids)
-            if step < cfg.max_steps:
-                (loss / len(texts)).backward()
-            loss_sum += loss.item() * n
-            correct, total = correct + right, total + n
+        loss, correct, total = model.autoencode_batch_scores(texts)
+        if step < cfg.max_steps:
+            loss.backward()
         record = {
             "step": step,
-            "loss": loss_sum / total,
+            "loss": loss.item(),
             "accuracy": correct / total,
             "seconds": time.time() - started,
         }

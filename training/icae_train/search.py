@@ -2,8 +2,8 @@
 their recipe: every candidate starts from the same seed, trains on the same stream of
 short windows (equal examples seen, the same windows in the same order for candidates that
 draw them the same way), and is measured at the same steps on the same held-out windows by
-teacher-forced AE token accuracy and loss. Short windows (e.g. 64 tokens -> 16 slots) give
-each candidate many steps on a CPU."""
+teacher-forced AE token accuracy and loss. Short windows (e.g. 64 tokens -> 16 slots), one
+segment each, run as one batch per step, so each candidate gets many steps on a CPU."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import torch
 
 from .model import ICAE, IcaeConfig
 from .train import TrainConfig, optimizer_for
+
+# Held-out windows scored per forward (bounds activation memory, not the result).
+EVAL_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,8 @@ def scores(model: ICAE, texts: list[list[int]]) -> dict:
     """Teacher-forced AE loss (per token) and token accuracy over `texts`."""
     model.eval()
     loss_sum = correct = total = 0
-    for ids in texts:
-        loss, right, n = model.autoencode_scores(ids)
+    for start in range(0, len(texts), EVAL_BATCH):
+        loss, right, n = model.autoencode_batch_scores(texts[start : start + EVAL_BATCH])
         loss_sum, correct, total = loss_sum + loss.item() * n, correct + right, total + n
     model.train()
     return {"loss": loss_sum / total, "accuracy": correct / total}
@@ -162,9 +165,8 @@ def run_candidate(
             train_documents, protocol.text_tokens, protocol.batch, data, candidate.random_offsets
         )
         optimizer.zero_grad(set_to_none=True)
-        for ids in batch:
-            loss, _ = model.autoencode_loss(ids)
-            (loss / len(batch)).backward()
+        loss, _, _ = model.autoencode_batch_scores(batch)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
     return history
