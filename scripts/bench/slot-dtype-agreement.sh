@@ -38,6 +38,10 @@ for doc in $(seq 1 "$docs"); do
         ${prompt:+--prompt "$prompt"} --greedy --max-new-tokens "$steps" --json 2>/dev/null \
         | tail -1 > "$work/$dtype.out.json"
     done
+    if [ ! -s "$work/f32.out.json" ] || [ ! -s "$work/bf16.out.json" ]; then
+      echo "doc $doc $name: generation failed (rerun it by hand to see why)"
+      return
+    fi
     read -r same len < <(same_prefix "$work/f32.out.json" "$work/bf16.out.json")
     total_same=$((total_same + same)) total=$((total + len))
     echo "doc $doc $name: $same/$len identical before the first divergence"
