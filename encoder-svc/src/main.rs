@@ -9,6 +9,7 @@ mod server;
 use std::process::ExitCode;
 
 use clap::Parser;
+use icae_core::SlotDtype;
 use icae_proto::v1::encoder_server::EncoderServer;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
@@ -43,6 +44,10 @@ pub struct Config {
     /// alone), so that a big request does not hold many small ones in its batch.
     #[arg(long, env = "ICAE_MAX_BATCH_TOKENS", default_value_t = 16_384)]
     pub max_batch_tokens: usize,
+    /// Precision slots are stored in Redis and returned in: f32 (whatever --dtype the model
+    /// runs in) or bf16 (half the bytes). Decoders read both.
+    #[arg(long, env = "ICAE_SLOT_DTYPE", default_value = "f32")]
+    pub slot_dtype: SlotDtype,
 }
 
 /// gRPC 50051, metrics 9091: distinct from the other service's, so both run on one host.
@@ -93,6 +98,7 @@ async fn run(config: Config) -> Result<(), String> {
             tokenizer: parts.tokenizer.clone(),
             batcher,
             limits,
+            slot_dtype: config.slot_dtype,
         },
         admission: parts.admission.clone(),
     };

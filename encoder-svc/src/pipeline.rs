@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use icae_core::slots::{decode_slots, encode_slots, inspect_slots, token_digest, SlotMeta};
 use icae_core::tokenizer::TextTokenizer;
-use icae_core::{check_token_ids, InputError, ModelSummary};
+use icae_core::{check_token_ids, InputError, ModelSummary, SlotDtype};
 use icae_serving::metrics as names;
 use icae_serving::store::{slot_key, KeyScope, Namespace, SlotStore, StoreError};
 use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
@@ -70,6 +70,8 @@ pub struct CompressPipeline {
     pub tokenizer: Arc<TextTokenizer>,
     pub batcher: Batcher,
     pub limits: Limits,
+    /// What slots are stored in (`--slot-dtype`), whatever the model computes them in.
+    pub slot_dtype: SlotDtype,
 }
 
 impl CompressPipeline {
@@ -119,7 +121,7 @@ impl CompressPipeline {
             // Computing is the expensive part: refuse first when the result cannot be stored.
             let bytes: usize = misses
                 .iter()
-                .map(|&i| slot_value_bytes(&summary, token_ids[i].len()))
+                .map(|&i| self.slot_value_bytes(&summary, token_ids[i].len()))
                 .sum();
             self.store.check_writable(bytes as u64).await?;
             let docs = misses.iter().map(|&i| token_ids[i].clone()).collect();
@@ -137,7 +139,7 @@ impl CompressPipeline {
                     traceparent: input.traceparent.clone(),
                     token_digest: Some(digests[i].clone()),
                 };
-                let value = encode_slots(&doc.slots, &meta)
+                let value = encode_slots(&self.slot_dtype.cast(&doc.slots), &meta)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
                 metrics::histogram!(names::SLOT_BYTES).record(value.len() as f64);
                 self.store.put(&keys[i], &value, u64::from(ttl)).await?;
@@ -186,7 +188,7 @@ impl CompressPipeline {
     ) -> Result<(), ServiceError> {
         let bytes: usize = token_ids
             .iter()
-            .map(|ids| slot_value_bytes(summary, ids.len()) + RETURNED_DOCUMENT_OVERHEAD)
+            .map(|ids| self.slot_value_bytes(summary, ids.len()) + RETURNED_DOCUMENT_OVERHEAD)
             .sum();
         let max = self.limits.max_message_bytes;
         if bytes > max {
@@ -230,9 +232,16 @@ impl CompressPipeline {
             .map_err(|e| ServiceError::Internal(format!("tokenizer task: {e}")))?
     }
 
+    /// Bytes of the slot data of a document of `num_tokens` tokens, in `--slot-dtype`.
+    fn slot_value_bytes(&self, summary: &ModelSummary, num_tokens: usize) -> usize {
+        expected_slots(summary, num_tokens) * summary.hidden_size * self.slot_dtype.element_bytes()
+    }
+
     /// Cache lookup: a stored value is reused (and its TTL refreshed) only when its header
-    /// proves it belongs to its key: our fingerprint, the document's token digest and the
-    /// expected shape. Anything else under our key — undecodable bytes, another model's or
+    /// proves it belongs to its key: our fingerprint, the document's token digest, the
+    /// expected shape and our `--slot-dtype` (a value stored by an encoder with the other
+    /// slot dtype is recomputed, so that changing the flag takes effect at once instead of
+    /// when the old values expire; the decoder reads both). Anything else under our key — undecodable bytes, another model's or
     /// another document's slots, another Redis type — is counted as a repair and treated
     /// as missing, so it is recomputed and overwritten.
     async fn lookup(
@@ -246,12 +255,14 @@ impl CompressPipeline {
         let mut stored = Vec::with_capacity(keys.len());
         for ((key, ids), digest) in keys.iter().zip(token_ids).zip(digests) {
             let hit = match self.store.get_refresh(key, u64::from(ttl)).await {
-                Ok(Some(value)) => match verify(&value, ids.len(), digest, summary) {
-                    Ok((meta, num_slots)) => {
-                        Some(stored_slots(key, num_slots, &meta, ttl, true, value))
+                Ok(Some(value)) => {
+                    match verify(&value, ids.len(), digest, summary, self.slot_dtype) {
+                        Ok((meta, num_slots)) => {
+                            Some(stored_slots(key, num_slots, &meta, ttl, true, value))
+                        }
+                        Err(reason) => repair(reason),
                     }
-                    Err(reason) => repair(reason),
-                },
+                }
                 Ok(None) => None,
                 Err(StoreError::WrongType { .. }) => repair("wrongtype"),
                 Err(e) => return Err(e.into()),
@@ -271,6 +282,7 @@ fn verify(
     num_tokens: usize,
     digest: &str,
     summary: &ModelSummary,
+    slot_dtype: SlotDtype,
 ) -> Result<(SlotMeta, usize), &'static str> {
     let header = inspect_slots(value).map_err(|_| "undecodable")?;
     if header.meta.fingerprint != summary.fingerprint {
@@ -282,6 +294,9 @@ fn verify(
     let slots = expected_slots(summary, num_tokens);
     if header.shape != [slots, summary.hidden_size] {
         return Err("shape");
+    }
+    if header.kind != slot_dtype.kind() {
+        return Err("slot_dtype");
     }
     Ok((header.meta, slots))
 }
@@ -295,12 +310,6 @@ fn repair(reason: &'static str) -> Option<StoredSlots> {
 fn expected_slots(summary: &ModelSummary, num_tokens: usize) -> usize {
     let segment = (summary.mem_size * summary.compression_rate).max(1);
     num_tokens.div_ceil(segment) * summary.mem_size
-}
-
-/// Bytes of the slot data of a document of `num_tokens` tokens (f32, the stored dtype at
-/// most).
-fn slot_value_bytes(summary: &ModelSummary, num_tokens: usize) -> usize {
-    expected_slots(summary, num_tokens) * summary.hidden_size * 4
 }
 
 /// The value as returned to the client: without the storing request's trace context.

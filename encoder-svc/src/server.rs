@@ -91,12 +91,15 @@ impl Encoder for EncoderService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let batcher = &self.pipeline.batcher;
-        Ok(Response::new(info_response(
-            icae_proto::ENCODER_SERVICE,
-            batcher.summary()?,
-            self.pipeline.limits,
-            batcher.state(),
-        )))
+        Ok(Response::new(InfoResponse {
+            slot_dtype: self.pipeline.slot_dtype.to_string(),
+            ..info_response(
+                icae_proto::ENCODER_SERVICE,
+                batcher.summary()?,
+                self.pipeline.limits,
+                batcher.state(),
+            )
+        }))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gguf;
 pub mod icae;
 pub mod model;
+pub mod slot_dtype;
 pub mod slots;
 pub mod tokenizer;
 
@@ -20,3 +21,4 @@ pub use device::{DeviceSpec, DtypeSpec};
 pub use error::{AdapterError, IcaeError, InputError, ModelError};
 pub use generate::{FinishReason, SamplingParams, Sequence};
 pub use icae::{check_token_ids, Compressed, Generation, IcaeModel, Mode, ModelSummary};
+pub use slot_dtype::SlotDtype;

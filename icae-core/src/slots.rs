@@ -30,6 +30,8 @@ pub struct SlotMeta {
 pub struct SlotHeader {
     /// `[n, hidden]`.
     pub shape: [usize; 2],
+    /// The stored element type: f32, bf16 (`--slot-dtype`) or f16 (written elsewhere).
+    pub kind: Kind,
     pub meta: SlotMeta,
 }
 
@@ -68,7 +70,8 @@ pub enum SlotError {
     NonFinite,
 }
 
-/// Serialize `slots` (any device; f32, bf16 or f16) with its metadata.
+/// Serialize `slots` (any device; f32, bf16 or f16) in its own dtype with its metadata;
+/// `SlotDtype::cast` first to store it in the `--slot-dtype`.
 pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotError> {
     let slots = slots.to_device(tch::Device::Cpu).contiguous();
     let (dtype, elem) = match slots.kind() {
@@ -106,18 +109,18 @@ pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotErro
 /// Read a slot value's header (shape, dtype, metadata) and check that the data it describes
 /// is all there, without decoding the tensor: enough to verify a cache hit.
 pub fn inspect_slots(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
-    Ok(parse(bytes)?.0)
+    parse(bytes)
 }
 
 /// Parse a slot value into a CPU tensor (`[n, hidden]`, its stored dtype) and its metadata.
 pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
-    let (header, kind) = parse(bytes)?;
+    let header = parse(bytes)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
     let view = st
         .tensor(SLOTS_TENSOR)
         .map_err(|_| SlotError::MissingTensor)?;
     let dims = [header.shape[0] as i64, header.shape[1] as i64];
-    let tensor = Tensor::f_from_data_size(view.data(), &dims, kind)
+    let tensor = Tensor::f_from_data_size(view.data(), &dims, header.kind)
         .map_err(|e| SlotError::Corrupt(e.to_string()))?;
     let finite = tensor.isfinite().all().int64_value(&[]) == 1;
     if !finite {
@@ -126,7 +129,7 @@ pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
     Ok((tensor, header.meta))
 }
 
-fn parse(bytes: &[u8]) -> Result<(SlotHeader, Kind), SlotError> {
+fn parse(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
     let (header_len, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
     let info = header
@@ -184,13 +187,11 @@ fn parse(bytes: &[u8]) -> Result<(SlotHeader, Kind), SlotError> {
         traceparent: field("traceparent"),
         token_digest: field("token_sha256"),
     };
-    Ok((
-        SlotHeader {
-            shape: [shape[0], shape[1]],
-            meta,
-        },
+    Ok(SlotHeader {
+        shape: [shape[0], shape[1]],
         kind,
-    ))
+        meta,
+    })
 }
 
 #[cfg(test)]
@@ -214,6 +215,7 @@ mod tests {
         let bytes = encode_slots(&slots, &meta()).unwrap();
         let header = inspect_slots(&bytes).unwrap();
         assert_eq!(header.shape, [8, 16]);
+        assert_eq!(header.kind, Kind::Float);
         assert_eq!(header.meta, meta());
         let cut = &bytes[..bytes.len() - 4];
         assert!(matches!(inspect_slots(cut), Err(SlotError::Corrupt(_))));
@@ -238,6 +240,19 @@ mod tests {
         let (back, m) = decode_slots(&bytes).unwrap();
         assert_eq!(m, meta());
         assert!(back.equal(&slots));
+    }
+
+    #[test]
+    fn bf16_values_take_half_the_bytes_and_come_back_as_stored() {
+        let slots = Tensor::randn([8, 16], (Kind::Float, tch::Device::Cpu));
+        let f32_bytes = encode_slots(&slots, &meta()).unwrap();
+        let narrowed = crate::SlotDtype::Bf16.cast(&slots);
+        let bf16_bytes = encode_slots(&narrowed, &meta()).unwrap();
+        assert_eq!(f32_bytes.len() - bf16_bytes.len(), 8 * 16 * 2);
+        assert_eq!(inspect_slots(&bf16_bytes).unwrap().kind, Kind::BFloat16);
+        let (back, _) = decode_slots(&bf16_bytes).unwrap();
+        assert_eq!(back.kind(), Kind::BFloat16);
+        assert!(back.equal(&narrowed));
     }
 
     #[test]

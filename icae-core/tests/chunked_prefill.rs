@@ -68,6 +68,44 @@ fn chunked_prefill_gives_the_logits_of_a_one_shot_prefill() {
     assert_eq!(one_shot.prefill_chunk(&model, 10).unwrap(), 0);
 }
 
+/// The same in bf16 (the CUDA path, run on the CPU): chunks change only how attention and
+/// matmuls are blocked, i.e. where bf16 rounds, so the logits agree within bf16's precision:
+/// 2·(layers + 1)·u·max|logit| with the unit roundoff u = 2^-8 (each layer's residual update
+/// and the head round once, by at most u relative; two roundings of the same computation
+/// differ by at most twice that). The tokens then chosen agree wherever the top-2 margin
+/// exceeds twice that tolerance.
+#[test]
+fn chunked_prefill_in_bf16_agrees_within_bf16_precision() {
+    let tiny = tiny_model();
+    let model = LlamaModel::load(&tiny.path, Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(model.kind, Kind::BFloat16);
+    let tokenizer = TextTokenizer::load(&tiny.path).unwrap();
+    let vocab = tiny.config.vocab_size as i64;
+    let ids: Vec<i64> = (0..37).map(|i| (i * 7 + 3) % vocab).collect();
+    let embeds = model.embed(&Tensor::from_slice(&ids).unsqueeze(0));
+    let params = SamplingParams::greedy(2);
+    let unit_roundoff = 2f64.powi(-8);
+    let depth = tiny.config.num_hidden_layers as f64;
+
+    let mut one_shot = Sequence::start(&model, &embeds, params.clone(), vec![]).unwrap();
+    let reference = one_shot.next_logits().unwrap().to_kind(Kind::Float);
+    let max_logit = reference.abs().max().double_value(&[]);
+    let tolerance = 2.0 * (depth + 1.0) * unit_roundoff * max_logit;
+    let top = reference.flatten(0, -1).topk(2, -1, true, true).0;
+    let margin = top.double_value(&[0]) - top.double_value(&[1]);
+    let expected = one_shot.choose(&tokenizer).unwrap().token_id;
+    for chunk in [1, 5, 16, 37] {
+        let mut chunked = Sequence::begin(&model, &embeds, params.clone(), vec![]).unwrap();
+        prefill_in_chunks(&mut chunked, &model, chunk);
+        let logits = chunked.next_logits().unwrap().to_kind(Kind::Float);
+        let diff = max_abs_diff(&logits, &reference);
+        assert!(diff <= tolerance, "chunk {chunk}: {diff} > {tolerance}");
+        if margin > 2.0 * tolerance {
+            assert_eq!(chunked.choose(&tokenizer).unwrap().token_id, expected);
+        }
+    }
+}
+
 /// Figures for BENCHMARKS.md and the chunk size advice in docs/deploy.md (needs the real
 /// model): `cargo test --release -p icae-core --test chunked_prefill -- --ignored --nocapture`.
 #[test]

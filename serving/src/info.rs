@@ -27,6 +27,8 @@ pub fn info_response(
         active_sequences: state.active() as u32,
         queue_size: state.queued() as u32,
         kv_bytes_per_position: summary.kv_bytes_per_position,
+        // The encoder sets its --slot-dtype; the decoder reads slots of either dtype.
+        slot_dtype: String::new(),
     }
 }
 

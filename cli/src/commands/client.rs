@@ -334,7 +334,7 @@ async fn info(args: InfoArgs) -> Result<()> {
         "adapter": response.adapter, "adapter_trained": response.adapter_trained,
         "model_fingerprint": response.model_fingerprint, "hidden_size": response.hidden_size,
         "mem_size": response.mem_size, "compression_rate": response.compression_rate,
-        "device": response.device, "dtype": response.dtype,
+        "device": response.device, "dtype": response.dtype, "slot_dtype": response.slot_dtype,
         "active_sequences": response.active_sequences, "queue_size": response.queue_size,
         "limits": {
             "max_input_tokens": limits.max_input_tokens, "max_new_tokens": limits.max_new_tokens,

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::slots::{encode_slots, token_digest, SlotMeta};
+use icae_core::SlotDtype;
 
 use crate::common::{load_icae, print_json, TextArgs};
 
@@ -19,6 +20,10 @@ pub struct CompressArgs {
     /// Output safetensors file: tensor `slots` [n, hidden] plus metadata.
     #[arg(long)]
     pub out: PathBuf,
+    /// Precision of the stored slots: f32 (whatever --dtype the model runs in) or bf16
+    /// (half the bytes). `icae generate` reads both.
+    #[arg(long, env = "ICAE_SLOT_DTYPE", default_value = "f32")]
+    pub slot_dtype: SlotDtype,
     /// Refuse inputs longer than this many tokens.
     #[arg(long, default_value_t = 32_768)]
     pub max_input_tokens: usize,
@@ -43,7 +48,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         traceparent: None,
         token_digest: Some(token_digest(&ids)),
     };
-    let bytes = encode_slots(&compressed.slots, &meta)?;
+    let bytes = encode_slots(&args.slot_dtype.cast(&compressed.slots), &meta)?;
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     let num_slots = compressed.slots.size()[0];
     let ratio = compressed.num_tokens as f64 / num_slots as f64;
@@ -52,6 +57,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
             "num_tokens": compressed.num_tokens, "num_slots": num_slots, "num_segments": compressed.num_segments,
             "ratio": ratio, "bytes": bytes.len(), "seconds": elapsed, "fingerprint": icae.fingerprint,
             "adapter_trained": icae.adapter.config.trained, "out": args.out,
+            "slot_dtype": args.slot_dtype.to_string(),
         }))
     } else {
         println!(
