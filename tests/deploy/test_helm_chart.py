@@ -292,6 +292,24 @@ def test_gpu_limits_only_when_enabled(case):
             assert not container["image"].endswith("-cuda")
 
 
+def test_both_services_run_one_explicit_dtype(case):
+    """`auto` resolves per node (AMX or not): the chart always sets one dtype for both."""
+    name, values, _, docs = case
+    dtypes = set()
+    for component in COMPONENTS:
+        pod = named(docs, "Deployment", component_name(component))["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = env_of(container)
+        expected = values["model"]["dtype"] or (
+            "bf16" if values[component]["gpu"]["enabled"] else "f32"
+        )
+        assert env["ICAE_DTYPE"]["value"] == expected, name
+        dtypes.add(env["ICAE_DTYPE"]["value"])
+        slot_dtype = env.get("ICAE_SLOT_DTYPE", {}).get("value")
+        assert slot_dtype == (values["model"]["slotDtype"] if component == "encoder" else None)
+    assert len(dtypes) == 1, f"{name}: {dtypes}"
+
+
 def test_redis_password_only_through_a_secret(case):
     name, values, manifests, docs = case
     passwords = [s for s in secret_strings(docs) if len(s) >= 16]
@@ -574,6 +592,8 @@ def test_schema_rejects_an_unknown_top_level_key():
         ({"encoder": {"port": 70000}}, "port"),
         ({"encoder": {"imagee": {}}}, "imagee"),
         ({"model": {"source": "s3"}}, "source"),
+        ({"model": {"dtype": "auto"}}, "dtype"),
+        ({"model": {"slotDtype": "f16"}}, "slotDtype"),
         ({"redis": {"maxmemoryPolicy": "allkeys-everything"}}, "maxmemoryPolicy"),
         ({"redis": {"enabled": False}, "externalRedis": {"url": "redis://:pw@redis:6379"}}, "url"),
     ],
