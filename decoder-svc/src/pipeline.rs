@@ -203,11 +203,8 @@ impl GeneratePipeline {
                 _ => None,
             })
             .collect();
-        let mut values = match keys.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.store.get_many(&keys).await,
-        }
-        .map(Vec::into_iter);
+        // No keys (inline slots only): no round trip at all.
+        let mut values = self.store.get_many(&keys).await.map(Vec::into_iter);
         let mut slot_sets = Vec::with_capacity(plans.len());
         for (index, plan) in plans.into_iter().enumerate() {
             let (value, key) = match plan? {

@@ -23,9 +23,10 @@ pub enum EncoderModel {
 
 impl EncoderModel {
     pub fn new(icae: IcaeModel, merge_lora: bool) -> Self {
-        match merge_lora {
-            true => EncoderModel::Merged(icae.merge_lora_for_encoding()),
-            false => EncoderModel::Unmerged(icae),
+        if merge_lora {
+            EncoderModel::Merged(icae.merge_lora_for_encoding())
+        } else {
+            EncoderModel::Unmerged(icae)
         }
     }
 }

@@ -142,4 +142,17 @@ mod tests {
         );
         assert_pod_ready_defaults::<Config>("encoder-svc", DEFAULT_PORTS);
     }
+
+    #[test]
+    fn lora_is_merged_unless_turned_off() {
+        let parse = |args: &[&str]| {
+            let base = ["encoder-svc", "--model", "m", "--adapter", "a"];
+            Config::try_parse_from([&base[..], args].concat())
+                .unwrap()
+                .merge_lora
+        };
+        assert!(parse(&[]));
+        assert!(!parse(&["--merge-lora", "false"]));
+        assert!(parse(&["--merge-lora", "true"]));
+    }
 }
