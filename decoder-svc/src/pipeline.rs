@@ -89,12 +89,8 @@ impl GeneratePipeline {
                     }
                     .into());
                 }
-                let mut slot_sets = Vec::with_capacity(sources.len());
-                for (index, source) in sources.into_iter().enumerate() {
-                    let tenant = input.tenant.as_ref();
-                    slot_sets.push(self.fetch(index, source, &summary, tenant).await?);
-                }
-                ContextSource::Slots(slot_sets)
+                let tenant = input.tenant.as_ref();
+                ContextSource::Slots(self.fetch_all(sources, &summary, tenant).await?)
             }
             ContextInput::BaselineText(text) => {
                 check_text_bytes("baseline_text", &text, self.limits.max_input_bytes())?;
@@ -176,69 +172,144 @@ impl GeneratePipeline {
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
-    /// One slot set: from Redis (only keys of our schema, of the caller's tenant) or
-    /// inline, decoded and checked against our fingerprint and width. Stored data that is
-    /// unusable is DATA_LOSS; inline data that is unusable is the client's INVALID_ARGUMENT.
-    async fn fetch(
+    /// Every slot set, in order: from Redis (only keys of our schema, of the caller's
+    /// tenant) or inline, decoded and checked against our fingerprint and width. Stored data
+    /// that is unusable is DATA_LOSS; inline data that is unusable is the client's
+    /// INVALID_ARGUMENT.
+    ///
+    /// All keys are read in one round trip, yet the error is the one the first failing slot
+    /// set gives, as if they were read one by one: the sources are checked in order up to
+    /// the first one that is unusable without reading anything, only the keys before it are
+    /// read, and a failed read is reported at the first key.
+    async fn fetch_all(
         &self,
-        index: usize,
-        source: SlotSource,
+        sources: Vec<SlotSource>,
         summary: &ModelSummary,
         tenant: Option<&Tenant>,
-    ) -> Result<Tensor, ServiceError> {
-        let fingerprint = &summary.fingerprint;
-        let wrong_model = |key: String, found: String| ServiceError::WrongModel {
-            key,
-            found,
-            expected: fingerprint.clone(),
-        };
-        let (slots, meta, key) = match source {
-            SlotSource::Key(raw) => {
-                let key = SlotKey::parse(&raw, tenant)?;
-                // The key names the model that made it: no need to read another model's.
-                if &key.fingerprint != fingerprint {
-                    return Err(wrong_model(key.key, key.fingerprint));
-                }
-                let value =
-                    self.store
-                        .get(&key.key)
-                        .await?
-                        .ok_or_else(|| ServiceError::NotFound {
-                            key: key.key.clone(),
-                        })?;
-                let corrupt = |source| ServiceError::Corrupt {
-                    key: key.key.clone(),
-                    source,
-                };
-                let (slots, meta) = decode_slots(&value).map_err(corrupt)?;
-                check_width(&slots, summary.hidden_size).map_err(corrupt)?;
-                (slots, meta, key.key)
+    ) -> Result<Vec<Tensor>, ServiceError> {
+        let mut plans = Vec::with_capacity(sources.len());
+        for (index, source) in sources.into_iter().enumerate() {
+            let plan = plan(index, source, &summary.fingerprint, tenant);
+            let refused = plan.is_err();
+            plans.push(plan);
+            if refused {
+                break;
             }
-            SlotSource::Inline(value) => {
-                let invalid = |source| ServiceError::BadInlineSlots { index, source };
-                let (slots, meta) = decode_slots(&value).map_err(invalid)?;
-                check_width(&slots, summary.hidden_size).map_err(invalid)?;
-                (slots, meta, format!("inline slot set {index}"))
-            }
-            SlotSource::Missing => {
-                return Err(InputError::BadParameter {
-                    name: "slots",
-                    value: format!("item {index} is empty"),
-                    expected: "each item needs a key or inline_slots".into(),
-                }
-                .into())
-            }
-        };
-        if &meta.fingerprint != fingerprint {
-            return Err(wrong_model(key, meta.fingerprint));
         }
-        // Link this request's trace to the encoder request that made the slots.
-        if let Some(encoder_trace) = &meta.traceparent {
-            link_to(&Span::current(), encoder_trace);
+        let keys: Vec<String> = plans
+            .iter()
+            .filter_map(|plan| match plan {
+                Ok(Planned::Key(key)) => Some(key.key.clone()),
+                _ => None,
+            })
+            .collect();
+        // No keys (inline slots only): no round trip at all.
+        let mut values = self.store.get_many(&keys).await.map(Vec::into_iter);
+        let mut slot_sets = Vec::with_capacity(plans.len());
+        for (index, plan) in plans.into_iter().enumerate() {
+            let (value, key) = match plan? {
+                Planned::Key(key) => {
+                    let value = match &mut values {
+                        Ok(values) => values.next().ok_or_else(|| {
+                            ServiceError::Internal("Redis returned fewer replies than keys".into())
+                        })??,
+                        Err(e) => return Err(e.clone().into()),
+                    };
+                    let value = value.ok_or_else(|| ServiceError::NotFound {
+                        key: key.key.clone(),
+                    })?;
+                    (Fetched::Stored(value), key.key)
+                }
+                Planned::Inline(value) => {
+                    (Fetched::Inline(value), format!("inline slot set {index}"))
+                }
+            };
+            slot_sets.push(check(index, value, key, summary)?);
         }
-        debug!(key = %key, encoder_traceparent = meta.traceparent.as_deref().unwrap_or(""), "slots fetched");
-        Ok(slots)
+        Ok(slot_sets)
     }
+}
+
+/// A slot set checked as far as possible without reading Redis.
+enum Planned {
+    Key(SlotKey),
+    Inline(Vec<u8>),
+}
+
+/// Where a slot value came from: it decides whose fault an unusable value is.
+enum Fetched {
+    Stored(Vec<u8>),
+    Inline(Vec<u8>),
+}
+
+/// Check what can be checked before reading: the key's schema, tenant and model.
+fn plan(
+    index: usize,
+    source: SlotSource,
+    fingerprint: &str,
+    tenant: Option<&Tenant>,
+) -> Result<Planned, ServiceError> {
+    match source {
+        SlotSource::Key(raw) => {
+            let key = SlotKey::parse(&raw, tenant)?;
+            // The key names the model that made it: no need to read another model's.
+            if key.fingerprint != fingerprint {
+                return Err(ServiceError::WrongModel {
+                    key: key.key,
+                    found: key.fingerprint,
+                    expected: fingerprint.to_string(),
+                });
+            }
+            Ok(Planned::Key(key))
+        }
+        SlotSource::Inline(value) => Ok(Planned::Inline(value)),
+        SlotSource::Missing => Err(InputError::BadParameter {
+            name: "slots",
+            value: format!("item {index} is empty"),
+            expected: "each item needs a key or inline_slots".into(),
+        }
+        .into()),
+    }
+}
+
+/// Decode one slot set and check it against our fingerprint and width; `key` names it in
+/// errors.
+fn check(
+    index: usize,
+    value: Fetched,
+    key: String,
+    summary: &ModelSummary,
+) -> Result<Tensor, ServiceError> {
+    let (slots, meta) = match value {
+        Fetched::Stored(value) => {
+            let corrupt = |source| ServiceError::Corrupt {
+                key: key.clone(),
+                source,
+            };
+            let (slots, meta) = decode_slots(&value).map_err(corrupt)?;
+            check_width(&slots, summary.hidden_size).map_err(corrupt)?;
+            (slots, meta)
+        }
+        Fetched::Inline(value) => {
+            let invalid = |source| ServiceError::BadInlineSlots { index, source };
+            let (slots, meta) = decode_slots(&value).map_err(invalid)?;
+            check_width(&slots, summary.hidden_size).map_err(invalid)?;
+            (slots, meta)
+        }
+    };
+    if meta.fingerprint != summary.fingerprint {
+        return Err(ServiceError::WrongModel {
+            key,
+            found: meta.fingerprint,
+            expected: summary.fingerprint.clone(),
+        });
+    }
+    // Link this request's trace to the encoder request that made the slots.
+    if let Some(encoder_trace) = &meta.traceparent {
+        link_to(&Span::current(), encoder_trace);
+    }
+    debug!(key = %key, encoder_traceparent = meta.traceparent.as_deref().unwrap_or(""), "slots fetched");
+    Ok(slots)
 }
 
 /// Slots are `[n, hidden]` with this model's hidden size.

@@ -1,7 +1,8 @@
 //! What the batcher needs from the engine: compress a batch of documents. The ICAE model is
-//! the real backend; the batcher's tests use a fake one.
+//! the real backend — with its LoRA merged into the weights (the default: this process
+//! never decodes) or not (`--merge-lora false`); the batcher's tests use a fake one.
 
-use icae_core::{Compressed, IcaeError, IcaeModel};
+use icae_core::{Compressed, EncodeOnlyModel, IcaeError, IcaeModel};
 
 pub trait CompressBackend {
     /// Compress every document (token ids) into slots on the CPU, in order. Between model
@@ -14,13 +15,32 @@ pub trait CompressBackend {
     ) -> Result<Vec<Option<Compressed>>, IcaeError>;
 }
 
-impl CompressBackend for IcaeModel {
+/// The loaded model, as `--merge-lora` chose.
+pub enum EncoderModel {
+    Merged(EncodeOnlyModel),
+    Unmerged(IcaeModel),
+}
+
+impl EncoderModel {
+    pub fn new(icae: IcaeModel, merge_lora: bool) -> Self {
+        if merge_lora {
+            EncoderModel::Merged(icae.merge_lora_for_encoding())
+        } else {
+            EncoderModel::Unmerged(icae)
+        }
+    }
+}
+
+impl CompressBackend for EncoderModel {
     fn compress(
         &self,
         documents: &[&[u32]],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
-        let compressed = self.compress_wanted(documents, wanted)?;
+        let compressed = match self {
+            EncoderModel::Merged(model) => model.compress_wanted(documents, wanted)?,
+            EncoderModel::Unmerged(model) => model.compress_wanted(documents, wanted)?,
+        };
         Ok(compressed
             .into_iter()
             .map(|c| {

@@ -14,7 +14,9 @@ use icae_proto::v1::encoder_server::EncoderServer;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
 use icae_serving::{serve, Limits, Ports, ServiceArgs};
+use tracing::info;
 
+use crate::backend::EncoderModel;
 use crate::batcher::{BatchLimits, Batcher};
 use crate::pipeline::CompressPipeline;
 use crate::server::EncoderService;
@@ -48,6 +50,11 @@ pub struct Config {
     /// runs in) or bf16 (half the bytes). Decoders read both.
     #[arg(long, env = "ICAE_SLOT_DTYPE", default_value = "f32")]
     pub slot_dtype: SlotDtype,
+    /// Merge the adapter's LoRA into the base weights at load (this process never decodes):
+    /// faster compression, the same slots up to float rounding and the same fingerprint.
+    /// `false` runs LoRA beside the base weights, as the decoder-side model does.
+    #[arg(long, env = "ICAE_MERGE_LORA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub merge_lora: bool,
 }
 
 /// gRPC 50051, metrics 9091: distinct from the other service's, so both run on one host.
@@ -78,6 +85,7 @@ async fn run(config: Config) -> Result<(), String> {
     let args = &config.service;
     let parts = ServiceParts::build(args, icae_proto::ENCODER_SERVICE, DEFAULT_PORTS).await?;
     let (model, adapter) = (args.model.clone(), args.adapter.clone());
+    let merge_lora = config.merge_lora;
     let (batcher, load_failure) = Batcher::spawn(
         args.max_concurrent_requests,
         BatchLimits {
@@ -85,7 +93,16 @@ async fn run(config: Config) -> Result<(), String> {
             max_tokens: config.max_batch_tokens,
         },
         parts.readiness.clone(),
-        move || load_icae(&model, &adapter),
+        move || {
+            let (icae, summary) = load_icae(&model, &adapter)?;
+            let backend = EncoderModel::new(icae, merge_lora);
+            if merge_lora {
+                info!(
+                    "LoRA merged into the base weights (--merge-lora): this process only encodes"
+                );
+            }
+            Ok((backend, summary))
+        },
     );
     let limits = Limits {
         max_documents_per_request: config.max_documents_per_request,
@@ -130,5 +147,18 @@ mod tests {
             }
         );
         assert_pod_ready_defaults::<Config>("encoder-svc", DEFAULT_PORTS);
+    }
+
+    #[test]
+    fn lora_is_merged_unless_turned_off() {
+        let parse = |args: &[&str]| {
+            let base = ["encoder-svc", "--model", "m", "--adapter", "a"];
+            Config::try_parse_from([&base[..], args].concat())
+                .unwrap()
+                .merge_lora
+        };
+        assert!(parse(&[]));
+        assert!(!parse(&["--merge-lora", "false"]));
+        assert!(parse(&["--merge-lora", "true"]));
     }
 }

@@ -130,6 +130,7 @@ impl CompressPipeline {
             timings.model_seconds = batch.model_seconds;
             let put_started = Instant::now();
             let created_at = unix_now() as u64;
+            let mut values = Vec::with_capacity(misses.len());
             for (&i, doc) in misses.iter().zip(batch.docs) {
                 let meta = SlotMeta {
                     fingerprint: summary.fingerprint.clone(),
@@ -142,8 +143,16 @@ impl CompressPipeline {
                 let value = encode_slots(&self.slot_dtype.cast(&doc.slots), &meta)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
                 metrics::histogram!(names::SLOT_BYTES).record(value.len() as f64);
-                self.store.put(&keys[i], &value, u64::from(ttl)).await?;
                 let num_slots = doc.slots.size()[0] as usize;
+                values.push((i, num_slots, meta, value));
+            }
+            // Every new value in one round trip, each with its TTL.
+            let entries: Vec<(&str, &[u8])> = values
+                .iter()
+                .map(|(i, _, _, value)| (keys[*i].as_str(), value.as_slice()))
+                .collect();
+            self.store.put_many(&entries, u64::from(ttl)).await?;
+            for (i, num_slots, meta, value) in values {
                 stored[i] = Some(stored_slots(&keys[i], num_slots, &meta, ttl, false, value));
             }
             timings.store_seconds += put_started.elapsed().as_secs_f64();
@@ -241,9 +250,9 @@ impl CompressPipeline {
     /// proves it belongs to its key: our fingerprint, the document's token digest, the
     /// expected shape and our `--slot-dtype` (a value stored by an encoder with the other
     /// slot dtype is recomputed, so that changing the flag takes effect at once instead of
-    /// when the old values expire; the decoder reads both). Anything else under our key — undecodable bytes, another model's or
-    /// another document's slots, another Redis type — is counted as a repair and treated
-    /// as missing, so it is recomputed and overwritten.
+    /// when the old values expire; the decoder reads both). Anything else under our key —
+    /// undecodable bytes, another model's or another document's slots, another Redis type —
+    /// is counted as a repair and treated as missing, so it is recomputed and overwritten.
     async fn lookup(
         &self,
         keys: &[String],
@@ -252,9 +261,11 @@ impl CompressPipeline {
         summary: &ModelSummary,
         ttl: u32,
     ) -> Result<Vec<Option<StoredSlots>>, ServiceError> {
+        // Every key in one round trip; each key's outcome is then judged in order.
+        let values = self.store.get_refresh_many(keys, u64::from(ttl)).await?;
         let mut stored = Vec::with_capacity(keys.len());
-        for ((key, ids), digest) in keys.iter().zip(token_ids).zip(digests) {
-            let hit = match self.store.get_refresh(key, u64::from(ttl)).await {
+        for (((key, ids), digest), value) in keys.iter().zip(token_ids).zip(digests).zip(values) {
+            let hit = match value {
                 Ok(Some(value)) => {
                     match verify(&value, ids.len(), digest, summary, self.slot_dtype) {
                         Ok((meta, num_slots)) => {

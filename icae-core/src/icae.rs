@@ -11,7 +11,7 @@ use crate::device::{kind_name, DeviceSpec, DtypeSpec};
 use crate::error::{IcaeError, InputError};
 use crate::fingerprint::{base_fingerprint, icae_fingerprint, IcaeIdentity};
 use crate::generate::{FinishReason, SamplingParams, Sequence};
-use crate::model::LlamaModel;
+use crate::model::{LlamaModel, LoraWeights};
 use crate::tokenizer::{ChatPieces, TextTokenizer};
 
 /// Segments compressed in one forward pass (bounds activation memory on long documents).
@@ -165,6 +165,17 @@ impl IcaeModel {
         documents: &[&[u32]],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
+        self.compress_with(documents, wanted, Some(&self.adapter.lora))
+    }
+
+    /// [`compress_wanted`](Self::compress_wanted) with `lora` added to the base projections
+    /// (None once it is merged into them).
+    pub(crate) fn compress_with(
+        &self,
+        documents: &[&[u32]],
+        wanted: &dyn Fn(usize) -> bool,
+        lora: Option<&LoraWeights>,
+    ) -> Result<Vec<Option<Compressed>>, IcaeError> {
         if documents.iter().any(|d| d.is_empty()) {
             return Err(InputError::EmptyText.into());
         }
@@ -212,9 +223,7 @@ impl IcaeModel {
                 let positions = Tensor::arange(len + k, (Kind::Int64, self.device()))
                     .unsqueeze(0)
                     .expand([batch, len + k], false);
-                let hidden =
-                    self.base
-                        .forward(&embeds, &positions, None, None, Some(&self.adapter.lora));
+                let hidden = self.base.forward(&embeds, &positions, None, None, lora);
                 let slots = hidden.narrow(1, len, k);
                 // Slots leave the encoder projected: what is stored and sent is what the
                 // decoder reads (see adapter/projector.rs).

@@ -6,6 +6,7 @@ pub mod adapter;
 #[cfg(feature = "clap")]
 pub mod args;
 pub mod device;
+pub mod encode_only;
 pub mod error;
 pub mod fingerprint;
 pub mod generate;
@@ -18,6 +19,7 @@ pub mod tokenizer;
 
 pub use adapter::{Adapter, LoadOptions};
 pub use device::{DeviceSpec, DtypeSpec};
+pub use encode_only::EncodeOnlyModel;
 pub use error::{AdapterError, IcaeError, InputError, ModelError};
 pub use generate::{FinishReason, SamplingParams, Sequence};
 pub use icae::{check_token_ids, Compressed, Generation, IcaeModel, Mode, ModelSummary};

@@ -140,7 +140,8 @@ fn describe() {
     describe_histogram!(
         REDIS_OP_DURATION,
         Unit::Seconds,
-        "Duration of one Redis operation, in seconds, by op (get, getex, set, ttl, info)."
+        "Duration of one Redis round trip, in seconds, by op (get, getex, set, ttl, info); the \
+         commands of all keys of one request are one round trip (one pipeline)."
     );
 }
 

@@ -118,6 +118,41 @@ impl LlamaModel {
         })
     }
 
+    /// Fold `lora` into the projections it targets (`W <- W + scale * B A`, see
+    /// [`LoraWeights::merged_weight`]): afterwards `forward` without LoRA computes what it
+    /// computed with it, without the two extra matmuls per target. The base weights are gone,
+    /// so only a process that never decodes may do this (crate-private: reached only through
+    /// `IcaeModel::merge_lora_for_encoding`, whose result cannot decode).
+    pub(crate) fn merge_lora(&mut self, lora: &LoraWeights) {
+        let _guard = tch::no_grad_guard();
+        let q_dim = (self.config.num_attention_heads * self.config.head_dim()) as i64;
+        let kv_dim = (self.config.kv_heads() * self.config.head_dim()) as i64;
+        let ffn = self.config.intermediate_size as i64;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let merge = |w: &Tensor, target| lora.merged_weight(i, target, w);
+            // q, k, v and gate, up are stacked: merge each block, then stack again.
+            let qkv = &layer.qkv;
+            layer.qkv = Tensor::cat(
+                &[
+                    merge(&qkv.narrow(0, 0, q_dim), Target::Q),
+                    merge(&qkv.narrow(0, q_dim, kv_dim), Target::K),
+                    merge(&qkv.narrow(0, q_dim + kv_dim, kv_dim), Target::V),
+                ],
+                0,
+            );
+            layer.o = merge(&layer.o, Target::O);
+            let gate_up = &layer.gate_up;
+            layer.gate_up = Tensor::cat(
+                &[
+                    merge(&gate_up.narrow(0, 0, ffn), Target::Gate),
+                    merge(&gate_up.narrow(0, ffn, ffn), Target::Up),
+                ],
+                0,
+            );
+            layer.down = merge(&layer.down, Target::Down);
+        }
+    }
+
     pub fn hidden_size(&self) -> i64 {
         self.config.hidden_size as i64
     }

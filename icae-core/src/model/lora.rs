@@ -1,6 +1,8 @@
 //! LoRA deltas applied on top of the frozen base projections (`y += scale * B(A(x))`).
 //! They live beside the base weights, so one process can run the same base model with
-//! LoRA (encoder) and without (decoder) without copying anything.
+//! LoRA (encoder) and without (decoder) without copying anything. A process that only
+//! encodes may instead fold them into the weights once (`merged_weight`,
+//! `IcaeModel::merge_lora_for_encoding`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -81,16 +83,35 @@ pub struct LoraWeights {
 }
 
 impl LoraWeights {
-    pub fn delta(&self, layer: usize, target: Target, x: &Tensor) -> Option<Tensor> {
+    fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
         self.layers
             .get(layer)?
             .iter()
             .find(|(t, _)| *t == target)
-            .map(|(_, pair)| {
-                x.linear::<Tensor>(&pair.a, None)
-                    .linear::<Tensor>(&pair.b, None)
-                    * self.scale
-            })
+            .map(|(_, pair)| pair)
+    }
+
+    pub fn delta(&self, layer: usize, target: Target, x: &Tensor) -> Option<Tensor> {
+        self.pair(layer, target).map(|pair| {
+            x.linear::<Tensor>(&pair.a, None)
+                .linear::<Tensor>(&pair.b, None)
+                * self.scale
+        })
+    }
+
+    /// `weight + scale * B A` for `target` of `layer` (`weight` itself when LoRA does not
+    /// target it). The sum is formed in f32 and rounded once to `weight`'s dtype: in bf16,
+    /// rounding `B A` and the sum separately would lose the small delta to bf16's 8-bit
+    /// significand.
+    pub fn merged_weight(&self, layer: usize, target: Target, weight: &Tensor) -> Tensor {
+        match self.pair(layer, target) {
+            None => weight.shallow_clone(),
+            Some(pair) => {
+                let f32 = tch::Kind::Float;
+                let delta = pair.b.to_kind(f32).matmul(&pair.a.to_kind(f32)) * self.scale;
+                (weight.to_kind(f32) + delta).to_kind(weight.kind())
+            }
+        }
     }
 
     pub fn targets(&self) -> Vec<Target> {

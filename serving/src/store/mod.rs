@@ -6,8 +6,10 @@
 //! Connections are made lazily and re-made after failures, so a Redis outage shows up as
 //! `StoreError::Unavailable` on the requests it affects and the service recovers by itself.
 
+mod batch;
 mod key;
 
+pub use batch::KeyResult;
 pub use key::{slot_key, KeyScope, Namespace, SlotKey, MAX_KEY_BYTES, MAX_NAMESPACE_LEN};
 
 use std::time::{Duration, Instant};
@@ -215,26 +217,12 @@ impl SlotStore {
 
     /// Store `value` under `key` for `ttl` seconds (always with an expiry).
     pub async fn put(&self, key: &str, value: &[u8], ttl_seconds: u64) -> Result<(), StoreError> {
-        let (owned, value) = (key.to_string(), value.to_vec());
-        self.run("set", key, move |mut conn: Conn| async move {
-            match &mut conn {
-                Conn::Standalone(c) => c.set_ex::<_, _, ()>(owned, value, ttl_seconds).await,
-                Conn::Cluster(c) => c.set_ex::<_, _, ()>(owned, value, ttl_seconds).await,
-            }
-        })
-        .await
+        self.put_many(&[(key, value)], ttl_seconds).await
     }
 
     /// The value under `key`, if present.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let owned = key.to_string();
-        self.run("get", key, move |mut conn: Conn| async move {
-            match &mut conn {
-                Conn::Standalone(c) => c.get::<_, Option<Vec<u8>>>(owned).await,
-                Conn::Cluster(c) => c.get::<_, Option<Vec<u8>>>(owned).await,
-            }
-        })
-        .await
+        single(self.get_many(&[key.to_string()]).await?)
     }
 
     /// The value under `key`, if present, with its expiry reset to `ttl_seconds` (GETEX).
@@ -243,15 +231,10 @@ impl SlotStore {
         key: &str,
         ttl_seconds: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(key).arg("EX").arg(ttl_seconds);
-        self.run("getex", key, move |mut conn: Conn| async move {
-            match &mut conn {
-                Conn::Standalone(c) => cmd.query_async::<Option<Vec<u8>>>(c).await,
-                Conn::Cluster(c) => cmd.query_async::<Option<Vec<u8>>>(c).await,
-            }
-        })
-        .await
+        single(
+            self.get_refresh_many(&[key.to_string()], ttl_seconds)
+                .await?,
+        )
     }
 
     /// Seconds until `key` expires (None when it does not exist).
@@ -311,6 +294,14 @@ fn memory_full(info: &str, bytes: u64) -> Option<String> {
     full.then(|| {
         format!("used_memory {used} bytes + {bytes} bytes to store > maxmemory {max} bytes")
     })
+}
+
+/// The one result of a batch of one key.
+fn single<T>(results: Vec<KeyResult<T>>) -> Result<T, StoreError> {
+    results
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(StoreError::Unavailable("Redis returned no reply".into())))
 }
 
 /// An async closure over a cloned connection (a named trait keeps `run` readable).

@@ -1,0 +1,113 @@
+//! An ICAE model that only compresses, with its LoRA merged into the base weights.
+//!
+//! The encoder runs the base model plus LoRA on every projection LoRA targets: two extra
+//! thin matmuls per target and layer on every forward. A process that never decodes (the
+//! encoder service) can fold the deltas into the weights once at load, `W + scale * B A`,
+//! and run the plain base forward. The slots are the same up to float rounding, so the
+//! fingerprint — which names the model, adapter and dtype, not how the sum is computed —
+//! does not change, and slots from merged and unmerged encoders are interchangeable.
+//!
+//! The merged weights are no longer the base model the decoder needs (it runs with LoRA
+//! off). Merging therefore consumes the `IcaeModel` and returns an `EncodeOnlyModel`,
+//! which has no decoding methods and no access to its base model: decoding after merging
+//! does not compile.
+//!
+//! ```no_run
+//! # fn decode(model: icae_core::IcaeModel, embeds: &tch::Tensor) {
+//! // The unmerged model decodes …
+//! let _ = model.generate(embeds, icae_core::SamplingParams::greedy(1), |_| {});
+//! # }
+//! ```
+//!
+//! ```compile_fail
+//! # fn decode(model: icae_core::IcaeModel, embeds: &tch::Tensor) {
+//! // … the merged one cannot.
+//! let model = model.merge_lora_for_encoding();
+//! let _ = model.generate(embeds, icae_core::SamplingParams::greedy(1), |_| {});
+//! # }
+//! ```
+//!
+//! ```compile_fail
+//! # fn decode(model: icae_core::IcaeModel) {
+//! // Nor can its merged base model be reached to decode with.
+//! let model = model.merge_lora_for_encoding();
+//! let _ = &model.base;
+//! # }
+//! ```
+
+use std::path::Path;
+
+use tch::{Device, Kind};
+
+use crate::error::{IcaeError, InputError};
+use crate::icae::{Compressed, IcaeModel, ModelSummary};
+use crate::tokenizer::TextTokenizer;
+
+/// An ICAE model whose LoRA is merged into its weights: it compresses, nothing else.
+pub struct EncodeOnlyModel {
+    icae: IcaeModel,
+}
+
+impl IcaeModel {
+    /// Merge the adapter's LoRA into the base weights for a process that only encodes
+    /// (see the [module](crate::encode_only) comment). The merge is computed in f32 and
+    /// rounded once to the model's dtype, so it is as exact in bf16 as the dtype allows.
+    pub fn merge_lora_for_encoding(mut self) -> EncodeOnlyModel {
+        self.base.merge_lora(&self.adapter.lora);
+        // The deltas now live in the weights: drop them, so nothing can add them twice.
+        self.adapter.lora.layers.clear();
+        EncodeOnlyModel { icae: self }
+    }
+}
+
+impl EncodeOnlyModel {
+    /// [`IcaeModel::compress`].
+    pub fn compress(&self, ids: &[u32]) -> Result<Compressed, IcaeError> {
+        let mut all = self.compress_many(&[ids])?;
+        Ok(all.remove(0))
+    }
+
+    /// [`IcaeModel::compress_many`].
+    pub fn compress_many(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
+        let all = self.compress_wanted(documents, &|_| true)?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
+    /// [`IcaeModel::compress_wanted`], on the merged weights.
+    pub fn compress_wanted(
+        &self,
+        documents: &[&[u32]],
+        wanted: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<Compressed>>, IcaeError> {
+        self.icae.compress_with(documents, wanted, None)
+    }
+
+    /// [`IcaeModel::summary`]: the same fingerprint as before merging.
+    pub fn summary(&self, model_dir: &Path, adapter_path: &Path) -> ModelSummary {
+        self.icae.summary(model_dir, adapter_path)
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.icae.fingerprint
+    }
+
+    pub fn num_segments(&self, num_tokens: usize) -> usize {
+        self.icae.num_segments(num_tokens)
+    }
+
+    pub fn check_token_ids(&self, ids: &[u32], limit: usize) -> Result<(), InputError> {
+        self.icae.check_token_ids(ids, limit)
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.icae.tokenizer
+    }
+
+    pub fn device(&self) -> Device {
+        self.icae.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.icae.kind()
+    }
+}
