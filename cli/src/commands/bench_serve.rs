@@ -320,6 +320,9 @@ fn context_text(article: &str, article_tokens: usize, target: usize) -> String {
     let mut taken = 0;
     while taken < wanted {
         if taken > 0 {
+            if wanted - taken <= 2 {
+                break;
+            }
             text.push_str("\n\n");
             taken += 2;
         }
@@ -341,7 +344,7 @@ mod tests {
         assert_eq!(context_text(article, 3, 2), "abcd e");
         let long = context_text(article, 3, 7);
         assert_eq!(long, "abcd efgh\n\nabcd efgh");
-        assert_eq!(long.chars().count(), 21);
+        assert_eq!(context_text(article, 3, 8).chars().count(), 24);
         assert_eq!(context_text("", 0, 100), "");
     }
 
