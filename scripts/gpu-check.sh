@@ -129,7 +129,7 @@ build() {
 
 run() {
   local device=cuda dtype=bf16 dry=0 do_build=1
-  minutes=6
+  minutes=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --device) device="$2"; shift 2 ;;
@@ -140,6 +140,8 @@ run() {
       *) usage ;;
     esac
   done
+  # Each step's time limit: within one call there; generous for a dry run on a busy CPU.
+  [ -n "$minutes" ] || minutes=$([ "$dry" = 1 ] && echo 20 || echo 6)
   out="${OUT:-$WORK/out}"
   mkdir -p "$out" "$WORK"
   local py="${ICAE_GPU_CHECK_PYTHON:-python3}"

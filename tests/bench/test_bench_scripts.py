@@ -18,7 +18,7 @@ import hf_compress  # noqa: E402
 import hf_generate  # noqa: E402
 
 
-def bash(script, *args, env=None, timeout=1200):
+def bash(script, *args, env=None, timeout=3600):
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / script), *map(str, args)],
         capture_output=True,
