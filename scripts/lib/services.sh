@@ -14,7 +14,7 @@ trap _svc_cleanup EXIT
 
 _free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_services [extra flags for both services...]
+# start_services [extra flags for both services...], e.g. start_services --dtype bf16
 start_services() {
   local redis_port encoder_port decoder_port
   redis_port=$(_free_port); encoder_port=$(_free_port); decoder_port=$(_free_port)

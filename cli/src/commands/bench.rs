@@ -1,19 +1,19 @@
 //! `icae bench forward`: compression throughput of the Rust engine, as a fraction of the
 //! matmul FLOP/s this machine reaches and against HF transformers, measured in one run.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use icae_core::args::{AdapterArgs, ModelArgs};
+use icae_core::device::{cpu_has_native_bf16, kind_name};
 use icae_core::model::ModelConfig;
 use icae_core::IcaeModel;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
+use crate::commands::bench_worker::{synchronize, torch_device_name, PyWorker};
 use crate::commands::demo::read_pwc;
 use crate::common::{load_icae, print_json};
 
@@ -21,6 +21,9 @@ use crate::common::{load_icae, print_json};
 pub enum BenchCommand {
     /// Compression tokens/s per input length, vs matmul peak and vs HF transformers.
     Forward(ForwardArgs),
+    /// Greedy decode tokens/s at batch 1 and 8 vs transformers `generate`, and batch 1 as
+    /// a fraction of the memory-bandwidth limit.
+    Decode(crate::commands::bench_decode::DecodeArgs),
     /// Latency, throughput and bytes of the running services (see scripts/bench-serve.sh).
     Serve(crate::commands::bench_serve::ServeArgs),
 }
@@ -31,10 +34,16 @@ pub struct ForwardArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub adapter: AdapterArgs,
-    /// Input lengths in tokens.
+    /// Input lengths in tokens (one document each).
     #[arg(long, value_delimiter = ',', default_value = "128,512,2048")]
     pub lengths: Vec<usize>,
-    /// Timed repetitions per length and engine (the best is kept).
+    /// Documents compressed together in the batch case; 0 skips it.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens of each document of the batch case.
+    #[arg(long, default_value_t = 512)]
+    pub batch_tokens: usize,
+    /// Timed repetitions per case and engine (the best is kept).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Text the inputs are cut from (repeated as needed).
@@ -53,6 +62,7 @@ pub struct ForwardArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(args) => forward(args),
+        BenchCommand::Decode(args) => crate::commands::bench_decode::run(args),
         BenchCommand::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
@@ -60,46 +70,88 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// One timed case: `batch` documents of `tokens` tokens compressed together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Case {
+    tokens: usize,
+    batch: usize,
+}
+
+/// The cases of a run: each length alone, then the batch case (if any).
+fn cases(args: &ForwardArgs) -> Vec<Case> {
+    let mut cases: Vec<Case> = args
+        .lengths
+        .iter()
+        .map(|&tokens| Case { tokens, batch: 1 })
+        .collect();
+    if args.batch > 0 && args.batch_tokens > 0 {
+        cases.push(Case {
+            tokens: args.batch_tokens,
+            batch: args.batch,
+        });
+    }
+    cases
+}
+
+/// The documents of a case: consecutive windows of the bench tokens, as
+/// scripts/bench/hf_compress.py's `batch_documents` cuts them.
+fn documents(ids: &[u32], case: Case) -> Vec<&[u32]> {
+    (0..case.batch)
+        .map(|b| &ids[b * case.tokens..(b + 1) * case.tokens])
+        .collect()
+}
+
 fn forward(args: ForwardArgs) -> Result<()> {
     if args.adapter.adapter.is_file() {
         bail!("bench forward needs an adapter directory (the HF reference reads icae_config.json)");
     }
+    let cases = cases(&args);
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "nothing to measure: give --lengths or --batch"
+    );
     let icae = load_icae(&args.model, &args.adapter)?;
-    let ids = bench_tokens(
-        &icae,
-        &args.data,
-        args.lengths.iter().copied().max().unwrap_or(0),
-    )?;
+    let (device, kind) = (icae.device(), icae.kind());
+    let needed = cases.iter().map(|c| c.tokens * c.batch).max().unwrap_or(0);
+    let ids = bench_tokens(&icae, &args.data, needed)?;
     let mut hf = if args.python.is_empty() {
         None
     } else {
-        Some(HfReference::start(&args, &ids)?)
+        Some(start_hf(&args, &ids, device, kind)?)
     };
-    let peak = matmul_peak_flops(icae.device(), icae.kind());
+    let peak = matmul_peak_flops(device, kind);
 
     // Rust and HF runs alternate, so both see the same machine state; the best of each is kept.
     let mut rows = Vec::new();
-    for &length in &args.lengths {
-        let doc = &ids[..length];
-        icae.compress(doc)?; // warm-up
+    for &case in &cases {
+        let docs = documents(&ids, case);
+        let request = json!({"length": case.tokens, "batch": case.batch});
+        let time_rust = || -> Result<f64> {
+            synchronize(device);
+            let started = Instant::now();
+            icae.compress_many(&docs)?;
+            synchronize(device);
+            Ok(started.elapsed().as_secs_f64())
+        };
+        time_rust()?; // warm-up
         if let Some(hf) = hf.as_mut() {
-            hf.time(length)?;
+            hf.seconds(&request)?;
         }
         let (mut rust_best, mut hf_best) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..args.repeats.max(1) {
-            let started = Instant::now();
-            icae.compress(doc)?;
-            rust_best = rust_best.min(started.elapsed().as_secs_f64());
+            rust_best = rust_best.min(time_rust()?);
             if let Some(hf) = hf.as_mut() {
-                hf_best = hf_best.min(hf.time(length)?);
+                hf_best = hf_best.min(hf.seconds(&request)?);
             }
         }
-        let flops = compression_flops(&icae, length);
-        let rust_tps = length as f64 / rust_best;
-        let hf_tps = hf.as_ref().map(|_| length as f64 / hf_best);
+        let tokens = (case.tokens * case.batch) as f64;
+        let flops = case.batch as f64 * compression_flops(&icae, case.tokens);
+        let rust_tps = tokens / rust_best;
+        let hf_tps = hf.as_ref().map(|_| tokens / hf_best);
         rows.push(json!({
-            "tokens": length,
-            "segments": icae.num_segments(length),
+            "tokens": case.tokens,
+            "batch": case.batch,
+            "segments": icae.num_segments(case.tokens),
             "rust_tokens_per_second": rust_tps,
             "rust_gflops": flops / rust_best / 1e9,
             "fraction_of_matmul_peak": flops / rust_best / peak,
@@ -108,9 +160,14 @@ fn forward(args: ForwardArgs) -> Result<()> {
         }));
     }
     let report = json!({
-        "device": format!("{:?}", icae.device()),
+        "bench": "forward",
+        "device": torch_device_name(device),
+        "dtype": kind_name(kind),
         "threads": tch::get_num_threads(),
-        "hf_threads": hf.as_ref().map(|h| h.threads),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "hf_threads": hf.as_ref().map(|h| h.threads()),
+        "hf_dtype": hf.as_ref().map(|h| h.ready["dtype"].clone()),
+        "hf_device": hf.as_ref().map(|h| h.ready["device"].clone()),
         "matmul_peak_gflops": peak / 1e9,
         "repeats": args.repeats,
         "rows": rows,
@@ -119,18 +176,21 @@ fn forward(args: ForwardArgs) -> Result<()> {
         return print_json(&report);
     }
     println!(
-        "device {:?}, {} threads (HF: {}), matmul peak {:.1} GFLOP/s (measured now), best of {} alternating runs",
-        icae.device(),
+        "device {}, {}, {} threads (HF: {}), {} matmul peak {:.1} GFLOP/s (measured now), best of {} alternating runs",
+        torch_device_name(device),
+        kind_name(kind),
         tch::get_num_threads(),
-        hf.as_ref().map_or("-".into(), |h| h.threads.to_string()),
+        hf.as_ref().map_or("-".into(), |h| h.threads().to_string()),
+        kind_name(kind),
         peak / 1e9,
         args.repeats
     );
-    println!("tokens  segments  rust tok/s  rust GFLOP/s  of peak  HF tok/s  rust/HF");
+    println!("tokens  batch  segments  rust tok/s  rust GFLOP/s  of peak  HF tok/s  rust/HF");
     for row in &rows {
         println!(
-            "{:>6}  {:>8}  {:>10.0}  {:>12.1}  {:>6.1}%  {:>8}  {:>7}",
+            "{:>6}  {:>5}  {:>8}  {:>10.0}  {:>12.1}  {:>6.1}%  {:>8}  {:>7}",
             row["tokens"],
+            row["batch"],
             row["segments"],
             row["rust_tokens_per_second"].as_f64().unwrap_or_default(),
             row["rust_gflops"].as_f64().unwrap_or_default(),
@@ -146,73 +206,57 @@ fn forward(args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
-/// The HF transformers reference (scripts/bench/hf_compress.py), kept running so its
-/// timings interleave with ours.
-struct HfReference {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    threads: u64,
+/// The HF transformers reference (scripts/bench/hf_compress.py) in our dtype, on our device.
+fn start_hf(args: &ForwardArgs, ids: &[u32], device: Device, kind: Kind) -> Result<HfWorker> {
+    let ids_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(ids_file.path(), serde_json::to_vec(ids)?)?;
+    let worker = PyWorker::start(
+        &args.python,
+        &args.hf_script,
+        vec![
+            "--model".into(),
+            args.model.model.clone().into(),
+            "--adapter".into(),
+            args.adapter.adapter.clone().into(),
+            "--ids".into(),
+            ids_file.path().into(),
+            "--dtype".into(),
+            kind_name(kind).into(),
+            "--device".into(),
+            torch_device_name(device).into(),
+        ],
+    )?;
+    Ok(HfWorker {
+        worker,
+        _ids_file: ids_file,
+    })
+}
+
+/// A worker and the token file it reads (deleted when the worker goes).
+struct HfWorker {
+    worker: PyWorker,
     _ids_file: tempfile::NamedTempFile,
 }
 
-impl HfReference {
-    fn start(args: &ForwardArgs, ids: &[u32]) -> Result<Self> {
-        let ids_file = tempfile::NamedTempFile::new()?;
-        std::fs::write(ids_file.path(), serde_json::to_vec(ids)?)?;
-        let mut child = Command::new(&args.python)
-            .arg(&args.hf_script)
-            .arg("--model")
-            .arg(&args.model.model)
-            .arg("--adapter")
-            .arg(&args.adapter.adapter)
-            .arg("--ids")
-            .arg(ids_file.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} {}", args.python, args.hf_script.display()))?;
-        let stdin = child.stdin.take().context("HF reference stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("HF reference stdout")?);
-        let mut hf = HfReference {
-            child,
-            stdin,
-            stdout,
-            threads: 0,
-            _ids_file: ids_file,
-        };
-        let ready = hf.read()?;
-        hf.threads = ready["threads"].as_u64().unwrap_or(0);
-        Ok(hf)
-    }
-
-    fn read(&mut self) -> Result<serde_json::Value> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("the HF reference exited early (its error is above)");
-        }
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    /// Seconds HF takes to compress the first `length` tokens.
-    fn time(&mut self, length: usize) -> Result<f64> {
-        writeln!(self.stdin, "{length}")?;
-        self.stdin.flush()?;
-        self.read()?["seconds"]
-            .as_f64()
-            .context("HF reference answered without seconds")
+impl std::ops::Deref for HfWorker {
+    type Target = PyWorker;
+    fn deref(&self) -> &PyWorker {
+        &self.worker
     }
 }
 
-impl Drop for HfReference {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::DerefMut for HfWorker {
+    fn deref_mut(&mut self) -> &mut PyWorker {
+        &mut self.worker
     }
 }
 
 /// Token ids of the example article, repeated until `needed` tokens exist.
-fn bench_tokens(icae: &IcaeModel, data: &std::path::Path, needed: usize) -> Result<Vec<u32>> {
+pub(crate) fn bench_tokens(
+    icae: &IcaeModel,
+    data: &std::path::Path,
+    needed: usize,
+) -> Result<Vec<u32>> {
     let records = read_pwc(data)?;
     let article = &records
         .first()
@@ -223,26 +267,30 @@ fn bench_tokens(icae: &IcaeModel, data: &std::path::Path, needed: usize) -> Resu
     Ok(one.iter().copied().cycle().take(needed).collect())
 }
 
-/// The best matmul FLOP/s over shapes like the model's projections.
-fn matmul_peak_flops(device: Device, kind: Kind) -> f64 {
+/// The best matmul FLOP/s in `kind` on `device` over shapes like the model's projections
+/// (and, on a GPU, large squares: a small model's shapes leave most of a GPU idle).
+pub(crate) fn matmul_peak_flops(device: Device, kind: Kind) -> f64 {
     let _guard = tch::no_grad_guard();
-    let mut best: f64 = 0.0;
-    for &(m, k, n) in &[
+    let mut shapes = vec![
         (512i64, 576i64, 1536i64),
         (1024, 1024, 1024),
         (2048, 576, 576),
-    ] {
+    ];
+    if device != Device::Cpu {
+        shapes.extend([(4096, 4096, 4096), (8192, 8192, 8192)]);
+    }
+    let mut best: f64 = 0.0;
+    for (m, k, n) in shapes {
         let a = Tensor::randn([m, k], (kind, device));
         let b = Tensor::randn([k, n], (kind, device));
         let _ = a.matmul(&b); // warm-up
         let reps = 10;
+        synchronize(device);
         let started = Instant::now();
         for _ in 0..reps {
             let _ = a.matmul(&b);
         }
-        if device != Device::Cpu {
-            tch::Cuda::synchronize(0);
-        }
+        synchronize(device);
         let flops = 2.0 * (m * k * n) as f64 * reps as f64;
         best = best.max(flops / started.elapsed().as_secs_f64());
     }

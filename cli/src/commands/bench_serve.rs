@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use icae_client::{
     baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
-    slot_keys, status_error, ConnectOptions,
+    slot_keys, status_error, ConnectOptions, Decoder, Encoder,
 };
-use icae_proto::v1::{CompressOptions, InfoRequest, Mode};
+use icae_proto::v1::{CompressOptions, InfoRequest, InfoResponse, Mode};
 use serde_json::json;
 
-use crate::commands::demo::{generate, read_pwc};
+use crate::commands::demo::{generate, read_pwc, PwcRecord};
 use crate::common::print_json;
 
 #[derive(Debug, Args)]
@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Concurrent stream counts for the throughput measurement.
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     pub streams: Vec<usize>,
+    /// Context lengths in tokens (about: the example article repeated and cut); each is
+    /// measured from its slots and from its full text.
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    pub context_tokens: Vec<usize>,
     /// Tokens each stream generates.
     #[arg(long, default_value_t = 48)]
     pub tokens: u32,
@@ -54,10 +58,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    let decoder_info = decoder
+        .info(InfoRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
 
     // Encoder: gRPC + tokenization + Redis as a share of model time, on fresh documents.
     let mut overheads = Vec::new();
-    let mut key = String::new();
     let mut slot_bytes = 0;
     let mut num_tokens = 0;
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
@@ -81,7 +89,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         overheads.push((wall - model) / model);
         let doc = &response.documents[0];
         let handle = doc.handle.as_ref().context("no handle")?;
-        key = handle.key.clone();
         slot_bytes = doc.slots.len() as u64;
         num_tokens = handle.num_tokens;
     }
@@ -106,14 +113,150 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .is_some_and(|h| h.cache_hit),
         "expected a cache hit"
     );
-    let kv_bytes = info.kv_bytes_per_position * u64::from(num_tokens);
 
-    // Decoder: the same question with the slots and with the full text, alternating.
-    let (mut slot_ttft, mut slot_tpot, mut full_ttft, mut full_tpot) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Per context length: the same question from the slots and from the full text
+    // (alternating), then aggregate generation throughput at N concurrent streams.
+    let mut contexts = Vec::new();
+    for &target in &args.context_tokens {
+        let text = context_text(&article, num_tokens as usize, target);
+        let context = measure_context(&args, &mut encoder, &mut decoder, record, text).await?;
+        contexts.push(json!({
+            "context_tokens_requested": target,
+            "context_tokens": context.num_tokens,
+            "slot_bytes": context.slot_bytes,
+            "kv_cache_bytes": context.kv_bytes(&info),
+            "kv_over_slot_bytes": context.kv_bytes(&info) as f64 / context.slot_bytes as f64,
+            "ttft_slots_seconds": median(context.slot_ttft.clone()),
+            "ttft_full_text_seconds": median(context.full_ttft.clone()),
+            "ttft_full_over_slots": median(context.full_ttft.clone()) / median(context.slot_ttft.clone()),
+            "per_token_slots_seconds": median(context.slot_tpot.clone()),
+            "per_token_full_text_seconds": median(context.full_tpot.clone()),
+            "throughput": context.throughput.iter().map(|(n, tps)| json!({
+                "streams": n, "tokens_per_second": tps,
+                "vs_one_stream": tps / context.single_stream(),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+
+    let report = json!({
+        "bench": "serve",
+        "device": info.device, "dtype": info.dtype,
+        "decoder_device": decoder_info.device, "decoder_dtype": decoder_info.dtype,
+        "adapter_trained": info.adapter_trained,
+        "rounds": args.rounds, "tokens_per_stream": args.tokens,
+        "article_tokens": num_tokens, "article_slot_bytes": slot_bytes,
+        "encoder_overhead_share_of_model_time": median(overheads.clone()),
+        "encoder_cache_hit_seconds": cache_hit_seconds,
+        "contexts": contexts,
+    });
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "encoder {} {}, decoder {} {}, article {} tokens ({} bytes of slots), medians of {} rounds",
+        info.device,
+        info.dtype,
+        decoder_info.device,
+        decoder_info.dtype,
+        num_tokens,
+        slot_bytes,
+        args.rounds
+    );
+    println!(
+        "encoder: gRPC + tokenize + Redis = {:.1}% of model time; cache hit {:.4}s",
+        100.0 * median(overheads),
+        cache_hit_seconds
+    );
+    for c in &contexts {
+        let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
+        println!("context {} tokens:", c["context_tokens"]);
+        println!(
+            "  stored slots {} bytes vs full-text KV cache {} bytes: {:.1}x smaller",
+            c["slot_bytes"],
+            c["kv_cache_bytes"],
+            f("kv_over_slot_bytes")
+        );
+        println!(
+            "  time to first token: slots {:.3}s, full text {:.3}s ({:.2}x)",
+            f("ttft_slots_seconds"),
+            f("ttft_full_text_seconds"),
+            f("ttft_full_over_slots")
+        );
+        println!(
+            "  time per output token: slots {:.4}s, full text {:.4}s",
+            f("per_token_slots_seconds"),
+            f("per_token_full_text_seconds")
+        );
+        for t in c["throughput"].as_array().into_iter().flatten() {
+            println!(
+                "  {:>2} concurrent streams: {:.1} tokens/s ({:.2}x one stream)",
+                t["streams"],
+                t["tokens_per_second"].as_f64().unwrap_or(f64::NAN),
+                t["vs_one_stream"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What one context length measured.
+struct ContextRun {
+    num_tokens: u32,
+    slot_bytes: u64,
+    slot_ttft: Vec<f64>,
+    slot_tpot: Vec<f64>,
+    full_ttft: Vec<f64>,
+    full_tpot: Vec<f64>,
+    throughput: Vec<(usize, f64)>,
+}
+
+impl ContextRun {
+    fn kv_bytes(&self, info: &InfoResponse) -> u64 {
+        info.kv_bytes_per_position * u64::from(self.num_tokens)
+    }
+
+    fn single_stream(&self) -> f64 {
+        self.throughput
+            .iter()
+            .find(|(n, _)| *n == 1)
+            .map_or(f64::NAN, |t| t.1)
+    }
+}
+
+async fn measure_context(
+    args: &ServeArgs,
+    encoder: &mut Encoder,
+    decoder: &mut Decoder,
+    record: &PwcRecord,
+    text: String,
+) -> Result<ContextRun> {
+    let request = compress_one(
+        text.clone(),
+        CompressOptions {
+            return_slots: true,
+            ..Default::default()
+        },
+    );
+    let response = encoder
+        .compress(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let doc = &response.documents[0];
+    let handle = doc.handle.as_ref().context("no handle")?;
+    let key = handle.key.clone();
+    let mut run = ContextRun {
+        num_tokens: handle.num_tokens,
+        slot_bytes: doc.slots.len() as u64,
+        slot_ttft: Vec::new(),
+        slot_tpot: Vec::new(),
+        full_ttft: Vec::new(),
+        full_tpot: Vec::new(),
+        throughput: Vec::new(),
+    };
     for _ in 0..args.rounds {
         let with_slots = generate(
-            &mut decoder,
+            decoder,
             generate_request(
                 slot_keys(&[&key]),
                 Mode::Answer,
@@ -122,24 +265,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             ),
         )
         .await?;
-        slot_ttft.push(with_slots.first_token_seconds);
-        slot_tpot.push(with_slots.per_token_seconds());
+        run.slot_ttft.push(with_slots.first_token_seconds);
+        run.slot_tpot.push(with_slots.per_token_seconds());
         let full = generate(
-            &mut decoder,
+            decoder,
             generate_request(
-                baseline_text(article.clone()),
+                baseline_text(text.clone()),
                 Mode::Answer,
                 &record.prompt,
                 greedy(args.tokens),
             ),
         )
         .await?;
-        full_ttft.push(full.first_token_seconds);
-        full_tpot.push(full.per_token_seconds());
+        run.full_ttft.push(full.first_token_seconds);
+        run.full_tpot.push(full.per_token_seconds());
     }
-
-    // Aggregate generation throughput at N concurrent streams.
-    let mut throughput = Vec::new();
+    let options = ConnectOptions::default();
     for &n in &args.streams {
         let started = Instant::now();
         let tasks: Vec<_> = (0..n)
@@ -161,58 +302,55 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         for task in tasks {
             generated += task.await??.token_ids.len();
         }
-        throughput.push((n, generated as f64 / started.elapsed().as_secs_f64()));
+        run.throughput
+            .push((n, generated as f64 / started.elapsed().as_secs_f64()));
     }
-    let single = throughput
-        .iter()
-        .find(|(n, _)| *n == 1)
-        .map_or(f64::NAN, |t| t.1);
+    Ok(run)
+}
 
-    let report = json!({
-        "device": info.device, "dtype": info.dtype, "adapter_trained": info.adapter_trained,
-        "article_tokens": num_tokens, "slot_bytes": slot_bytes, "kv_cache_bytes": kv_bytes,
-        "kv_over_slot_bytes": kv_bytes as f64 / slot_bytes as f64,
-        "encoder_overhead_share_of_model_time": median(overheads.clone()),
-        "encoder_cache_hit_seconds": cache_hit_seconds,
-        "ttft_slots_seconds": median(slot_ttft.clone()), "ttft_full_text_seconds": median(full_ttft.clone()),
-        "ttft_full_over_slots": median(full_ttft.clone()) / median(slot_ttft.clone()),
-        "per_token_slots_seconds": median(slot_tpot.clone()), "per_token_full_text_seconds": median(full_tpot.clone()),
-        "throughput": throughput.iter().map(|(n, tps)| json!({"streams": n, "tokens_per_second": tps, "vs_one_stream": tps / single})).collect::<Vec<_>>(),
-    });
-    if args.json {
-        return print_json(&report);
+/// About `target` tokens of text: the article (of `article_tokens` tokens) repeated, cut at
+/// the character count that many tokens take on average. The services report the exact count.
+fn context_text(article: &str, article_tokens: usize, target: usize) -> String {
+    let chars: Vec<char> = article.chars().collect();
+    if article_tokens == 0 || chars.is_empty() {
+        return article.to_string();
     }
-    println!(
-        "device {} {}, article {} tokens, medians of {} rounds",
-        info.device, info.dtype, num_tokens, args.rounds
-    );
-    println!(
-        "stored slots {} bytes vs full-text KV cache {} bytes: {:.1}x smaller",
-        slot_bytes,
-        kv_bytes,
-        kv_bytes as f64 / slot_bytes as f64
-    );
-    println!(
-        "encoder: gRPC + tokenize + Redis = {:.1}% of model time; cache hit {:.4}s",
-        100.0 * median(overheads),
-        cache_hit_seconds
-    );
-    println!(
-        "decoder time to first token: slots {:.3}s, full text {:.3}s ({:.2}x)",
-        median(slot_ttft.clone()),
-        median(full_ttft.clone()),
-        median(full_ttft) / median(slot_ttft)
-    );
-    println!(
-        "decoder time per output token: slots {:.4}s, full text {:.4}s",
-        median(slot_tpot),
-        median(full_tpot)
-    );
-    for (n, tps) in &throughput {
-        println!(
-            "{n:>2} concurrent streams: {tps:.1} tokens/s ({:.2}x one stream)",
-            tps / single
-        );
+    let wanted = (chars.len() as f64 * target as f64 / article_tokens as f64).round() as usize;
+    let mut text = String::new();
+    let mut taken = 0;
+    while taken < wanted {
+        if taken > 0 {
+            if wanted - taken <= 2 {
+                break;
+            }
+            text.push_str("\n\n");
+            taken += 2;
+        }
+        let take = (wanted.saturating_sub(taken)).min(chars.len());
+        text.extend(&chars[..take]);
+        taken += take;
     }
-    Ok(())
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_text_repeats_the_article_to_about_the_target() {
+        let article = "abcd efgh"; // 9 characters; say 3 tokens
+        assert_eq!(context_text(article, 3, 3), article);
+        assert_eq!(context_text(article, 3, 2), "abcd e");
+        let long = context_text(article, 3, 7);
+        assert_eq!(long, "abcd efgh\n\nabcd efgh");
+        assert_eq!(context_text(article, 3, 8).chars().count(), 24);
+        assert_eq!(context_text("", 0, 100), "");
+    }
+
+    #[test]
+    fn median_is_the_middle_value() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert!(median(vec![]).is_nan());
+    }
 }

@@ -1,0 +1,101 @@
+"""The benchmark scripts' plumbing, cheaply: how scripts/bench-serve.sh splits its flags,
+the HF reference scripts' arguments and documents, and scripts/gpu-check.sh end to end on
+the CPU in its dry mode (tiny sizes): the model travels in two pieces that each fit one
+call, the first call only stores its piece, the second reassembles it and writes every
+report into $OUT."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+import hf_compress  # noqa: E402
+import hf_generate  # noqa: E402
+
+
+def bash(script, *args, env=None, timeout=3600):
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_serve_gives_dtype_to_the_services_and_the_rest_to_the_client():
+    out = bash(
+        "bench-serve.sh",
+        "--dtype",
+        "bf16",
+        "--context-tokens",
+        "512,2048",
+        "--streams=1,4,8,16",
+        "--json",
+        env={"ICAE_BENCH_DRY_RUN": "1"},
+    )
+    services, bench = out.splitlines()
+    assert services == "services: --dtype bf16"
+    assert bench.endswith("--context-tokens 512,2048 --streams=1,4,8,16 --json")
+    assert "dtype" not in bench
+    assert bash("bench-serve.sh", "--dtype=f32", env={"ICAE_BENCH_DRY_RUN": "1"}).startswith(
+        "services: --dtype f32\n"
+    )
+
+
+def test_hf_references_take_dtype_and_device_and_cut_the_same_windows():
+    args = hf_compress.parse_args(["--model", "m", "--adapter", "a", "--ids", "i"])
+    assert (args.dtype, args.device) == ("f32", "cpu")
+    args = hf_generate.parse_args(["--model", "m", "--standalone", "--dtype", "bf16"])
+    assert hf_compress.DTYPES[args.dtype] is hf_compress.torch.bfloat16
+    with pytest.raises(SystemExit):
+        hf_generate.parse_args(["--model", "m"])  # neither --ids nor --standalone
+    ids = list(range(12))
+    assert hf_compress.batch_documents(ids, 4, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert hf_generate.prompts(ids, 2, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+def test_gpu_check_dry_run_on_the_cpu(default_gguf, tmp_path):
+    home, out = tmp_path / "check", tmp_path / "out"
+    env = {
+        "ICAE_GPU_CHECK_HOME": str(home),
+        "OUT": str(out),
+        "ICAE_GPU_CHECK_PYTHON": sys.executable,
+    }
+    bash("gpu-check.sh", "prepare", "--gguf", default_gguf, env=env)
+    pack = home / "pack"
+    for piece in ("piece-1", "piece-2"):
+        size = sum(f.stat().st_size for f in (pack / piece).rglob("*") if f.is_file())
+        assert 0 < size <= 63 * 2**20, (piece, size)
+
+    # Call 1 carries piece 1 only: it is stored, nothing runs yet.
+    (pack / "piece-2").rename(tmp_path / "held-back")
+    run = ("run", "--device", "cpu", "--dtype", "f32", "--dry-run")
+    assert "piece 2 is not here yet" in bash("gpu-check.sh", *run, env=env)
+    assert not (out / "forward.json").exists()
+    # Call 2 carries piece 2 only (piece 1 is gone from the tree): reassembled, all runs.
+    (pack / "piece-1").rename(tmp_path / "gone")
+    (tmp_path / "held-back").rename(pack / "piece-2")
+    printed = bash("gpu-check.sh", *run, env=env)
+    assert (home / "model.gguf").stat().st_size == default_gguf.stat().st_size
+
+    forward = json.loads((out / "forward.json").read_text())
+    assert (forward["device"], forward["dtype"], forward["hf_dtype"]) == ("cpu", "f32", "f32")
+    assert [(r["tokens"], r["batch"]) for r in forward["rows"]] == [(128, 1), (64, 2)]
+    assert all(r["speedup_vs_hf"] > 0 for r in forward["rows"])
+    decode = json.loads((out / "decode.json").read_text())
+    assert decode["dtype"] == "f32" and decode["threads"] >= 1
+    assert [r["batch"] for r in decode["rows"]] == [1, 2]
+    assert decode["rows"][0]["fraction_of_bandwidth_limit"] > 0
+    assert decode["rows"][1]["decode_speedup_vs_hf"] > 0
+    assert (out / "parity.log").exists()
+    assert "forward.json" in printed
+    # What comes back from one call: at most 8 files.
+    assert len([f for f in out.iterdir() if f.is_file()]) <= 8
