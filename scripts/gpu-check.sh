@@ -212,8 +212,11 @@ run() {
   local parity="$ROOT/tests/parity/test_bf16_parity.py"
   if [ -f "$parity" ]; then
     echo "==> pytest $parity on $device"
+    # A dry run only collects it: the test suite runs it on the CPU anyway.
+    local collect=()
+    [ "$dry" = 1 ] && collect=(--collect-only)
     ICAE_TEST_DEVICE="$device" ICAE_VENV="$WORK/venv" timeout "$limit" \
-      "$py" -m pytest -q -x -p no:cacheprovider "$parity" >"$out/parity.log" 2>&1 &&
+      "$py" -m pytest -q -x -p no:cacheprovider "${collect[@]}" "$parity" >"$out/parity.log" 2>&1 &&
       echo "parity: passed" || echo "parity: FAILED (see parity.log)"
     tail -n 3 "$out/parity.log"
   else

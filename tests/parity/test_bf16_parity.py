@@ -32,6 +32,7 @@ precision, which is the greedy one wherever the margin is decisive.
 
 import copy
 import math
+import os
 import shutil
 
 import pytest
@@ -42,6 +43,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import run_icae, run_icae_json
 
+# Where our engine runs (scripts/gpu-check.sh sets cuda); the oracle stays on the CPU, the
+# tolerances already allow for two bf16 implementations that round differently.
+DEVICE = os.environ.get("ICAE_TEST_DEVICE", "cpu")
 U = 2.0**-8  # bf16 unit roundoff
 LAYERS = 4
 MEM_SIZE, RATE, LORA_R, LORA_ALPHA = 8, 4, 8, 32
@@ -99,7 +103,7 @@ def test_base_logits_match_transformers_bf16(tiny, tmp_path):
     path, f32_model, bf16_model = tiny
     out = tmp_path / "logits.safetensors"
     # fmt: off
-    run_icae("logits", "--model", path, "--device", "cpu", "--dtype", "bf16",
+    run_icae("logits", "--model", path, "--device", DEVICE, "--dtype", "bf16",
              "--text", ARTICLE, "--out", out)
     # fmt: on
     ours = load_file(out)
@@ -205,7 +209,7 @@ def test_slots_and_greedy_tokens_match_transformers_bf16(segments, tiny, adapter
     adapter_path, oracles = adapter
     text_file, ids = document_ids(path, segments, tmp_path)
     slots_file = tmp_path / "slots.safetensors"
-    common = ["--model", path, "--device", "cpu", "--dtype", "bf16", "--adapter", adapter_path]
+    common = ["--model", path, "--device", DEVICE, "--dtype", "bf16", "--adapter", adapter_path]
     common += ["--lora-alpha", LORA_ALPHA, "--compression-rate", RATE]
     summary = run_icae_json(
         "compress", *common, "--text-file", text_file, "--out", slots_file, "--json"
@@ -253,7 +257,7 @@ def test_real_model_base_logits_match_transformers_bf16(model_dir, hf_model, tmp
     text = "The capital of France is Paris. In 1889, 2,000 workers built the Eiffel Tower."
     out = tmp_path / "logits.safetensors"
     # fmt: off
-    run_icae("logits", "--model", model_dir, "--device", "cpu", "--dtype", "bf16",
+    run_icae("logits", "--model", model_dir, "--device", DEVICE, "--dtype", "bf16",
              "--text", text, "--out", out)
     # fmt: on
     ours = load_file(out)
