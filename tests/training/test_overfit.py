@@ -14,7 +14,7 @@ from icae_train.model import ICAE, IcaeConfig
 from icae_train.overfit import OverfitConfig, overfit
 
 TEXTS, TEXT_TOKENS, MEM_SIZE, RATE = 8, 8, 4, 2
-VOCAB = 256  # the vocabulary of tiny_dir (tests/training/conftest.py)
+VOCAB = 256  # the vocabulary of tiny_dir (tests/conftest.py)
 # Measured: 0.71 after 50 steps, 0.958 after 130 (scripted run, same seeds); the bound
 # leaves room for variance across torch builds.
 MAX_STEPS, LR, PROJECTOR_LR = 200, 1e-3, 1e-2
