@@ -207,48 +207,15 @@ fn forward(args: ForwardArgs) -> Result<()> {
 }
 
 /// The HF transformers reference (scripts/bench/hf_compress.py) in our dtype, on our device.
-fn start_hf(args: &ForwardArgs, ids: &[u32], device: Device, kind: Kind) -> Result<HfWorker> {
-    let ids_file = tempfile::NamedTempFile::new()?;
-    std::fs::write(ids_file.path(), serde_json::to_vec(ids)?)?;
-    let worker = PyWorker::start(
+fn start_hf(args: &ForwardArgs, ids: &[u32], device: Device, kind: Kind) -> Result<PyWorker> {
+    PyWorker::start_reference(
         &args.python,
         &args.hf_script,
-        vec![
-            "--model".into(),
-            args.model.model.clone().into(),
-            "--adapter".into(),
-            args.adapter.adapter.clone().into(),
-            "--ids".into(),
-            ids_file.path().into(),
-            "--dtype".into(),
-            kind_name(kind).into(),
-            "--device".into(),
-            torch_device_name(device).into(),
-        ],
-    )?;
-    Ok(HfWorker {
-        worker,
-        _ids_file: ids_file,
-    })
-}
-
-/// A worker and the token file it reads (deleted when the worker goes).
-struct HfWorker {
-    worker: PyWorker,
-    _ids_file: tempfile::NamedTempFile,
-}
-
-impl std::ops::Deref for HfWorker {
-    type Target = PyWorker;
-    fn deref(&self) -> &PyWorker {
-        &self.worker
-    }
-}
-
-impl std::ops::DerefMut for HfWorker {
-    fn deref_mut(&mut self) -> &mut PyWorker {
-        &mut self.worker
-    }
+        &args.model.model,
+        ids,
+        (device, kind),
+        vec!["--adapter".into(), args.adapter.adapter.clone().into()],
+    )
 }
 
 /// Token ids of the example article, repeated until `needed` tokens exist.

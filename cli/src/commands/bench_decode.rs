@@ -222,23 +222,14 @@ pub fn run(args: DecodeArgs) -> Result<()> {
     let mut hf = if args.python.is_empty() {
         None
     } else {
-        let ids_file = tempfile::NamedTempFile::new()?;
-        std::fs::write(ids_file.path(), serde_json::to_vec(&ids)?)?;
-        let worker = PyWorker::start(
+        Some(PyWorker::start_reference(
             &args.python,
             &args.hf_script,
-            vec![
-                "--model".into(),
-                args.model.model.clone().into(),
-                "--ids".into(),
-                ids_file.path().into(),
-                "--dtype".into(),
-                kind_name(kind).into(),
-                "--device".into(),
-                torch_device_name(device).into(),
-            ],
-        )?;
-        Some((worker, ids_file))
+            &args.model.model,
+            &ids,
+            (device, kind),
+            Vec::new(),
+        )?)
     };
     let bandwidth = copy_bandwidth(device);
 
@@ -246,7 +237,7 @@ pub fn run(args: DecodeArgs) -> Result<()> {
     for &batch in &args.batches {
         let batch_prompts = prompts(&ids, batch, args.prompt_tokens);
         run_ours(&model, &tokenizer, &batch_prompts, args.new_tokens)?; // warm-up
-        if let Some((hf, _)) = hf.as_mut() {
+        if let Some(hf) = hf.as_mut() {
             ask_hf(hf, batch, &args)?;
         }
         let (mut ours, mut theirs): (Option<Timing>, Option<Timing>) = (None, None);
@@ -255,7 +246,7 @@ pub fn run(args: DecodeArgs) -> Result<()> {
             if ours.is_none_or(|o| t.decode < o.decode) {
                 ours = Some(t);
             }
-            if let Some((hf, _)) = hf.as_mut() {
+            if let Some(hf) = hf.as_mut() {
                 let t = ask_hf(hf, batch, &args)?;
                 if theirs.is_none_or(|o| t.decode < o.decode) {
                     theirs = Some(t);
@@ -296,9 +287,9 @@ pub fn run(args: DecodeArgs) -> Result<()> {
         "dtype": kind_name(kind),
         "threads": tch::get_num_threads(),
         "cpu_native_bf16": cpu_has_native_bf16(),
-        "hf_threads": hf.as_ref().map(|(h, _)| h.threads()),
-        "hf_dtype": hf.as_ref().map(|(h, _)| h.ready["dtype"].clone()),
-        "hf_device": hf.as_ref().map(|(h, _)| h.ready["device"].clone()),
+        "hf_threads": hf.as_ref().map(|h| h.threads()),
+        "hf_dtype": hf.as_ref().map(|h| h.ready["dtype"].clone()),
+        "hf_device": hf.as_ref().map(|h| h.ready["device"].clone()),
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
@@ -315,7 +306,7 @@ pub fn run(args: DecodeArgs) -> Result<()> {
         torch_device_name(device),
         kind_name(kind),
         tch::get_num_threads(),
-        hf.as_ref().map_or("-".into(), |(h, _)| h.threads().to_string()),
+        hf.as_ref().map_or("-".into(), |h| h.threads().to_string()),
         args.prompt_tokens,
         args.new_tokens,
         bandwidth / 1e9,

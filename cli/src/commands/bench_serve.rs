@@ -10,7 +10,7 @@ use icae_client::{
     baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
     slot_keys, status_error, ConnectOptions, Decoder, Encoder,
 };
-use icae_proto::v1::{CompressOptions, InfoRequest, InfoResponse, Mode};
+use icae_proto::v1::{CompressOptions, CompressResponse, InfoRequest, InfoResponse, Mode};
 use serde_json::json;
 
 use crate::commands::demo::{generate, read_pwc, PwcRecord};
@@ -72,18 +72,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     for round in 0..args.rounds {
         let text = format!("{article}\n(revision {round} {})", std::process::id());
         let started = Instant::now();
-        let request = compress_one(
-            text,
-            CompressOptions {
-                return_slots: true,
-                ..Default::default()
-            },
-        );
-        let response = encoder
-            .compress(request)
-            .await
-            .map_err(status_error)?
-            .into_inner();
+        let response = compress(&mut encoder, text, returning_slots()).await?;
         let wall = started.elapsed().as_secs_f64();
         let model = response.timings.as_ref().map_or(0.0, |t| t.model_seconds);
         overheads.push((wall - model) / model);
@@ -98,13 +87,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         args.rounds - 1,
         std::process::id()
     );
-    let hit = compress_one(last, CompressOptions::default());
     let cache_hit_started = Instant::now();
-    let response = encoder
-        .compress(hit)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let response = compress(&mut encoder, last, CompressOptions::default()).await?;
     let cache_hit_seconds = cache_hit_started.elapsed().as_secs_f64();
     anyhow::ensure!(
         response.documents[0]
@@ -230,18 +214,7 @@ async fn measure_context(
     record: &PwcRecord,
     text: String,
 ) -> Result<ContextRun> {
-    let request = compress_one(
-        text.clone(),
-        CompressOptions {
-            return_slots: true,
-            ..Default::default()
-        },
-    );
-    let response = encoder
-        .compress(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let response = compress(encoder, text.clone(), returning_slots()).await?;
     let doc = &response.documents[0];
     let handle = doc.handle.as_ref().context("no handle")?;
     let key = handle.key.clone();
@@ -331,6 +304,24 @@ fn context_text(article: &str, article_tokens: usize, target: usize) -> String {
         taken += take;
     }
     text
+}
+
+/// One document through the encoder.
+async fn compress(
+    encoder: &mut Encoder,
+    text: String,
+    options: CompressOptions,
+) -> Result<CompressResponse> {
+    let response = encoder.compress(compress_one(text, options)).await;
+    Ok(response.map_err(status_error)?.into_inner())
+}
+
+/// Options of a Compress whose answer carries the slots (their bytes are measured).
+fn returning_slots() -> CompressOptions {
+    CompressOptions {
+        return_slots: true,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

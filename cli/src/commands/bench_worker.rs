@@ -9,7 +9,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use tch::Device;
+use tch::{Device, Kind};
+
+use icae_core::device::kind_name;
 
 pub struct PyWorker {
     child: Child,
@@ -17,6 +19,8 @@ pub struct PyWorker {
     stdout: BufReader<ChildStdout>,
     /// The first line the worker printed once loaded (`{"ready": true, "threads": N, ...}`).
     pub ready: Value,
+    /// The token ids it reads (`--ids`), deleted when the worker goes.
+    _ids_file: Option<tempfile::NamedTempFile>,
 }
 
 impl PyWorker {
@@ -35,8 +39,37 @@ impl PyWorker {
             stdin,
             stdout,
             ready: Value::Null,
+            _ids_file: None,
         };
         worker.ready = worker.read()?;
+        Ok(worker)
+    }
+
+    /// A reference on the same inputs and in the same setting as our side: `--model`, the
+    /// token `ids` (through a file), our dtype and device, then `extra` arguments.
+    pub fn start_reference(
+        python: &str,
+        script: &Path,
+        model: &Path,
+        ids: &[u32],
+        (device, kind): (Device, Kind),
+        extra: Vec<OsString>,
+    ) -> Result<Self> {
+        let ids_file = tempfile::NamedTempFile::new()?;
+        std::fs::write(ids_file.path(), serde_json::to_vec(ids)?)?;
+        let mut args: Vec<OsString> = vec![
+            "--model".into(),
+            model.into(),
+            "--ids".into(),
+            ids_file.path().into(),
+            "--dtype".into(),
+            kind_name(kind).into(),
+            "--device".into(),
+            torch_device_name(device).into(),
+        ];
+        args.extend(extra);
+        let mut worker = Self::start(python, script, args)?;
+        worker._ids_file = Some(ids_file);
         Ok(worker)
     }
 
