@@ -17,6 +17,7 @@ from icae_train.metrics import corpus_bleu, prefix_match, rouge_l, token_accurac
 from icae_train.model import (
     ICAE,
     AnswerInput,
+    AutoencodeBatch,
     AutoencodeInput,
     IcaeConfig,
     LmInput,
@@ -66,6 +67,26 @@ def test_pretrain_stream_is_deterministic_and_bounded():
     for x in lm:
         # The continuation follows the context in the document.
         assert x.continuation[0] == x.context[-1] + 1 and len(x.continuation) >= 16
+
+
+def test_window_batches_are_deterministic_full_windows():
+    docs = [
+        list(range(i, i + n)) for i, n in zip(range(0, 4000, 1000), (20, 64, 300, 900), strict=True)
+    ]
+    stream = PretrainStream(docs, seed=3, max_tokens=64, min_tokens=8, lm_ratio=0, min_lm_tokens=8)
+    batches = [stream.window_batch(step, 0, 4) for step in range(50)]
+    assert batches == [stream.window_batch(step, 0, 4) for step in range(50)]
+    assert stream.window_batch(0, 0, 4) != stream.window_batch(0, 1, 4)
+    windows = [w for batch in batches for w in batch]
+    # Exactly one segment each, contiguous in one document; the 20-token document never used.
+    assert all(len(w) == 64 and w == list(range(w[0], w[0] + 64)) for w in windows)
+    assert all(w[0] >= 1000 for w in windows)
+    assert len({w[0] for w in windows}) > 50, "offsets are random, not document starts"
+    short = PretrainStream(
+        [[1] * 20], seed=0, max_tokens=64, min_tokens=8, lm_ratio=0, min_lm_tokens=8
+    )
+    with pytest.raises(ValueError, match="64 tokens"):
+        short.window_batch(0, 0, 2)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +142,10 @@ def test_forward_dispatches_on_the_typed_example(small_icae):
     ids = list(range(1000, 1040))
     cases = [
         (AutoencodeInput(ids), lambda: model.autoencode_loss(ids)),
+        (
+            AutoencodeBatch([ids[:16], ids[16:32]]),
+            lambda: model.autoencode_batch_scores([ids[:16], ids[16:32]])[::2],
+        ),
         (LmInput(ids[:24], ids[24:], 2), lambda: model.lm_loss(ids[:24], ids[24:], 2)),
         (
             AnswerInput(ids[:24], ids[24:30], ids[30:], [1, 2], [3]),
@@ -196,6 +221,37 @@ def test_exact_resume_and_export(model_dir, tmp_path):
     config = json.loads((adapter / "icae_config.json").read_text())
     assert info["adapter"]["mem_size"] == 8 and info["adapter"]["trained"] is True
     assert config["base_model"]["fingerprint"] == info["base_fingerprint"]
+
+
+def test_batched_windows_resume_exactly(model_dir, tmp_path):
+    """`pretrain --batch-windows`: each step one batched forward of full one-segment windows;
+    a run stopped and resumed gives the same tensors and losses as one in one go."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    batched = ("--batch-windows", "2", "--lm-ratio", "0", "--grad-accum", "1")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    pretrain(model_dir, corpus, straight, *batched, "--no-export")
+    pretrain(model_dir, corpus, stopped, *batched, "--no-export", "--stop-after", "3")
+    pretrain(model_dir, corpus, stopped, *batched, "--no-export")
+    runs = [
+        json.loads((r / "checkpoint" / "progress.json").read_text()) for r in (straight, stopped)
+    ]
+    assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
+    # 2 windows of 8 slots x 4 = 32 tokens, plus EOS, per step.
+    assert {h["tokens"] for h in runs[0]["history"]} == {2 * 33}
+    a = load_file(str(straight / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(stopped / "checkpoint" / "trainable.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batched_windows_refuse_lm_examples(model_dir, tmp_path):
+    write_corpus(tmp_path / "corpus")
+    cmd = ["icae-train", "pretrain", "--model", str(model_dir), "--corpus",
+           str(tmp_path / "corpus"), "--run-dir", str(tmp_path / "run"), "--steps", "1",
+           "--batch-windows", "2", "--lm-ratio", "0.2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--lm-ratio 0 (given 0.2)" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):

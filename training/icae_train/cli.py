@@ -302,9 +302,14 @@ def cmd_pretrain(args):
     from transformers import AutoTokenizer
 
     from .data import PretrainStream
-    from .model import ICAE, AutoencodeInput, LmInput
+    from .model import ICAE, AutoencodeBatch, AutoencodeInput, LmInput
 
     device, dtype = _device(args.device)
+    if args.batch_windows and (args.lm_ratio != 0 or args.max_segments != 1):
+        sys.exit(
+            "error: --batch-windows trains autoencoding on one-segment windows: it needs "
+            f"--lm-ratio 0 (given {args.lm_ratio}) and --max-segments 1 (given {args.max_segments})"
+        )
     # A GGUF base (scripts/train-gpu.sh) has no tokenizer directory: it needs --tokens.
     tokenizer = None if args.model.endswith(".gguf") else AutoTokenizer.from_pretrained(args.model)
     config = _icae_config(args)
@@ -337,6 +342,8 @@ def cmd_pretrain(args):
     )
 
     def example_for(step, index):
+        if args.batch_windows:
+            return AutoencodeBatch(stream.window_batch(step, index, args.batch_windows))
         example = stream.example(step, index)
         if example.is_lm:
             return LmInput(example.context, example.continuation, args.leave_tokens_for_lm)
@@ -433,6 +440,16 @@ def cmd_export(args):
     print(f"adapter (step {progress['step']}) written to {args.out}")
 
 
+def cmd_promote(args):
+    from .promote import promote
+
+    try:
+        decision = promote(args.adapter, args.eval, args.into, args.curve)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(decision))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="icae-train", description=__doc__)
     sub = parser.add_subparsers(required=True)
@@ -524,6 +541,17 @@ def main(argv=None):
     p.add_argument("--plot", type=Path, help="curves of every candidate (PNG)")
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser(
+        "promote",
+        help="replace an adapter directory (e.g. the committed default) with a new adapter "
+        "if its held-out AE BLEU, measured the same way, is higher",
+    )
+    p.add_argument("--adapter", type=Path, required=True, help="the new adapter directory")
+    p.add_argument("--eval", type=Path, required=True, help="its `icae-train eval` report")
+    p.add_argument("--into", type=Path, required=True, help="the adapter directory to replace")
+    p.add_argument("--curve", type=Path, help="the run's loss curve, copied beside it")
+    p.set_defaults(func=cmd_promote)
+
     p = sub.add_parser("pretrain", help="autoencoding + language-modelling pretraining")
     _model_args(p)
     _train_args(p)
@@ -568,6 +596,13 @@ def main(argv=None):
     )
     p.add_argument(
         "--leave-tokens-for-lm", type=int, default=8, help="first continuation tokens without loss"
+    )
+    p.add_argument(
+        "--batch-windows",
+        type=int,
+        default=0,
+        help="each micro-step is this many AE windows of exactly mem_size x rate tokens in one "
+        "batched forward (needs --lm-ratio 0, --max-segments 1); 0: one example of any length",
     )
     p.set_defaults(func=cmd_pretrain)
 

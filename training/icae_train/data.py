@@ -97,6 +97,21 @@ class PretrainStream:
         start = rng.randint(0, len(doc) - length)
         return PretrainExample(doc[start : start + length], [])
 
+    def window_batch(self, step: int, micro: int, count: int) -> list[list[int]]:
+        """`count` AE windows of exactly `max_tokens` tokens from random offsets of documents
+        at least that long: the examples of one batched step, a pure function of
+        (seed, step, micro) like `example`."""
+        rng = random.Random(f"{self.seed}:{step}:{micro}:batch")
+        long_enough = [d for d in self.documents if len(d) >= self.max_tokens]
+        if not long_enough:
+            raise ValueError(f"no document has {self.max_tokens} tokens for a batch of windows")
+        out = []
+        for _ in range(count):
+            doc = long_enough[rng.randrange(len(long_enough))]
+            start = rng.randint(0, len(doc) - self.max_tokens)
+            out.append(doc[start : start + self.max_tokens])
+        return out
+
 
 @dataclass
 class AnswerExample:

@@ -40,6 +40,7 @@ def autoencode_eval(
     return {
         "passages": len(passages),
         "passage_tokens": passage_tokens,
+        "seed": seed,
         "slots": model.num_segments(passage_tokens) * model.config.mem_size,
         # sacrebleu on text, 0-1 scale (the paper's BLEU); earlier EVAL.json files (before
         # issue 13) held a hand-written BLEU over token ids instead.

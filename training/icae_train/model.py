@@ -76,8 +76,18 @@ class AnswerInput:
     objective: ClassVar[Objective] = Objective.FINETUNE
 
 
-# What `ICAE.forward` takes: one example of any objective.
-ObjectiveInput = AutoencodeInput | LmInput | AnswerInput
+@dataclass(frozen=True)
+class AutoencodeBatch:
+    """Autoencoding examples of one length that fit one segment each, trained as one batched
+    forward (`ICAE.autoencode_batch_scores`): the same loss as their examples one by one,
+    several times the examples per second on a CPU."""
+
+    texts: list[list[int]]
+    objective: ClassVar[Objective] = Objective.AUTOENCODE
+
+
+# What `ICAE.forward` takes: one example (or one batch of AE examples) of any objective.
+ObjectiveInput = AutoencodeInput | AutoencodeBatch | LmInput | AnswerInput
 
 
 @dataclass
@@ -274,6 +284,9 @@ class ICAE(nn.Module):
         the module itself, so DistributedDataParallel sees a forward pass."""
         if isinstance(example, AutoencodeInput):
             return self.autoencode_loss(example.ids)
+        if isinstance(example, AutoencodeBatch):
+            loss, _, targets = self.autoencode_batch_scores(example.texts)
+            return loss, targets
         if isinstance(example, LmInput):
             return self.lm_loss(example.context, example.continuation, example.leave)
         if isinstance(example, AnswerInput):

@@ -1,0 +1,38 @@
+"""scripts/long-run.sh end to end with a tiny step count: a session trains and checkpoints,
+evaluates the adapter and promotes it into an empty directory; a second session resumes
+the finished run, measures the same BLEU and promotes nothing."""
+
+import json
+import subprocess
+from pathlib import Path
+
+from test_training import write_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path):
+    corpus, run, into = tmp_path / "corpus", tmp_path / "run", tmp_path / "default"
+    write_corpus(corpus)
+    (corpus / "heldout.jsonl").write_text((corpus / "train.jsonl").read_text())
+    cmd = [str(ROOT / "scripts/long-run.sh"), "--sessions", "2", "--segment-minutes", "10",
+           "--eval-passages", "1", "--questions", "1", "--corpus", str(corpus),
+           "--run-dir", str(run), "--into", str(into), "--", "--steps", "2",
+           "--mem-size", "8", "--lora-r", "4", "--batch-windows", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [d["promoted"] for d in decisions] == [True, False], proc.stdout[-2000:]
+    assert decisions[1]["bleu4"] == decisions[1]["previous_bleu4"] == decisions[0]["bleu4"]
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 2
+    report = json.loads((run / "eval" / "step-2.json").read_text())
+    assert report["autoencode"]["passages"] == 1 and report["answers"]["questions"] == 1
+    # Session 2 evaluated the same adapter again into the same file: equal but for timing.
+    saved = json.loads((into / "EVAL.json").read_text())
+    assert {**saved["autoencode"], "seconds": 0} == {**report["autoencode"], "seconds": 0}
+    assert (into / "adapter.safetensors").read_bytes() == (
+        run / "adapter" / "adapter.safetensors"
+    ).read_bytes()
+    config = json.loads((into / "icae_config.json").read_text())
+    assert config["mem_size"] == 8 and config["slot_projector"] is True
+    assert (into / "training-curve.png").stat().st_size > 1000

@@ -1,0 +1,76 @@
+"""`icae-train promote`: a long run's adapter replaces the committed one only when its
+held-out BLEU, measured with the same settings, is higher."""
+
+import json
+import subprocess
+
+import pytest
+
+from icae_train.promote import promote
+
+
+def adapter(path, content: bytes, bleu: float | None = None, passages=30, seed=None):
+    path.mkdir(parents=True)
+    (path / "adapter.safetensors").write_bytes(content)
+    (path / "icae_config.json").write_text(json.dumps({"mem_size": 32, "tag": content.decode()}))
+    if bleu is not None:
+        autoencode = {"passages": passages, "passage_tokens": 128, "bleu4": bleu}
+        if seed is not None:
+            autoencode["seed"] = seed
+        (path / "EVAL.json").write_text(json.dumps({"autoencode": autoencode}))
+    return path
+
+
+def report(path, bleu, passages=30, seed=0):
+    autoencode = {"passages": passages, "passage_tokens": 128, "seed": seed, "bleu4": bleu}
+    path.write_text(json.dumps({"adapter": "runs/x/adapter", "autoencode": autoencode}))
+    return path
+
+
+def test_a_better_adapter_replaces_the_committed_one(tmp_path):
+    # The committed EVAL.json predates the recorded seed: it counts as seed 0.
+    into = adapter(tmp_path / "default", b"old", bleu=0.02)
+    new = adapter(tmp_path / "new", b"new")
+    curve = tmp_path / "loss.png"
+    curve.write_bytes(b"png")
+    decision = promote(new, report(tmp_path / "eval.json", 0.05), into, curve)
+    assert decision == {
+        "bleu4": 0.05,
+        "previous_bleu4": 0.02,
+        "promoted": True,
+        "reason": "held-out BLEU improved",
+    }
+    assert (into / "adapter.safetensors").read_bytes() == b"new"
+    assert json.loads((into / "icae_config.json").read_text())["tag"] == "new"
+    saved = json.loads((into / "EVAL.json").read_text())
+    assert saved["autoencode"]["bleu4"] == 0.05 and saved["adapter"] == str(into)
+    assert (into / "training-curve.png").read_bytes() == b"png"
+
+
+@pytest.mark.parametrize("bleu", [0.02, 0.01])
+def test_an_adapter_that_is_not_better_changes_nothing(tmp_path, bleu):
+    into = adapter(tmp_path / "default", b"old", bleu=0.02, seed=0)
+    before = {p.name: p.read_bytes() for p in into.iterdir()}
+    new = adapter(tmp_path / "new", b"new")
+    decision = promote(new, report(tmp_path / "eval.json", bleu), into)
+    assert decision["promoted"] is False and decision["previous_bleu4"] == 0.02
+    assert {p.name: p.read_bytes() for p in into.iterdir()} == before
+
+
+def test_evaluations_with_other_settings_are_not_compared(tmp_path):
+    into = adapter(tmp_path / "default", b"old", bleu=0.02)
+    new = adapter(tmp_path / "new", b"new")
+    with pytest.raises(ValueError, match="'passages': 5"):
+        promote(new, report(tmp_path / "a.json", 0.9, passages=5), into)
+    with pytest.raises(ValueError, match="'seed': 7"):
+        promote(new, report(tmp_path / "b.json", 0.9, seed=7), into)
+    assert (into / "adapter.safetensors").read_bytes() == b"old"
+    # Through the command: a clear error, exit status 1, nothing replaced.
+    cmd = ["icae-train", "promote", "--adapter", str(new), "--eval", str(tmp_path / "a.json"),
+           "--into", str(into)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "same settings" in proc.stderr
+    no_bleu = tmp_path / "c.json"
+    no_bleu.write_text(json.dumps({"answers": {}}))
+    with pytest.raises(ValueError, match="no autoencode.bleu4"):
+        promote(new, no_bleu, into)
