@@ -13,16 +13,16 @@
 # `icae-train promote`: the adapter, its EVAL.json and the loss curve replace the committed
 # default (--into, models/smollm2-135m-icae) only if held-out BLEU improved. Commit it then.
 #
-# The recipe is the search's winner so far (docs/training.md): AE only (lm_ratio 0), the
-# slot projector, LoRA r16 on q and v at 5e-4, mem 32 / rate 4 on 128-token windows, 4
-# windows per step in one batched forward.
+# The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=env.sh
 source "$ROOT/scripts/env.sh"
+# shellcheck source=lib/long_run_recipe.sh
+source "$ROOT/scripts/lib/long_run_recipe.sh"
 
-sessions=1 minutes=45 passages=30 questions=6
+sessions=1 minutes=45 passages=30 questions=10
 corpus="$ICAE_HOME/data/corpus"
 run="$ROOT/training/runs/long"
 into="$ROOT/models/smollm2-135m-icae"
@@ -37,14 +37,9 @@ while [ $# -gt 0 ]; do
     --run-dir) run="$2"; shift 2 ;;
     --into) into="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    *) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
-
-RECIPE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-lr-ratio 0.1
-  --lm-ratio 0 --max-segments 1 --batch-windows 4 --mem-size 32 --compression-rate 4
-  --lora-r 16 --lora-alpha 32 --target-modules q_proj,v_proj --lr 5e-4 --memory-lr 1e-3
-  --slot-projector --projector-lr 1e-3 --seed 0)
 
 if [ ! -f "$corpus/heldout.jsonl" ]; then
   echo "building the corpus in $corpus (once)"
@@ -54,13 +49,13 @@ mkdir -p "$run/eval"
 for session in $(seq 1 "$sessions"); do
   echo "session $session/$sessions: training for $minutes minutes in $run"
   nice -n 19 icae-train pretrain --model "$ICAE_MODEL_DIR" --device cpu --corpus "$corpus" \
-    --run-dir "$run" "${RECIPE[@]}" "${extra[@]}" --max-minutes "$minutes"
+    --run-dir "$run" "${LONG_RUN_RECIPE[@]}" "${extra[@]}" --max-minutes "$minutes"
   step="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' \
     "$run/checkpoint/progress.json")"
   report="$run/eval/step-$step.json"
   nice -n 19 icae-train eval --model "$ICAE_MODEL_DIR" --device cpu --adapter "$run/adapter" \
     --heldout "$corpus/heldout.jsonl" --passages "$passages" --passage-tokens 128 \
-    --pwc "$ROOT/examples/pwc_dev.jsonl" --questions "$questions" --out "$report" >/dev/null
+    --pwc "$ROOT/examples/pwc_dev.jsonl" --questions "$questions" --max-new-tokens 48 --out "$report" >/dev/null
   icae-train promote --adapter "$run/adapter" --eval "$report" --into "$into" \
     --curve "$run/loss.png"
 done

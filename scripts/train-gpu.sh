@@ -40,12 +40,12 @@ usage() {
   exit "${1:-2}"
 }
 
-# The pretraining flags of the segment (overridable after `--`). The data stream is a pure
+# The pretraining flags of the segment (overridable after `--`): the long run's recipe
+# (scripts/lib/long_run_recipe.sh) with a GPU-sized batch. The data stream is a pure
 # function of (seed, step), so the same flags on both machines continue the same run.
-DEFAULT_FLAGS=(--steps 20000 --checkpoint-every 200 --warmup-steps 100 --lm-ratio 0.0
-  --max-segments 1 --min-tokens 16 --mem-size 32 --compression-rate 4 --lora-r 16 --lora-alpha 32
-  --target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
-  --lr 1e-4 --memory-lr 1e-3 --slot-projector --projector-lr 1e-3 --seed 0)
+# shellcheck source=lib/long_run_recipe.sh
+source "$ROOT/scripts/lib/long_run_recipe.sh"
+DEFAULT_FLAGS=("${LONG_RUN_RECIPE[@]}" --batch-windows 32 --checkpoint-every 50)
 
 prepare() {
   local corpus="" gguf=""

@@ -9,20 +9,28 @@ import pytest
 from icae_train.promote import promote
 
 
-def adapter(path, content: bytes, bleu: float | None = None, passages=30, seed=None):
+def adapter(path, content: bytes, bleu: float | None = None, seed=None, metric="sacrebleu"):
     path.mkdir(parents=True)
     (path / "adapter.safetensors").write_bytes(content)
     (path / "icae_config.json").write_text(json.dumps({"mem_size": 32, "tag": content.decode()}))
     if bleu is not None:
-        autoencode = {"passages": passages, "passage_tokens": 128, "bleu4": bleu}
+        autoencode = {"passages": 30, "passage_tokens": 128, "bleu4": bleu}
         if seed is not None:
             autoencode["seed"] = seed
+        if metric is not None:
+            autoencode["bleu"] = metric
         (path / "EVAL.json").write_text(json.dumps({"autoencode": autoencode}))
     return path
 
 
 def report(path, bleu, passages=30, seed=0):
-    autoencode = {"passages": passages, "passage_tokens": 128, "seed": seed, "bleu4": bleu}
+    autoencode = {
+        "passages": passages,
+        "passage_tokens": 128,
+        "seed": seed,
+        "bleu": "sacrebleu",
+        "bleu4": bleu,
+    }
     path.write_text(json.dumps({"adapter": "runs/x/adapter", "autoencode": autoencode}))
     return path
 
@@ -64,6 +72,10 @@ def test_evaluations_with_other_settings_are_not_compared(tmp_path):
         promote(new, report(tmp_path / "a.json", 0.9, passages=5), into)
     with pytest.raises(ValueError, match="'seed': 7"):
         promote(new, report(tmp_path / "b.json", 0.9, seed=7), into)
+    # An evaluation from before sacrebleu (no "bleu" entry) held a BLEU over token ids.
+    old_metric = adapter(tmp_path / "old-metric", b"old", bleu=0.02, metric=None)
+    with pytest.raises(ValueError, match="'bleu': 'token ids'"):
+        promote(new, report(tmp_path / "d.json", 0.9), old_metric)
     assert (into / "adapter.safetensors").read_bytes() == b"old"
     # Through the command: a clear error, exit status 1, nothing replaced.
     cmd = ["icae-train", "promote", "--adapter", str(new), "--eval", str(tmp_path / "a.json"),

@@ -77,6 +77,11 @@ def save_adapter(
 ):
     """Write the adapter directory atomically (assembled beside `out`, then renamed). LoRA
     tensors may be stored in bf16 (as the official release does); memory embeddings stay f32."""
+    if model.config.slot_scale:
+        raise ValueError(
+            "the learned slot scale is a recipe-search candidate only: no adapter file or "
+            "engine holds it (train with --slot-projector, which starts at the same scale)"
+        )
     out = Path(out)
     staging = out.with_name(out.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)

@@ -525,8 +525,9 @@ def main(argv=None):
         "--candidate",
         action="append",
         default=[],
-        help="name:key=value,... (keys: slot_projector, lr, lora_r, random_offsets); "
-        "repeatable; none = the default set",
+        help="name:key=value,... (keys: slot_projector, lr, lora_r, random_offsets, "
+        "slot_scale, aux_weight, curriculum, lm_ratio, lm_after); repeatable; none = the "
+        "default set",
     )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)

@@ -102,6 +102,9 @@ class IcaeConfig:
     lm_token: bool = False
     # A trainable linear map on the slots (see slot_projector_init); off = official ICAE.
     slot_projector: bool = False
+    # A learned scalar on the slots, starting at the projector's initial scale: a candidate
+    # of the recipe search only (save_adapter refuses it; the projector subsumes it).
+    slot_scale: bool = False
 
 
 class ICAE(nn.Module):
@@ -128,6 +131,9 @@ class ICAE(nn.Module):
             rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt().item()
             self.memory_token_embed.weight.normal_(0.0, rms)
         self.slot_projector = slot_projector_init(base) if config.slot_projector else None
+        self.slot_scale = (
+            nn.Parameter(torch.tensor(slot_embedding_scale(base))) if config.slot_scale else None
+        )
         self.to(device)
         self.device = torch.device(device)
 
@@ -159,11 +165,17 @@ class ICAE(nn.Module):
             x = torch.cat([self.embed(segment), memory.to(self.dtype)], dim=0).unsqueeze(0)
             hidden = self.icae(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
             out.append(hidden[0, -k:])
-        slots = torch.cat(out)
-        if self.slot_projector is None:
-            return slots
-        # The projector's parameters stay f32 (like memory_token_embed) under a bf16 model.
-        return self.slot_projector(slots.float()).to(slots.dtype)
+        return self.to_decoder(torch.cat(out))
+
+    def to_decoder(self, slots: torch.Tensor) -> torch.Tensor:
+        """The slots as the decoder reads them: through the projector or the learned scale
+        if the adapter has one (computed in f32, like memory_token_embed, under a bf16
+        model), else as they are."""
+        if self.slot_projector is not None:
+            return self.slot_projector(slots.float()).to(slots.dtype)
+        if self.slot_scale is not None:
+            return (slots.float() * self.slot_scale).to(slots.dtype)
+        return slots
 
     @property
     def dtype(self):
@@ -229,39 +241,85 @@ class ICAE(nn.Module):
         correct = int((predicted.argmax(-1) == targets).sum())
         return nn.functional.cross_entropy(predicted, targets), correct, len(targets)
 
-    def autoencode_batch_scores(self, texts: list[list[int]]) -> tuple[torch.Tensor, int, int]:
-        """`autoencode_scores` of equal-length texts that fit one segment each, in one
-        encoder and one decoder forward for the whole batch: the same numbers as one by one
-        (the mean loss is over all targets, equal to the mean of the texts' means), with
-        bigger matmuls, which is most of the throughput on a CPU."""
-        length, k = len(texts[0]), self.config.mem_size
+    def batch_slots(
+        self, texts: list[list[int]], memory_tokens: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids `[batch, length]`, slots as the decoder reads them `[batch, k, hidden]`)
+        of equal-length texts that fit one segment each, in one encoder forward. `k` is
+        `memory_tokens` (the first ones of the table; a short text at the same rate) or
+        `mem_size`."""
+        length, k = len(texts[0]), memory_tokens or self.config.mem_size
         if (
             any(len(t) != length for t in texts)
             or not 0 < length <= k * self.config.compression_rate
         ):
             raise ValueError(
-                f"a batch needs texts of one length of at most one segment "
+                f"a batch needs texts of one length of at most one segment of {k} memory tokens "
                 f"({k * self.config.compression_rate} tokens); lengths {sorted({*map(len, texts)})}"
             )
         ids = torch.tensor(texts, dtype=torch.long, device=self.device)
-        table = self.icae.get_base_model().model.embed_tokens
-        batch = ids.shape[0]
-        memory = self.memory_token_embed.weight[:k].to(self.dtype).expand(batch, -1, -1)
-        x = torch.cat([table(ids), memory], dim=1)
+        memory = self.memory_token_embed.weight[:k].to(self.dtype).expand(len(texts), -1, -1)
+        x = torch.cat([self._table(ids), memory], dim=1)
         slots = self.icae(inputs_embeds=x, output_hidden_states=True).hidden_states[-1][:, -k:]
-        if self.slot_projector is not None:
-            slots = self.slot_projector(slots.float()).to(slots.dtype)
+        return ids, self.to_decoder(slots)
+
+    def _table(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.icae.get_base_model().model.embed_tokens(ids)
+
+    def autoencode_batch_scores(
+        self, texts: list[list[int]], aux_weight: float = 0.0, memory_tokens: int | None = None
+    ) -> tuple[torch.Tensor, int, int]:
+        """`autoencode_scores` of equal-length texts that fit one segment each, in one
+        encoder and one decoder forward for the whole batch: the same numbers as one by one
+        (the mean loss is over all targets, equal to the mean of the texts' means), with
+        bigger matmuls, which is most of the throughput on a CPU. With `aux_weight` the loss
+        adds that multiple of `slot_token_loss` (accuracy stays the AE one)."""
+        ids, slots = self.batch_slots(texts, memory_tokens)
+        batch, k = slots.shape[:2]
         eos = torch.full((batch, 1), self.eos_ids[0], dtype=torch.long, device=self.device)
         targets = torch.cat([ids, eos], dim=1)
         ae = self.special(Objective.AUTOENCODE).to(slots.dtype).expand(batch, -1, -1)
         with self.icae.disable_adapter():
-            logits = self.icae(inputs_embeds=torch.cat([slots, ae, table(targets)], dim=1)).logits
+            x = torch.cat([slots, ae, self._table(targets)], dim=1)
+            logits = self.icae(inputs_embeds=x).logits
         # The prediction of target i sits at the position before it: the [AE] token for the
         # first (position k), then each target token for the next.
-        predicted = logits[:, k : k + length + 1].float()
+        predicted = logits[:, k : k + ids.shape[1] + 1].float()
         loss = nn.functional.cross_entropy(predicted.flatten(0, 1), targets.flatten())
         correct = int((predicted.argmax(-1) == targets).sum())
+        if aux_weight:
+            loss = loss + aux_weight * self.slot_token_loss(slots, ids)
         return loss, correct, targets.numel()
+
+    def slot_token_loss(self, slots: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The recipe search's auxiliary loss: each memory token predicts, through the LM
+        head, every token of its own stretch of the text (slot i of k covers tokens j with
+        j * k // length == i): mean cross-entropy over all tokens."""
+        k, length = slots.shape[1], ids.shape[1]
+        logits = self.icae.get_base_model().lm_head(slots).float()
+        owner = torch.arange(length, device=self.device) * k // length
+        return nn.functional.cross_entropy(logits[:, owner].flatten(0, 1), ids.flatten())
+
+    def lm_batch_loss(
+        self, contexts: list[list[int]], continuations: list[list[int]], leave: int
+    ) -> tuple[torch.Tensor, int]:
+        """`lm_loss` of a batch (equal-length one-segment contexts, equal-length
+        continuations) in one encoder and one decoder forward: (mean loss, targets)."""
+        _, slots = self.batch_slots(contexts)
+        k = slots.shape[1]
+        following = torch.tensor(continuations, dtype=torch.long, device=self.device)
+        prompt = [slots]
+        if self.config.lm_token:
+            lm = self.special(Objective.LM).to(slots.dtype).expand(slots.shape[0], -1, -1)
+            prompt.append(lm)
+        start = k + len(prompt) - 2  # the position that predicts the first continuation token
+        with self.icae.disable_adapter():
+            x = torch.cat([*prompt, self._table(following)], dim=1)
+            logits = self.icae(inputs_embeds=x).logits
+        predicted = logits[:, start + leave : start + following.shape[1]].float()
+        targets = following[:, leave:]
+        loss = nn.functional.cross_entropy(predicted.flatten(0, 1), targets.flatten())
+        return loss, targets.numel()
 
     def lm_loss(self, context: list[int], continuation: list[int], leave: int):
         slots = self.compress(context)
@@ -344,6 +402,15 @@ def load_base(model: str, dtype):
     return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
 
 
+def slot_embedding_scale(base) -> float:
+    """RMS of the token embeddings over RMS of the final norm's weight: slots are final-norm
+    outputs, whose RMS is about that weight's RMS, so this brings them to the scale of real
+    tokens."""
+    embed_rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt()
+    norm_rms = base.model.norm.weight.float().pow(2).mean().sqrt()
+    return float(embed_rms / norm_rms)
+
+
 def slot_projector_init(base) -> nn.Linear:
     """`nn.Linear(hidden, hidden)` initialised to `identity * s`, bias 0, with `s` the RMS of
     the token embeddings over the RMS of the final norm's weight. Slots are final-norm
@@ -352,11 +419,9 @@ def slot_projector_init(base) -> nn.Linear:
     0.13, ~15x smaller than raw slots) while keeping their direction. Deterministic: no data
     needed."""
     hidden = base.config.hidden_size
-    embed_rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt()
-    norm_rms = base.model.norm.weight.float().pow(2).mean().sqrt()
     projector = nn.Linear(hidden, hidden, dtype=torch.float32)
     with torch.no_grad():
-        projector.weight.copy_(torch.eye(hidden) * (embed_rms / norm_rms))
+        projector.weight.copy_(torch.eye(hidden) * slot_embedding_scale(base))
         projector.bias.zero_()
     return projector
 

@@ -14,9 +14,9 @@ from .adapter_io import CONFIG_FILE
 ADAPTER_FILE = "adapter.safetensors"
 EVAL_FILE = "EVAL.json"
 CURVE_FILE = "training-curve.png"
-# What must agree for two AE evaluations to be compared. Evaluations written before the seed
-# was recorded used the default seed, 0.
-SETTINGS = {"passages": None, "passage_tokens": None, "seed": 0}
+# What must agree for two AE evaluations to be compared, with the value an evaluation that
+# does not record it had: the default seed, 0, and before sacrebleu a BLEU over token ids.
+SETTINGS = {"passages": None, "passage_tokens": None, "seed": 0, "bleu": "token ids"}
 
 
 def _settings(report: dict, where: str) -> dict:

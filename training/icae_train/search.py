@@ -30,6 +30,18 @@ class Candidate:
     lora_r: int = 16
     # Windows from random offsets in the documents (False: from document starts).
     random_offsets: bool = True
+    # A learned scalar on the slots instead of a projector (starts at the same scale).
+    slot_scale: bool = False
+    # Weight of the auxiliary loss: each memory token predicts its own stretch of text
+    # through the LM head (ICAE.slot_token_loss); 0 = off.
+    aux_weight: float = 0.0
+    # Short to long windows at the same rate: a quarter, a half, then the full length
+    # (with a quarter, a half, all of the memory tokens), a third of the steps each.
+    curriculum: bool = False
+    # Share of LM examples per batch (context -> the next text_tokens tokens), mixed in
+    # once the held-out AE accuracy reaches `lm_after` (0: from the start).
+    lm_ratio: float = 0.0
+    lm_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,8 +62,8 @@ class Protocol:
     projector_lr: float = 1e-3
 
 
-# The candidates the issue names that this harness covers; each differs from
-# "official" in one thing, except "projector+lr1e-3".
+# The candidates the issue names; each differs from "official" (or from "projector", for
+# the ones named projector+...) in one thing.
 DEFAULT_CANDIDATES = [
     Candidate("official", lr=1e-4),
     Candidate("lr5e-4"),
@@ -60,7 +72,15 @@ DEFAULT_CANDIDATES = [
     Candidate("starts", random_offsets=False),
     Candidate("projector", slot_projector=True),
     Candidate("projector+lr1e-3", slot_projector=True, lr=1e-3),
+    Candidate("scale", slot_scale=True),
+    Candidate("projector+aux", slot_projector=True, aux_weight=1.0),
+    Candidate("projector+curriculum", slot_projector=True, curriculum=True),
+    Candidate("projector+lm0.5", slot_projector=True, lm_ratio=0.5),
+    Candidate("projector+lm0.5-after0.5", slot_projector=True, lm_ratio=0.5, lm_after=0.5),
 ]
+
+# Continuation tokens of an LM example without loss (the official default keeps a few).
+LM_LEAVE = 0
 
 
 def parse_candidate(spec: str) -> Candidate:
@@ -130,6 +150,7 @@ def run_candidate(
         lora_alpha=protocol.lora_alpha,
         target_modules=list(protocol.target_modules),
         slot_projector=candidate.slot_projector,
+        slot_scale=candidate.slot_scale,
     )
     torch.manual_seed(protocol.seed)
     model = ICAE(model_dir, config, dtype=dtype, device=device)
@@ -147,6 +168,7 @@ def run_candidate(
     trainable = [p for p in model.parameters() if p.requires_grad]
     data = random.Random(protocol.seed)
     history, started = [], time.time()
+    lm_on = candidate.lm_ratio > 0 and candidate.lm_after <= 0
     model.train()
     for step in range(protocol.steps + 1):
         if step % protocol.eval_every == 0 or step == protocol.steps:
@@ -156,20 +178,56 @@ def run_candidate(
                 "seconds": time.time() - started,
                 **scores(model, heldout),
             }
+            lm_on = lm_on or (candidate.lm_ratio > 0 and record["accuracy"] >= candidate.lm_after)
+            record["lm_on"] = lm_on
             history.append(record)
             if log:
                 log(candidate.name, record)
         if step == protocol.steps:
             break
-        batch = windows(
-            train_documents, protocol.text_tokens, protocol.batch, data, candidate.random_offsets
-        )
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = model.autoencode_batch_scores(batch)
+        loss = training_loss(model, candidate, protocol, step, train_documents, data, lm_on)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
     return history
+
+
+def window_length(candidate: Candidate, protocol: Protocol, step: int) -> tuple[int, int]:
+    """(tokens, memory tokens) of the training windows at `step`: the protocol's, or under
+    the curriculum a quarter, a half, then all of it by thirds of the run."""
+    if not candidate.curriculum:
+        return protocol.text_tokens, protocol.mem_size
+    share = (4, 2, 1)[min(2, 3 * step // protocol.steps)]
+    return protocol.text_tokens // share, protocol.mem_size // share
+
+
+def training_loss(
+    model: ICAE,
+    candidate: Candidate,
+    protocol: Protocol,
+    step: int,
+    documents: list[list[int]],
+    data: random.Random,
+    lm_on: bool,
+) -> torch.Tensor:
+    """The loss of one step's batch: AE windows (with the auxiliary loss if any), and while
+    LM mixing is on, `lm_ratio` of the batch as LM examples, weighted by target tokens."""
+    length, memory = window_length(candidate, protocol, step)
+    lm_count = round(candidate.lm_ratio * protocol.batch) if lm_on else 0
+    parts = []
+    if protocol.batch - lm_count:
+        texts = windows(
+            documents, length, protocol.batch - lm_count, data, candidate.random_offsets
+        )
+        loss, _, targets = model.autoencode_batch_scores(texts, candidate.aux_weight, memory)
+        parts.append((loss, targets))
+    if lm_count:
+        pairs = windows(documents, 2 * length, lm_count, data, candidate.random_offsets)
+        parts.append(
+            model.lm_batch_loss([p[:length] for p in pairs], [p[length:] for p in pairs], LM_LEAVE)
+        )
+    return sum(loss * n for loss, n in parts) / sum(n for _, n in parts)
 
 
 def search(

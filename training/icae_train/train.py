@@ -53,7 +53,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def optimizer_for(model: ICAE, cfg: TrainConfig):
-    own = ("memory_token_embed", "slot_projector")
+    own = ("memory_token_embed", "slot_projector", "slot_scale")
     lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(own)]
     memory = [model.memory_token_embed.weight]
     groups = [
@@ -62,9 +62,11 @@ def optimizer_for(model: ICAE, cfg: TrainConfig):
     ]
     # A third group only with a projector, so runs without one keep their optimizer layout
     # (and their checkpoints resume unchanged).
+    projector_lr = cfg.projector_lr or cfg.memory_lr or cfg.lr
     if model.slot_projector is not None:
-        projector_lr = cfg.projector_lr or cfg.memory_lr or cfg.lr
         groups.append({"params": list(model.slot_projector.parameters()), "lr": projector_lr})
+    if model.slot_scale is not None:
+        groups.append({"params": [model.slot_scale], "lr": projector_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     return optimizer, scheduler
