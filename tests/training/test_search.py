@@ -80,6 +80,16 @@ def tiny_icae(tiny_dir, **config):
     return ICAE(str(tiny_dir), IcaeConfig(**{**settings, **config}))
 
 
+def test_candidates_of_any_lora_rank_start_from_the_same_memory_tokens(tiny_dir):
+    """The LoRA init draws from the global generator (more numbers for a bigger rank); the
+    memory tokens do not, so a rank candidate starts from the same model as the others."""
+    small, big = tiny_icae(tiny_dir, lora_r=4), tiny_icae(tiny_dir, lora_r=32)
+    assert torch.equal(small.memory_token_embed.weight, big.memory_token_embed.weight)
+    torch.manual_seed(1)
+    other = ICAE(str(tiny_dir), IcaeConfig(mem_size=4, compression_rate=2, lora_r=4))
+    assert not torch.equal(small.memory_token_embed.weight, other.memory_token_embed.weight)
+
+
 def test_new_candidate_settings_parse():
     assert parse_candidate(
         "x:slot_scale=1,aux_weight=0.5,curriculum=yes,lm_ratio=0.25,lm_after=0.4"

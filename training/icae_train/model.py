@@ -126,10 +126,13 @@ class ICAE(nn.Module):
         hidden = base.config.hidden_size
         self.memory_token_embed = nn.Embedding(config.mem_size + 3, hidden)
         # Memory tokens start on the scale of real token embeddings (nn.Embedding's N(0, 1)
-        # is ~8x larger than SmolLM2's embedding rows and slows early training).
+        # is ~8x larger than SmolLM2's embedding rows and slows early training), drawn from
+        # their own generator seeded with the run's seed: the same for any LoRA shape (the
+        # LoRA init draws from the global one), so recipes differing in rank start equal.
         with torch.no_grad():
             rms = base.get_input_embeddings().weight.float().pow(2).mean().sqrt().item()
-            self.memory_token_embed.weight.normal_(0.0, rms)
+            own = torch.Generator().manual_seed(torch.initial_seed())
+            self.memory_token_embed.weight.normal_(0.0, rms, generator=own)
         self.slot_projector = slot_projector_init(base) if config.slot_projector else None
         self.slot_scale = (
             nn.Parameter(torch.tensor(slot_embedding_scale(base))) if config.slot_scale else None

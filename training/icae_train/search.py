@@ -274,11 +274,18 @@ def plot_curves(report: dict, path):
     import matplotlib.pyplot as plt
 
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for result in report["results"]:
+    for i, result in enumerate(report["results"]):
         examples = [h["examples"] for h in result["history"]]
-        name = result["candidate"]["name"]
-        acc.plot(examples, [h["accuracy"] for h in result["history"]], marker="o", label=name)
-        loss.plot(examples, [h["loss"] for h in result["history"]], marker="o", label=name)
+        candidate = result["candidate"]
+        # A colour each (tab20 has enough); solid with the slot projector, dashed without.
+        style = {
+            "color": plt.cm.tab20(i % 20),
+            "linestyle": "-" if candidate.get("slot_projector") else "--",
+            "marker": "o",
+            "label": candidate["name"],
+        }
+        acc.plot(examples, [h["accuracy"] for h in result["history"]], **style)
+        loss.plot(examples, [h["loss"] for h in result["history"]], **style)
     for ax, label in ((acc, "held-out AE token accuracy"), (loss, "held-out AE loss (nats)")):
         ax.set_xlabel("training examples seen")
         ax.set_ylabel(label)
