@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from icae_train.adapter_io import save_adapter
+from icae_train.data import windows
 from icae_train.model import ICAE, IcaeConfig
 from icae_train.search import (
     Candidate,
@@ -15,7 +16,6 @@ from icae_train.search import (
     parse_candidate,
     search,
     window_length,
-    windows,
 )
 
 PROTOCOL = Protocol(
@@ -135,8 +135,9 @@ def test_the_auxiliary_loss_is_each_slot_predicting_its_stretch(tiny_dir):
     torch.testing.assert_close(with_aux, plain + 0.5 * torch.stack(terms).mean())
 
 
-def test_batched_lm_loss_is_the_per_example_loss(tiny_dir):
-    model = tiny_icae(tiny_dir)
+@pytest.mark.parametrize("lm_token", [False, True])
+def test_batched_lm_loss_is_the_per_example_loss(tiny_dir, lm_token):
+    model = tiny_icae(tiny_dir, lm_token=lm_token)
     docs = documents(5, count=3, length=14)
     with torch.no_grad():
         loss, n = model.lm_batch_loss([d[:8] for d in docs], [d[8:] for d in docs], leave=2)

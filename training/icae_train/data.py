@@ -102,15 +102,23 @@ class PretrainStream:
         at least that long: the examples of one batched step, a pure function of
         (seed, step, micro) like `example`."""
         rng = random.Random(f"{self.seed}:{step}:{micro}:batch")
-        long_enough = [d for d in self.documents if len(d) >= self.max_tokens]
-        if not long_enough:
-            raise ValueError(f"no document has {self.max_tokens} tokens for a batch of windows")
-        out = []
-        for _ in range(count):
-            doc = long_enough[rng.randrange(len(long_enough))]
-            start = rng.randint(0, len(doc) - self.max_tokens)
-            out.append(doc[start : start + self.max_tokens])
-        return out
+        return windows(self.documents, self.max_tokens, count, rng, random_offsets=True)
+
+
+def windows(
+    documents: list[list[int]], length: int, count: int, rng: random.Random, random_offsets: bool
+) -> list[list[int]]:
+    """`count` windows of `length` tokens, each from a document drawn by `rng` among those
+    long enough, from a random offset or the document's start."""
+    long_enough = [d for d in documents if len(d) >= length]
+    if not long_enough:
+        raise ValueError(f"no document has {length} tokens")
+    out = []
+    for _ in range(count):
+        doc = rng.choice(long_enough)
+        start = rng.randrange(len(doc) - length + 1) if random_offsets else 0
+        out.append(doc[start : start + length])
+    return out
 
 
 @dataclass

@@ -143,8 +143,7 @@ class ICAE(nn.Module):
     # ------------------------------------------------------------------ pieces
 
     def embed(self, ids: list[int]) -> torch.Tensor:
-        table = self.icae.get_base_model().model.embed_tokens
-        return table(torch.tensor(ids, dtype=torch.long, device=self.device))
+        return self._table(torch.tensor(ids, dtype=torch.long, device=self.device))
 
     def special(self, objective: Objective) -> torch.Tensor:
         row = self.config.mem_size + objective.token_row
@@ -309,15 +308,11 @@ class ICAE(nn.Module):
         """`lm_loss` of a batch (equal-length one-segment contexts, equal-length
         continuations) in one encoder and one decoder forward: (mean loss, targets)."""
         _, slots = self.batch_slots(contexts)
-        k = slots.shape[1]
         following = torch.tensor(continuations, dtype=torch.long, device=self.device)
-        prompt = [slots]
-        if self.config.lm_token:
-            lm = self.special(Objective.LM).to(slots.dtype).expand(slots.shape[0], -1, -1)
-            prompt.append(lm)
-        start = k + len(prompt) - 2  # the position that predicts the first continuation token
+        prompt = self.lm_prompt(slots)
+        start = prompt.shape[1] - 1  # the position that predicts the first continuation token
         with self.icae.disable_adapter():
-            x = torch.cat([*prompt, self._table(following)], dim=1)
+            x = torch.cat([prompt, self._table(following)], dim=1)
             logits = self.icae(inputs_embeds=x).logits
         predicted = logits[:, start + leave : start + following.shape[1]].float()
         targets = following[:, leave:]
@@ -325,13 +320,15 @@ class ICAE(nn.Module):
         return loss, targets.numel()
 
     def lm_loss(self, context: list[int], continuation: list[int], leave: int):
-        slots = self.compress(context)
-        prompt = (
-            torch.cat([slots, self.special(Objective.LM).to(slots.dtype)])
-            if self.config.lm_token
-            else slots
-        )
-        return self._loss(prompt, continuation, ignored=leave)
+        return self._loss(self.lm_prompt(self.compress(context)), continuation, ignored=leave)
+
+    def lm_prompt(self, slots: torch.Tensor) -> torch.Tensor:
+        """The LM objective's prompt: the slots (`[k, hidden]`, or `[batch, k, hidden]`), then
+        the [LM] token when the config has one."""
+        if not self.config.lm_token:
+            return slots
+        lm = self.special(Objective.LM).to(slots.dtype)
+        return torch.cat([slots, lm.expand(*slots.shape[:-2], -1, -1)], dim=-2)
 
     def finetune_loss(self, context, prompt_ids, answer_ids, prefix_ids, suffix_ids):
         slots = self.compress(context)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from .data import windows
 from .model import ICAE, IcaeConfig
 from .train import TrainConfig, optimizer_for
 
@@ -103,21 +104,6 @@ def parse_candidate(spec: str) -> Candidate:
         else:
             values[key] = {"float": float, "int": int}[kind](value)
     return Candidate(name, **values)
-
-
-def windows(
-    documents: list[list[int]], length: int, count: int, rng: random.Random, random_offsets: bool
-) -> list[list[int]]:
-    """`count` windows of `length` tokens, each from a document drawn by `rng`."""
-    long_enough = [d for d in documents if len(d) >= length]
-    if not long_enough:
-        raise ValueError(f"no document has {length} tokens")
-    out = []
-    for _ in range(count):
-        doc = rng.choice(long_enough)
-        start = rng.randrange(len(doc) - length + 1) if random_offsets else 0
-        out.append(doc[start : start + length])
-    return out
 
 
 @torch.no_grad()
