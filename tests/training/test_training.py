@@ -23,6 +23,7 @@ from icae_train.model import (
     LmInput,
     Objective,
 )
+from icae_train.train import cpu_has_native_bf16
 
 OFFICIAL_KEY = re.compile(
     r"^icae\.base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.default\.weight$"
@@ -242,6 +243,33 @@ def test_batched_windows_resume_exactly(model_dir, tmp_path):
     a = load_file(str(straight / "checkpoint" / "trainable.safetensors"))
     b = load_file(str(stopped / "checkpoint" / "trainable.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cpu_bf16_autocast_is_close_to_f32_at_the_same_weights(model_dir, tmp_path):
+    """`--cpu-autocast on`: the forward runs in bf16 (weights and optimizer stay f32). The
+    first step's loss, same weights and windows, is near the f32 one and not equal to it
+    (the autocast really is on). Later steps diverge as any two runs do: an untrained AE is
+    sensitive to its slots (docs/training.md measures 20 steps of the real run)."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    one_step = ("--steps", "1", "--batch-windows", "2", "--lm-ratio", "0", "--grad-accum", "1")
+    f32, bf16 = tmp_path / "f32", tmp_path / "bf16"
+    pretrain(model_dir, corpus, f32, *one_step, "--no-export")
+    pretrain(model_dir, corpus, bf16, *one_step, "--no-export", "--cpu-autocast", "on")
+    runs = [json.loads((r / "run.json").read_text()) for r in (f32, bf16)]
+    assert [r["train"]["cpu_autocast"] for r in runs] == [False, True]
+    (full,), (half,) = [
+        [h["loss"] for h in json.loads((r / "checkpoint" / "progress.json").read_text())["history"]]
+        for r in (f32, bf16)
+    ]
+    assert full != half and abs(full - half) < 0.1 * full, (full, half)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx512f avx512_bf16\n")
+    assert not cpu_has_native_bf16("flags\t\t: fpu sse2 avx2 fma\nbugs\t\t: amx_bf16\n")
+    assert not cpu_has_native_bf16("")
 
 
 def test_batched_windows_refuse_lm_examples(model_dir, tmp_path):

@@ -110,6 +110,13 @@ def _train_args(p: argparse.ArgumentParser):
         help="end this session with a checkpoint after this much wall time (resumable)",
     )
     p.add_argument(
+        "--cpu-autocast",
+        choices=["off", "on", "auto"],
+        default="off",
+        help="bf16 autocast of the forward on a CPU; auto: only where the CPU has AMX-BF16 or "
+        "AVX512-BF16 (elsewhere bf16 is emulated and slower than f32)",
+    )
+    p.add_argument(
         "--no-export",
         action="store_true",
         help="write only the checkpoint, not run-dir/adapter (e.g. on a machine without the "
@@ -118,7 +125,10 @@ def _train_args(p: argparse.ArgumentParser):
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    from .train import TrainConfig, cpu_has_native_bf16
+
+    on_cpu = _device(args.device)[0] == "cpu"
+    autocast = {"off": False, "on": on_cpu, "auto": on_cpu and cpu_has_native_bf16()}
 
     return TrainConfig(
         steps=args.steps,
@@ -132,6 +142,7 @@ def _train_config(args):
         max_grad_norm=args.max_grad_norm,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        cpu_autocast=autocast[args.cpu_autocast],
     )
 
 

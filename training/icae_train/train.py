@@ -40,6 +40,24 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
+    # bf16 autocast of the forward on a CPU (the weights and optimizer stay f32); worth it
+    # only where the CPU multiplies bf16 natively (see `cpu_has_native_bf16`).
+    cpu_autocast: bool = False
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16), from the flags
+    of /proc/cpuinfo: elsewhere bf16 matmuls are emulated and slower than f32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -219,6 +237,7 @@ def train(
     )
     window_tokens, window_started = 0, time.time()
     session_started = window_started
+    cpu_autocast = cfg.cpu_autocast and model.device.type == "cpu"
     model.train()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
@@ -227,7 +246,8 @@ def train(
             example = example_for(step, micro * world + rank)
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(ddp_model):
-                loss, n = ddp_model(example)
+                with torch.autocast("cpu", torch.bfloat16, enabled=cpu_autocast):
+                    loss, n = ddp_model(example)
                 accelerator.backward(loss / cfg.grad_accum)
             total += loss.item() / cfg.grad_accum
             tokens += n
