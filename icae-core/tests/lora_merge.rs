@@ -209,7 +209,7 @@ fn merged_lora_in_bf16_is_as_close_to_f32_as_unmerged() {
     );
 }
 
-/// The trained default adapter (LoRA r=16 on all seven projections), or $ICAE_DEFAULT_ADAPTER.
+/// The trained default adapter, or $ICAE_DEFAULT_ADAPTER.
 fn default_adapter() -> std::path::PathBuf {
     std::env::var_os("ICAE_DEFAULT_ADAPTER")
         .map(std::path::PathBuf::from)
