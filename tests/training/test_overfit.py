@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from icae_train.model import ICAE, IcaeConfig
+from icae_train.model import ICAE, IcaeConfig, Objective
 from icae_train.overfit import OverfitConfig, overfit
 
 TEXTS, TEXT_TOKENS, MEM_SIZE, RATE = 8, 8, 4, 2
@@ -66,3 +66,49 @@ def test_a_batch_scores_like_its_texts_one_by_one(tiny_dir):
     assert loss.item() == pytest.approx(mean, rel=1e-5)
     with pytest.raises(ValueError, match="one length of at most one segment"):
         model.autoencode_batch_scores([[5] * TEXT_TOKENS, [5] * (TEXT_TOKENS - 1)])
+
+
+def test_the_batched_losses_are_the_official_full_forwards(tiny_dir):
+    """The AE and LM losses written out as the official code computes them, from the HF
+    model alone: the encoder's full forward with LoRA on (its final hidden states at the
+    memory positions), the decoder's full logits with the adapter off, and logits[:-1]
+    against labels[1:] with -100 on the prompt. The model skips what the loss does not need
+    (the encoder's LM head, the decoder's logits at the slots): the numbers must not move."""
+    torch.manual_seed(0)
+    config = IcaeConfig(mem_size=MEM_SIZE, compression_rate=RATE, lora_r=8, slot_projector=True)
+    model = ICAE(str(tiny_dir), config)
+    with torch.no_grad():  # LoRA that changes the encoder, so that "LoRA on" is checked too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch, peft_model = texts()[:4], model.icae
+    ids = torch.tensor(batch)
+    embed = peft_model.get_input_embeddings()
+
+    def official(prompt: torch.Tensor, targets: torch.Tensor, ignored: int = 0) -> float:
+        labels = torch.cat([torch.full((len(batch), prompt.shape[1]), -100), targets], 1)
+        labels[:, prompt.shape[1] : prompt.shape[1] + ignored] = -100
+        with peft_model.disable_adapter():
+            logits = peft_model(inputs_embeds=torch.cat([prompt, embed(targets)], 1)).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+        ).item()
+
+    with torch.no_grad():
+        memory = model.memory_token_embed.weight[:MEM_SIZE].expand(len(batch), -1, -1)
+        x = torch.cat([embed(ids), memory], 1)
+        hidden = peft_model(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
+        with peft_model.disable_adapter():
+            plain = peft_model(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
+        assert not torch.allclose(hidden, plain), "the LoRA must change the encoder"
+        slots = model.slot_projector(hidden[:, -MEM_SIZE:])
+        ae = model.special(Objective.AUTOENCODE).expand(len(batch), -1, -1)
+        eos = torch.full((len(batch), 1), model.eos_ids[0])
+        ae_loss = official(torch.cat([slots, ae], 1), torch.cat([ids, eos], 1))
+        following = torch.tensor([[(t * 7 + 3) % VOCAB for t in text] for text in batch])
+        lm_loss = official(slots, following, ignored=2)
+
+        assert model.autoencode_batch_scores(batch)[0].item() == pytest.approx(ae_loss, rel=1e-5)
+        ours_lm, targets = model.lm_batch_loss(batch, following.tolist(), leave=2)
+        assert targets == len(batch) * (TEXT_TOKENS - 2)
+        assert ours_lm.item() == pytest.approx(lm_loss, rel=1e-5)

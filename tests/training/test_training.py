@@ -23,7 +23,7 @@ from icae_train.model import (
     LmInput,
     Objective,
 )
-from icae_train.train import cpu_has_native_bf16
+from icae_train.train import cpu_has_native_bf16, use_cpu_autocast
 
 OFFICIAL_KEY = re.compile(
     r"^icae\.base_model\.model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.default\.weight$"
@@ -249,7 +249,7 @@ def test_cpu_bf16_autocast_is_close_to_f32_at_the_same_weights(model_dir, tmp_pa
     """`--cpu-autocast on`: the forward runs in bf16 (weights and optimizer stay f32). The
     first step's loss, same weights and windows, is near the f32 one and not equal to it
     (the autocast really is on). Later steps diverge as any two runs do: an untrained AE is
-    sensitive to its slots (docs/training.md measures 20 steps of the real run)."""
+    sensitive to its slots (docs/training.md compares three steps of the real run)."""
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
     one_step = ("--steps", "1", "--batch-windows", "2", "--lm-ratio", "0", "--grad-accum", "1")
@@ -270,6 +270,18 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert cpu_has_native_bf16("flags\t\t: fpu avx512f avx512_bf16\n")
     assert not cpu_has_native_bf16("flags\t\t: fpu sse2 avx2 fma\nbugs\t\t: amx_bf16\n")
     assert not cpu_has_native_bf16("")
+
+
+def test_cpu_autocast_mode_is_resolved_per_device():
+    def unread():
+        raise AssertionError("the CPU flags were read although the mode does not need them")
+
+    assert use_cpu_autocast("on", "cpu", unread)
+    assert not use_cpu_autocast("off", "cpu", unread)
+    assert use_cpu_autocast("auto", "cpu", lambda: True)
+    assert not use_cpu_autocast("auto", "cpu", lambda: False)
+    for mode in ("on", "auto"):
+        assert not use_cpu_autocast(mode, "cuda:0", unread)
 
 
 def test_batched_windows_refuse_lm_examples(model_dir, tmp_path):

@@ -125,10 +125,7 @@ def _train_args(p: argparse.ArgumentParser):
 
 
 def _train_config(args):
-    from .train import TrainConfig, cpu_has_native_bf16
-
-    on_cpu = _device(args.device)[0] == "cpu"
-    autocast = {"off": False, "on": on_cpu, "auto": on_cpu and cpu_has_native_bf16()}
+    from .train import TrainConfig, use_cpu_autocast
 
     return TrainConfig(
         steps=args.steps,
@@ -142,7 +139,8 @@ def _train_config(args):
         max_grad_norm=args.max_grad_norm,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
-        cpu_autocast=autocast[args.cpu_autocast],
+        # Decided here, once, so that run.json records what really ran.
+        cpu_autocast=use_cpu_autocast(args.cpu_autocast, _device(args.device)[0]),
     )
 
 

@@ -112,7 +112,11 @@ def windows(
     long enough, from a random offset or the document's start."""
     long_enough = [d for d in documents if len(d) >= length]
     if not long_enough:
-        raise ValueError(f"no document has {length} tokens")
+        longest = max((len(d) for d in documents), default=0)
+        raise ValueError(
+            f"a window needs {length} tokens and no document has that many "
+            f"(the longest has {longest})"
+        )
     out = []
     for _ in range(count):
         doc = rng.choice(long_enough)

@@ -165,8 +165,7 @@ class ICAE(nn.Module):
         for s in range(n_seg):
             segment = ids[s * seg_len : (s + 1) * seg_len]
             x = torch.cat([self.embed(segment), memory.to(self.dtype)], dim=0).unsqueeze(0)
-            hidden = self.icae(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
-            out.append(hidden[0, -k:])
+            out.append(self.encoder_states(x)[0, -k:])
         return self.to_decoder(torch.cat(out))
 
     def to_decoder(self, slots: torch.Tensor) -> torch.Tensor:
@@ -183,9 +182,21 @@ class ICAE(nn.Module):
     def dtype(self):
         return self.icae.get_base_model().model.embed_tokens.weight.dtype
 
-    def decode_logits(self, embeds: torch.Tensor) -> torch.Tensor:
+    def encoder_states(self, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA model's final hidden states (after the last norm) for `x`
+        `[batch, length, hidden]`: the transformer body only, since the encoder needs no
+        logits (the LM head over the whole vocabulary would be ~5% of a training step)."""
+        return self.icae.get_base_model().model(inputs_embeds=x).last_hidden_state
+
+    def target_logits(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The frozen decoder's logits `[batch, n, vocab]` predicting the last `n` inputs of
+        `x` `[batch, length, hidden]` (positions length-n-1 … length-2: teacher forcing). The
+        LM head runs only there, not over the slots and the prompt."""
         with self.icae.disable_adapter():
-            return self.icae(inputs_embeds=embeds.unsqueeze(0)).logits[0]
+            base = self.icae.get_base_model()
+            hidden = base.model(inputs_embeds=x).last_hidden_state[:, -n - 1 : -1]
+            # Contiguous, so that the head and its backward are one plain matrix product.
+            return base.lm_head(hidden.contiguous())
 
     # ------------------------------------------------------------------ layouts
 
@@ -217,10 +228,8 @@ class ICAE(nn.Module):
         """Teacher-forced logits for `target_ids` after `prompt` and the targets themselves
         (the first `ignored` dropped), as the official labels [-100] * len(prompt) + answer
         with logits[:-1] vs labels[1:]."""
-        x = torch.cat([prompt, self.embed(target_ids)])
-        logits = self.decode_logits(x)
-        start = prompt.shape[0] - 1
-        predicted = logits[start : start + len(target_ids)].float()
+        x = torch.cat([prompt, self.embed(target_ids)]).unsqueeze(0)
+        predicted = self.target_logits(x, len(target_ids))[0].float()
         targets = torch.tensor(target_ids, device=self.device)
         return predicted[ignored:], targets[ignored:]
 
@@ -262,7 +271,7 @@ class ICAE(nn.Module):
         ids = torch.tensor(texts, dtype=torch.long, device=self.device)
         memory = self.memory_token_embed.weight[:k].to(self.dtype).expand(len(texts), -1, -1)
         x = torch.cat([self._table(ids), memory], dim=1)
-        slots = self.icae(inputs_embeds=x, output_hidden_states=True).hidden_states[-1][:, -k:]
+        slots = self.encoder_states(x)[:, -k:]
         return ids, self.to_decoder(slots)
 
     def _table(self, ids: torch.Tensor) -> torch.Tensor:
@@ -277,16 +286,12 @@ class ICAE(nn.Module):
         bigger matmuls, which is most of the throughput on a CPU. With `aux_weight` the loss
         adds that multiple of `slot_token_loss` (accuracy stays the AE one)."""
         ids, slots = self.batch_slots(texts, memory_tokens)
-        batch, k = slots.shape[:2]
+        batch = slots.shape[0]
         eos = torch.full((batch, 1), self.eos_ids[0], dtype=torch.long, device=self.device)
         targets = torch.cat([ids, eos], dim=1)
         ae = self.special(Objective.AUTOENCODE).to(slots.dtype).expand(batch, -1, -1)
-        with self.icae.disable_adapter():
-            x = torch.cat([slots, ae, self._table(targets)], dim=1)
-            logits = self.icae(inputs_embeds=x).logits
-        # The prediction of target i sits at the position before it: the [AE] token for the
-        # first (position k), then each target token for the next.
-        predicted = logits[:, k : k + ids.shape[1] + 1].float()
+        x = torch.cat([slots, ae, self._table(targets)], dim=1)
+        predicted = self.target_logits(x, targets.shape[1]).float()
         loss = nn.functional.cross_entropy(predicted.flatten(0, 1), targets.flatten())
         correct = int((predicted.argmax(-1) == targets).sum())
         if aux_weight:
@@ -310,11 +315,8 @@ class ICAE(nn.Module):
         _, slots = self.batch_slots(contexts)
         following = torch.tensor(continuations, dtype=torch.long, device=self.device)
         prompt = self.lm_prompt(slots)
-        start = prompt.shape[1] - 1  # the position that predicts the first continuation token
-        with self.icae.disable_adapter():
-            x = torch.cat([prompt, self._table(following)], dim=1)
-            logits = self.icae(inputs_embeds=x).logits
-        predicted = logits[:, start + leave : start + following.shape[1]].float()
+        x = torch.cat([prompt, self._table(following)], dim=1)
+        predicted = self.target_logits(x, following.shape[1])[:, leave:].float()
         targets = following[:, leave:]
         loss = nn.functional.cross_entropy(predicted.flatten(0, 1), targets.flatten())
         return loss, targets.numel()

@@ -60,6 +60,12 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+def use_cpu_autocast(mode: str, device: str, native_bf16=cpu_has_native_bf16) -> bool:
+    """`--cpu-autocast off|on|auto` on `device`: never off the CPU (a GPU model is bf16
+    already); `auto` only where the CPU has native bf16, read only when asked."""
+    return device == "cpu" and (mode == "on" or (mode == "auto" and native_bf16()))
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to `min_lr_ratio`."""
     if step < cfg.warmup_steps:
@@ -237,7 +243,6 @@ def train(
     )
     window_tokens, window_started = 0, time.time()
     session_started = window_started
-    cpu_autocast = cfg.cpu_autocast and model.device.type == "cpu"
     model.train()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
@@ -246,7 +251,7 @@ def train(
             example = example_for(step, micro * world + rank)
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(ddp_model):
-                with torch.autocast("cpu", torch.bfloat16, enabled=cpu_autocast):
+                with torch.autocast("cpu", torch.bfloat16, enabled=cfg.cpu_autocast):
                     loss, n = ddp_model(example)
                 accelerator.backward(loss / cfg.grad_accum)
             total += loss.item() / cfg.grad_accum
