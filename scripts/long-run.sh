@@ -13,17 +13,16 @@
 # `icae-train promote`: the adapter, its EVAL.json and the loss curve replace the committed
 # default (--into, models/smollm2-135m-icae) only if held-out BLEU improved. Commit it then.
 #
-# The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh).
+# The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh). It runs
+# scripts/setup.sh first (seconds when done): the venv's icae-train must be this checkout's.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=env.sh
-source "$ROOT/scripts/env.sh"
 # shellcheck source=lib/long_run_recipe.sh
 source "$ROOT/scripts/lib/long_run_recipe.sh"
 
 sessions=1 minutes=45 passages=30 questions=10
-corpus="$ICAE_HOME/data/corpus"
+corpus=""
 run="$ROOT/training/runs/long"
 into="$ROOT/models/smollm2-135m-icae"
 extra=()
@@ -41,6 +40,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# The editable install points at whichever checkout ran set-up last (CI's fresh clone
+# reuses this machine's ICAE_HOME); set-up points it back here. Its log goes to stderr:
+# stdout is the sessions' promotion decisions.
+"$ROOT/scripts/setup.sh" >&2
+# shellcheck source=env.sh
+source "$ROOT/scripts/env.sh"
+corpus="${corpus:-$ICAE_HOME/data/corpus}"
 if [ ! -f "$corpus/heldout.jsonl" ]; then
   echo "building the corpus in $corpus (once)"
   icae-train build-corpus --out "$corpus"
