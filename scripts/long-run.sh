@@ -13,8 +13,7 @@
 # `icae-train promote`: the adapter, its EVAL.json and the loss curve replace the committed
 # default (--into, models/smollm2-135m-icae) only if held-out BLEU improved. Commit it then.
 #
-# The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh). It runs
-# scripts/setup.sh first (seconds when done): the venv's icae-train must be this checkout's.
+# The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,12 +39,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-# The editable install points at whichever checkout ran set-up last (CI's fresh clone
-# reuses this machine's ICAE_HOME); set-up points it back here. Its log goes to stderr:
-# stdout is the sessions' promotion decisions.
-"$ROOT/scripts/setup.sh" >&2
 # shellcheck source=env.sh
 source "$ROOT/scripts/env.sh"
+# This checkout's training package, whichever checkout the venv's editable install points
+# at (CI's fresh clone reuses this machine's ICAE_HOME and may have been deleted since):
+# PYTHONPATH comes before the editable finder, and the shared venv is left alone.
+export PYTHONPATH="$ROOT/training${PYTHONPATH:+:$PYTHONPATH}"
 corpus="${corpus:-$ICAE_HOME/data/corpus}"
 if [ ! -f "$corpus/heldout.jsonl" ]; then
   echo "building the corpus in $corpus (once)"

@@ -186,7 +186,8 @@ class ICAE(nn.Module):
         """The LoRA model's final hidden states (after the last norm) for `x`
         `[batch, length, hidden]`: the transformer body only, since the encoder needs no
         logits (the LM head over the whole vocabulary would be ~5% of a training step)."""
-        return self.icae.get_base_model().model(inputs_embeds=x).last_hidden_state
+        body = self.icae.get_base_model().model
+        return body(inputs_embeds=x, use_cache=False).last_hidden_state
 
     def target_logits(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The frozen decoder's logits `[batch, n, vocab]` predicting the last `n` inputs of
@@ -194,7 +195,8 @@ class ICAE(nn.Module):
         LM head runs only there, not over the slots and the prompt."""
         with self.icae.disable_adapter():
             base = self.icae.get_base_model()
-            hidden = base.model(inputs_embeds=x).last_hidden_state[:, -n - 1 : -1]
+            hidden = base.model(inputs_embeds=x, use_cache=False).last_hidden_state
+            hidden = hidden[:, -n - 1 : -1]
             # Contiguous, so that the head and its backward are one plain matrix product.
             return base.lm_head(hidden.contiguous())
 

@@ -41,7 +41,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     # bf16 autocast of the forward on a CPU (the weights and optimizer stay f32); worth it
-    # only where the CPU multiplies bf16 natively (see `cpu_has_native_bf16`).
+    # only where the CPU multiplies bf16 natively. Set through `use_cpu_autocast`: True only
+    # for a model on the CPU, so that run.json records what ran.
     cpu_autocast: bool = False
 
 
