@@ -11,7 +11,8 @@
 # passages of 128 tokens (sacrebleu BLEU-4, exact prefix, token accuracy) and Q PwC dev
 # questions (ROUGE-L from slots vs the full context) into RUN/eval/step-S.json, then runs
 # `icae-train promote`: the adapter, its EVAL.json and the loss curve replace the committed
-# default (--into, models/smollm2-135m-icae) only if held-out BLEU improved. Commit it then.
+# default (--into, models/smollm2-135m-icae) only if its held-out teacher-forced AE loss is
+# lower (BLEU is reported beside it: at ≈0 it cannot rank adapters). Commit it then.
 #
 # The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh).
 set -euo pipefail

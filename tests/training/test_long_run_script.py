@@ -1,6 +1,6 @@
 """scripts/long-run.sh end to end with a tiny step count: a session trains and checkpoints,
 evaluates the adapter and promotes it into an empty directory; a second session resumes
-the finished run, measures the same BLEU and promotes nothing."""
+the finished run, measures the same loss and BLEU and promotes nothing."""
 
 import json
 import subprocess
@@ -23,6 +23,7 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [d["promoted"] for d in decisions] == [True, False], proc.stdout[-2000:]
+    assert decisions[1]["loss"] == decisions[1]["previous_loss"] == decisions[0]["loss"]
     assert decisions[1]["bleu4"] == decisions[1]["previous_bleu4"] == decisions[0]["bleu4"]
     assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 2
     report = json.loads((run / "eval" / "step-2.json").read_text())

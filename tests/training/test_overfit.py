@@ -10,6 +10,7 @@ import random
 import pytest
 import torch
 
+from icae_train.evaluate import teacher_forced_eval
 from icae_train.model import ICAE, IcaeConfig, Objective
 from icae_train.overfit import OverfitConfig, overfit
 
@@ -112,3 +113,25 @@ def test_the_batched_losses_are_the_official_full_forwards(tiny_dir):
         ours_lm, targets = model.lm_batch_loss(batch, following.tolist(), leave=2)
         assert targets == len(batch) * (TEXT_TOKENS - 2)
         assert ours_lm.item() == pytest.approx(lm_loss, rel=1e-5)
+
+
+@torch.no_grad()
+def test_the_held_out_read_back_has_a_wrong_slots_control(tiny_dir):
+    """`icae-train eval`'s teacher-forced measures: the token-weighted mean of each
+    passage's `autoencode_scores`, and the same passages read back from the next passage's
+    slots. Slots that carry nothing (all the same) give a slot gain of exactly 0."""
+    torch.manual_seed(0)
+    config = IcaeConfig(mem_size=MEM_SIZE, compression_rate=RATE, lora_r=8, slot_projector=True)
+    model = ICAE(str(tiny_dir), config).eval()
+    passages = texts()[:3]
+    own = [model.compress(p) for p in passages]
+    report = teacher_forced_eval(model, passages, own)
+    scores = [model.autoencode_scores(p) for p in passages]
+    total = sum(n for _, _, n in scores)
+    assert report["loss"] == pytest.approx(sum(m.item() * n for m, _, n in scores) / total)
+    assert report["accuracy"] == sum(right for _, right, _ in scores) / total
+    assert report["slot_gain"] == pytest.approx(report["loss_other_slots"] - report["loss"])
+    assert abs(report["slot_gain"]) > 1e-3, "different slots must read back differently"
+    uninformative = teacher_forced_eval(model, passages, [own[0]] * len(passages))
+    assert uninformative["slot_gain"] == pytest.approx(0.0, abs=1e-6)
+    assert "slot_gain" not in teacher_forced_eval(model, passages[:1], own[:1])

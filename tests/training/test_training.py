@@ -344,6 +344,9 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     autoencode = json.loads(out.read_text())["autoencode"]
     assert autoencode["passages"] == 2 and autoencode["slots"] == 8
     assert all(0.0 <= autoencode[k] <= 1.0 for k in ("bleu4", "exact_prefix", "token_accuracy"))
+    forced = autoencode["teacher_forced"]
+    assert 0.0 <= forced["accuracy"] <= 1.0 and forced["loss"] > 0
+    assert forced["slot_gain"] == pytest.approx(forced["loss_other_slots"] - forced["loss"])
     report = json.loads(out.read_text())["answers"]
     assert report["questions"] == 2 and 0.0 <= report["rouge_l_slots"] <= 1.0
     assert all("from_slots" in a and "from_full_context" in a for a in report["answers"])

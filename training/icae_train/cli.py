@@ -554,7 +554,7 @@ def main(argv=None):
     p = sub.add_parser(
         "promote",
         help="replace an adapter directory (e.g. the committed default) with a new adapter "
-        "if its held-out AE BLEU, measured the same way, is higher",
+        "if its held-out teacher-forced AE loss, measured the same way, is lower",
     )
     p.add_argument("--adapter", type=Path, required=True, help="the new adapter directory")
     p.add_argument("--eval", type=Path, required=True, help="its `icae-train eval` report")

@@ -1,5 +1,6 @@
 """Evaluation: autoencoding of held-out passages (sacrebleu BLEU-4 on the detokenized text,
-exact prefix and token accuracy on ids) at the adapter's compression rate, and for PwC-style
+exact prefix and token accuracy on ids of the greedy reconstruction; teacher-forced loss and
+accuracy, with a wrong-slots control) at the adapter's compression rate, and for PwC-style
 data ROUGE-L (rouge-score) of answers from slots vs answers from the full context vs the
 references."""
 
@@ -15,6 +16,21 @@ from .metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
 from .model import ICAE
 
 
+def heldout_passages(
+    documents: list[list[int]], passage_tokens: int, count: int, seed: int
+) -> list[list[int]]:
+    """The evaluation's passages: `count` documents long enough, in a seeded order, each cut
+    to `passage_tokens` at a seeded offset (the same settings give the same passages)."""
+    rng = random.Random(seed)
+    candidates = [d for d in documents if len(d) >= passage_tokens]
+    rng.shuffle(candidates)
+    passages = []
+    for doc in candidates[:count]:
+        start = rng.randint(0, len(doc) - passage_tokens)
+        passages.append(doc[start : start + passage_tokens])
+    return passages
+
+
 @torch.no_grad()
 def autoencode_eval(
     model: ICAE,
@@ -25,17 +41,10 @@ def autoencode_eval(
     seed: int = 0,
 ) -> dict:
     model.eval()
-    rng = random.Random(seed)
-    candidates = [d for d in documents if len(d) >= passage_tokens]
-    rng.shuffle(candidates)
-    passages = []
-    for doc in candidates[:count]:
-        start = rng.randint(0, len(doc) - passage_tokens)
-        passages.append(doc[start : start + passage_tokens])
-    hypotheses, started = [], time.time()
-    for passage in passages:
-        slots = model.compress(passage)
-        hypotheses.append(model.greedy(model.ae_layout(slots), passage_tokens + 8))
+    passages = heldout_passages(documents, passage_tokens, count, seed)
+    started = time.time()
+    slots = [model.compress(passage) for passage in passages]
+    hypotheses = [model.greedy(model.ae_layout(own), passage_tokens + 8) for own in slots]
     detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     return {
         "passages": len(passages),
@@ -49,8 +58,35 @@ def autoencode_eval(
         "exact_prefix": sum(prefix_match(p, h) for p, h in zip(passages, hypotheses, strict=True))
         / max(1, len(passages)),
         "token_accuracy": token_accuracy(passages, hypotheses),
+        "teacher_forced": teacher_forced_eval(model, passages, slots),
         "seconds": time.time() - started,
     }
+
+
+def teacher_forced_eval(model: ICAE, passages: list[list[int]], slots: list) -> dict:
+    """Teacher-forced AE loss (nats per target) and token accuracy over all targets (the
+    recipe search's measures; the long run's accuracy milestone), each passage read back
+    from its own slots and, as a control, from the next passage's. A decoder that ignores
+    its slots scores the same on both: `slot_gain` (control loss - own loss) is what the
+    slots tell it, ≈0 on the language-modelling plateau. The control needs two passages."""
+
+    def read_back(pairs) -> tuple[float, float]:
+        loss = correct = total = 0
+        for ids, memory in pairs:
+            mean, right, n = model.read_back_scores(memory, ids)
+            loss, correct, total = loss + mean.item() * n, correct + right, total + n
+        return loss / max(1, total), correct / max(1, total)
+
+    own_loss, own_accuracy = read_back(zip(passages, slots, strict=True))
+    report = {"loss": own_loss, "accuracy": own_accuracy}
+    if len(passages) > 1:
+        other_loss, other_accuracy = read_back(zip(passages, slots[1:] + slots[:1], strict=True))
+        report |= {
+            "loss_other_slots": other_loss,
+            "accuracy_other_slots": other_accuracy,
+            "slot_gain": other_loss - own_loss,
+        }
+    return report
 
 
 @torch.no_grad()

@@ -248,9 +248,14 @@ class ICAE(nn.Module):
     def autoencode_scores(self, ids: list[int]) -> tuple[torch.Tensor, int, int]:
         """(mean loss, correct argmax predictions, targets) of the AE example, teacher-forced:
         the token accuracy the overfit check and the recipe comparisons measure."""
-        predicted, targets = self._predictions(
-            self.ae_layout(self.compress(ids)), ids + [self.eos_ids[0]]
-        )
+        return self.read_back_scores(self.compress(ids), ids)
+
+    def read_back_scores(
+        self, slots: torch.Tensor, ids: list[int]
+    ) -> tuple[torch.Tensor, int, int]:
+        """`autoencode_scores` of reading `ids` back from given `slots` (the text's own, or
+        another text's as a control)."""
+        predicted, targets = self._predictions(self.ae_layout(slots), ids + [self.eos_ids[0]])
         correct = int((predicted.argmax(-1) == targets).sum())
         return nn.functional.cross_entropy(predicted, targets), correct, len(targets)
 
