@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use icae_client::baseline_text;
+use icae_client::{baseline_text, Generated};
 use icae_proto::v1::{FinishReason, GenerateRequest, Mode};
 use integration_tests::*;
 use tokio::task::JoinHandle;
@@ -117,29 +117,38 @@ async fn services(chunk: &str) -> (Redis, Service, Service) {
     (redis, encoder, decoder)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled() {
-    let _serial = SERIAL.lock().await;
-    // 16 positions per step: on the 2-core CPU a chunk costs about one batch-4 decoding step
-    // (the default 256 suits an accelerator; docs/ explains the trade-off).
-    let (_redis, encoder, decoder) = services("16").await;
-    let url = decoder.url();
-    let key = compress_key(&encoder.url(), DOC).await;
+/// The streams' pace in one trial: the median gap before the long request arrived, and the
+/// p99 gap while it was prefilled.
+struct Pace {
+    median_before: f64,
+    p99_during: f64,
+}
 
-    // The long request alone: the output it must also give while streams run.
-    let alone = generate(&url, long_request(12)).await.unwrap();
-    let last = alone.completed().unwrap();
-    assert!(
-        last.prompt_positions >= LONG_TOKENS,
-        "the long text has only {} tokens",
-        last.prompt_positions
-    );
-    assert_eq!(alone.finish_reason(), FinishReason::Length);
+/// The bound the test holds the scheduler to: a gap during the prefill holds at most one
+/// chunk besides its decoding step, so its p99 stays within this many ordinary steps.
+const PACE_BOUND: f64 = 3.0;
 
+impl Pace {
+    fn within_bound(&self) -> bool {
+        self.p99_during <= PACE_BOUND * self.median_before
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "p99 gap {:.1} ms, {PACE_BOUND} × median {:.1} ms",
+            self.p99_during * 1e3,
+            PACE_BOUND * self.median_before * 1e3
+        )
+    }
+}
+
+/// Four AUTOENCODE streams from `key` run; once their pace is steady the long request
+/// arrives. Its output must equal `alone` and every stream must keep producing throughout.
+async fn pace_trial(url: &str, key: &str, alone: &Generated) -> Pace {
     let mut streams = Vec::new();
     for _ in 0..4 {
-        let request = from_keys(&[&key], Mode::Autoencode, "", greedy(1000));
-        streams.push(TimedStream::start(&url, request).await);
+        let request = from_keys(&[key], Mode::Autoencode, "", greedy(1000));
+        streams.push(TimedStream::start(url, request).await);
     }
     let warm = eventually(Duration::from_secs(120), || async {
         streams.iter().all(|s| s.count() >= 5)
@@ -159,7 +168,7 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
     .await;
     assert!(steady, "the streams stopped before the long request");
     let arrived = Instant::now();
-    let long = generate(&url, long_request(12)).await.unwrap();
+    let long = generate(url, long_request(12)).await.unwrap();
     let prefilled = arrived + Duration::from_secs_f64(long.first_token_seconds);
 
     let before: Vec<f64> = streams
@@ -176,15 +185,18 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
         before.len(),
         during.len()
     );
-    let (median, p99) = (quantile(&before, 0.5), quantile(&during, 0.99));
+    let pace = Pace {
+        median_before: quantile(&before, 0.5),
+        p99_during: quantile(&during, 0.99),
+    };
     println!(
         "prefill alone {:.2}s, with 4 streams {:.2}s; gaps before: median {:.1} ms over {}; \
          during: p99 {:.1} ms, max {:.1} ms over {}",
         alone.first_token_seconds,
         long.first_token_seconds,
-        median * 1e3,
+        pace.median_before * 1e3,
         before.len(),
-        p99 * 1e3,
+        pace.p99_during * 1e3,
         quantile(&during, 1.0) * 1e3,
         during.len()
     );
@@ -200,11 +212,42 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
             "stream {i} produced {tokens} tokens meanwhile"
         );
     }
+    pace
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled() {
+    let _serial = SERIAL.lock().await;
+    // 16 positions per step: on the 2-core CPU a chunk costs about one batch-4 decoding step
+    // (the default 256 suits an accelerator; docs/ explains the trade-off).
+    let (_redis, encoder, decoder) = services("16").await;
+    let url = decoder.url();
+    let key = compress_key(&encoder.url(), DOC).await;
+
+    // The long request alone: the output it must also give while streams run.
+    let alone = generate(&url, long_request(12)).await.unwrap();
+    let last = alone.completed().unwrap();
     assert!(
-        p99 <= 3.0 * median,
-        "the streams stalled: p99 gap {:.1} ms > 3 × median {:.1} ms",
-        p99 * 1e3,
-        median * 1e3
+        last.prompt_positions >= LONG_TOKENS,
+        "the long text has only {} tokens",
+        last.prompt_positions
+    );
+    assert_eq!(alone.finish_reason(), FinishReason::Length);
+
+    // A gap during the prefill holds a chunk and a decoding step (about 2.5× a step here),
+    // so the bound's margin is thin, and another job on the machine can stretch a few gaps
+    // past it or shorten the steps the median is taken from. A stall (an unchunked or
+    // coarsely chunked prefill) exceeds the bound in every trial; a load spike rarely twice
+    // in a row: a second trial runs only when the first misses the bound.
+    let mut pace = pace_trial(&url, &key, &alone).await;
+    if !pace.within_bound() {
+        println!("trial 1 missed the bound ({}): trial 2", pace.describe());
+        pace = pace_trial(&url, &key, &alone).await;
+    }
+    assert!(
+        pace.within_bound(),
+        "the streams stalled in two trials: {}",
+        pace.describe()
     );
 }
 
