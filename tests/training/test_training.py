@@ -245,6 +245,38 @@ def test_batched_windows_resume_exactly(model_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_warm_start_adds_a_projector_at_the_identity(model_dir, tmp_path):
+    """`pretrain --init-adapter A --slot-projector`, A without a projector: the first step's
+    loss is exactly A's (the projector starts at the identity), the projector then trains,
+    and the exported adapter holds it. Without --slot-projector the adapter stays as it is."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    batched = ("--batch-windows", "2", "--lm-ratio", "0", "--grad-accum", "1", "--steps", "2")
+    pretrain(model_dir, corpus, tmp_path / "a", *batched)
+    init = ("--init-adapter", str(tmp_path / "a" / "adapter"))
+    pretrain(model_dir, corpus, tmp_path / "plain", *batched, *init)
+    pretrain(model_dir, corpus, tmp_path / "projected", *batched, *init, "--slot-projector")
+
+    def losses(run):
+        history = json.loads((run / "checkpoint" / "progress.json").read_text())["history"]
+        return [h["loss"] for h in history]
+
+    plain, projected = losses(tmp_path / "plain"), losses(tmp_path / "projected")
+    assert plain[0] == projected[0], (plain, projected)
+    assert plain[1] != projected[1], "the projector changed nothing after a step"
+    tensors = load_file(str(tmp_path / "projected" / "adapter" / "adapter.safetensors"))
+    weight = tensors["slot_projector.weight"]
+    assert weight.shape == (576, 576) and not torch.equal(weight, torch.eye(576))
+    configs = [
+        json.loads((tmp_path / run / "adapter" / "icae_config.json").read_text())
+        for run in ("plain", "projected")
+    ]
+    assert [c.get("slot_projector", False) for c in configs] == [False, True]
+    assert "slot_projector.weight" not in load_file(
+        str(tmp_path / "plain" / "adapter" / "adapter.safetensors")
+    )
+
+
 def test_cpu_bf16_autocast_is_close_to_f32_at_the_same_weights(model_dir, tmp_path):
     """`--cpu-autocast on`: the forward runs in bf16 (weights and optimizer stay f32). The
     first step's loss, same weights and windows, is near the f32 one and not equal to it

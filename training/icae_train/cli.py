@@ -329,6 +329,8 @@ def cmd_pretrain(args):
         from .adapter_io import load_adapter
 
         model = load_adapter(args.model, args.init_adapter, device=device, dtype=dtype)
+        if args.slot_projector and model.slot_projector is None:
+            model.add_identity_slot_projector()
         config = model.config
     else:
         model = ICAE(args.model, config, dtype=dtype, device=device)
@@ -577,7 +579,8 @@ def main(argv=None):
         type=Path,
         default=None,
         help="start from this adapter directory (its mem_size/rate/LoRA settings win) "
-        "instead of a fresh one",
+        "instead of a fresh one; with --slot-projector, an adapter without a projector gets "
+        "one at the identity, so training starts from exactly what the adapter computes",
     )
     _icae_args(p, 32, 32, "q_proj,v_proj")
     p.add_argument(

@@ -168,6 +168,21 @@ class ICAE(nn.Module):
             out.append(self.encoder_states(x)[0, -k:])
         return self.to_decoder(torch.cat(out))
 
+    def add_identity_slot_projector(self) -> None:
+        """Give a model without a slot projector one at the identity (bias 0), not at
+        slot_projector_init's embedding scale: the slots, and so everything the model computes,
+        stay exactly what they were, and training moves the projector from there (a warm start
+        from a trained adapter that has none, e.g. the committed default)."""
+        if self.slot_projector is not None or self.slot_scale is not None:
+            raise ValueError("the model already maps its slots (a projector or a learned scale)")
+        hidden = self.memory_token_embed.embedding_dim
+        projector = nn.Linear(hidden, hidden, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            projector.weight.copy_(torch.eye(hidden))
+            projector.bias.zero_()
+        self.slot_projector = projector
+        self.config.slot_projector = True
+
     def to_decoder(self, slots: torch.Tensor) -> torch.Tensor:
         """The slots as the decoder reads them: through the projector or the learned scale
         if the adapter has one (computed in f32, like memory_token_embed, under a bf16
