@@ -272,6 +272,7 @@ def test_a_warm_start_adds_a_projector_at_the_identity(model_dir, tmp_path):
         for run in ("plain", "projected")
     ]
     assert [c.get("slot_projector", False) for c in configs] == [False, True]
+    assert all(f"continued from the adapter in {tmp_path / 'a'}" in c["notes"] for c in configs)
     assert "slot_projector.weight" not in load_file(
         str(tmp_path / "plain" / "adapter" / "adapter.safetensors")
     )

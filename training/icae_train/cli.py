@@ -360,10 +360,10 @@ def cmd_pretrain(args):
             return LmInput(example.context, example.continuation, args.leave_tokens_for_lm)
         return AutoencodeInput(example.context)
 
-    notes = (
-        f"pretrained (AE + LM, lm_ratio {args.lm_ratio}) by icae-train for {args.run_dir.name}; "
-        "see docs/training.md"
-    )
+    notes = f"pretrained (AE + LM, lm_ratio {args.lm_ratio}) by icae-train for {args.run_dir.name}"
+    if args.init_adapter:
+        notes += f", continued from the adapter in {args.init_adapter}"
+    notes += "; see docs/training.md"
     _train_and_export(args, model, tokenizer, example_for, "pretrain", notes)
 
 
