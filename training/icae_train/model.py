@@ -176,11 +176,7 @@ class ICAE(nn.Module):
         if self.slot_projector is not None or self.slot_scale is not None:
             raise ValueError("the model already maps its slots (a projector or a learned scale)")
         hidden = self.memory_token_embed.embedding_dim
-        projector = nn.Linear(hidden, hidden, dtype=torch.float32, device=self.device)
-        with torch.no_grad():
-            projector.weight.copy_(torch.eye(hidden))
-            projector.bias.zero_()
-        self.slot_projector = projector
+        self.slot_projector = scaled_identity(hidden, 1.0).to(self.device)
         self.config.slot_projector = True
 
     def to_decoder(self, slots: torch.Tensor) -> torch.Tensor:
@@ -442,10 +438,14 @@ def slot_projector_init(base) -> nn.Linear:
     1.8 vs 1.9 measured), so the projected slots start at the scale of real tokens (SmolLM2:
     0.13, ~15x smaller than raw slots) while keeping their direction. Deterministic: no data
     needed."""
-    hidden = base.config.hidden_size
+    return scaled_identity(base.config.hidden_size, slot_embedding_scale(base))
+
+
+def scaled_identity(hidden: int, scale: float) -> nn.Linear:
+    """`nn.Linear(hidden, hidden)` in f32 computing `scale * x` (weight `scale * I`, bias 0)."""
     projector = nn.Linear(hidden, hidden, dtype=torch.float32)
     with torch.no_grad():
-        projector.weight.copy_(torch.eye(hidden) * slot_embedding_scale(base))
+        projector.weight.copy_(torch.eye(hidden) * scale)
         projector.bias.zero_()
     return projector
 
