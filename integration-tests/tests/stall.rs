@@ -125,8 +125,11 @@ struct Pace {
 }
 
 /// The bound the test holds the scheduler to: a gap during the prefill holds at most one
-/// chunk besides its decoding step, so its p99 stays within this many ordinary steps.
-const PACE_BOUND: f64 = 3.0;
+/// chunk besides its decoding step, so its p99 stays within this many ordinary steps. How
+/// many steps one chunk of 16 positions is worth depends on the CPU: its p99 gap was
+/// 2.4–3.4× the median step on an AVX2 machine and 3.0–3.8× on one with AVX-512, while a
+/// prefill in chunks of 128 gave 5.9× there and an unchunked one freezes the streams.
+const PACE_BOUND: f64 = 5.0;
 
 impl Pace {
     fn within_bound(&self) -> bool {
@@ -234,9 +237,9 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
     );
     assert_eq!(alone.finish_reason(), FinishReason::Length);
 
-    // A gap during the prefill holds a chunk and a decoding step (about 2.5× a step here),
-    // so the bound's margin is thin, and another job on the machine can stretch a few gaps
-    // past it or shorten the steps the median is taken from. A stall (an unchunked or
+    // A gap during the prefill holds a chunk and a decoding step (2.4–3.8× a step), so
+    // another job on the machine can stretch a few gaps past the bound or shorten the steps
+    // the median is taken from. A stall (an unchunked or
     // coarsely chunked prefill) exceeds the bound in every trial; a load spike rarely twice
     // in a row: a second trial runs only when the first misses the bound.
     let mut pace = pace_trial(&url, &key, &alone).await;
@@ -244,6 +247,7 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
         println!("trial 1 missed the bound ({}): trial 2", pace.describe());
         pace = pace_trial(&url, &key, &alone).await;
     }
+    println!("{}", pace.describe());
     assert!(
         pace.within_bound(),
         "the streams stalled in two trials: {}",
