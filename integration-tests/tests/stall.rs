@@ -239,9 +239,9 @@ async fn running_streams_keep_their_pace_while_a_2048_token_prompt_is_prefilled(
 
     // A gap during the prefill holds a chunk and a decoding step (2.4–3.8× a step), so
     // another job on the machine can stretch a few gaps past the bound or shorten the steps
-    // the median is taken from. A stall (an unchunked or
-    // coarsely chunked prefill) exceeds the bound in every trial; a load spike rarely twice
-    // in a row: a second trial runs only when the first misses the bound.
+    // the median is taken from. A stall (an unchunked or coarsely chunked prefill) exceeds
+    // the bound in every trial; a load spike rarely twice in a row: a second trial runs only
+    // when the first misses the bound.
     let mut pace = pace_trial(&url, &key, &alone).await;
     if !pace.within_bound() {
         println!("trial 1 missed the bound ({}): trial 2", pace.describe());
