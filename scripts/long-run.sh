@@ -3,7 +3,7 @@
 #
 #   scripts/long-run.sh [--sessions N] [--segment-minutes M] [--eval-passages P]
 #                       [--questions Q] [--corpus DIR] [--run-dir DIR] [--into DIR]
-#                       [-- extra pretrain flags]
+#                       [--from ADAPTER_DIR|none] [-- extra pretrain flags]
 #
 # Each session trains for M minutes at the lowest priority (`nice -n 19`) and checkpoints
 # (the run resumes exactly where the last session stopped: run it again, here or after a
@@ -14,7 +14,10 @@
 # default (--into, models/smollm2-135m-icae) only if its held-out teacher-forced AE loss is
 # lower (BLEU is reported beside it: at ≈0 it cannot rank adapters). Commit it then.
 #
-# The recipe is scripts/lib/long_run_recipe.sh (shared with scripts/train-gpu.sh).
+# By default the run (training/runs/warm-plain-2) continues the committed default adapter
+# with CONTINUE_RECIPE; --from none starts a fresh adapter with LONG_RUN_RECIPE (both in
+# scripts/lib/long_run_recipe.sh). Where that run's checkpoint is gone, start a new run from
+# the default with a new seed: --run-dir training/runs/warm-plain-3 -- --seed 2.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,8 +26,9 @@ source "$ROOT/scripts/lib/long_run_recipe.sh"
 
 sessions=1 minutes=45 passages=30 questions=10
 corpus=""
-run="$ROOT/training/runs/long"
+run="$ROOT/training/runs/warm-plain-2"
 into="$ROOT/models/smollm2-135m-icae"
+from="$ROOT/models/smollm2-135m-icae"
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,8 +39,9 @@ while [ $# -gt 0 ]; do
     --corpus) corpus="$2"; shift 2 ;;
     --run-dir) run="$2"; shift 2 ;;
     --into) into="$2"; shift 2 ;;
+    --from) from="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    *) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 
@@ -51,11 +56,18 @@ if [ ! -f "$corpus/heldout.jsonl" ]; then
   echo "building the corpus in $corpus (once)"
   icae-train build-corpus --out "$corpus"
 fi
+if [ "$from" = none ]; then
+  recipe=("${LONG_RUN_RECIPE[@]}")
+else
+  # On a resume the checkpoint's weights replace the adapter's: the same run goes on even
+  # after the default it started from has been replaced by a promotion.
+  recipe=(--init-adapter "$from" "${CONTINUE_RECIPE[@]}")
+fi
 mkdir -p "$run/eval"
 for session in $(seq 1 "$sessions"); do
   echo "session $session/$sessions: training for $minutes minutes in $run"
   nice -n 19 icae-train pretrain --model "$ICAE_MODEL_DIR" --device cpu --corpus "$corpus" \
-    --run-dir "$run" "${LONG_RUN_RECIPE[@]}" "${extra[@]}" --max-minutes "$minutes"
+    --run-dir "$run" "${recipe[@]}" "${extra[@]}" --max-minutes "$minutes"
   step="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' \
     "$run/checkpoint/progress.json")"
   report="$run/eval/step-$step.json"

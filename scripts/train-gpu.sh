@@ -23,8 +23,8 @@
 # writes, so a checkpoint from there resumes here on the imported model.
 #
 # On the GPU, icae-train runs in bf16 (the GPU's native type). Never use bf16 autocast on a
-# CPU without AMX / AVX512-BF16 (this project's CI CPU has AVX2 only: bf16 matmul there is
-# ~100x slower than f32); the CPU resume runs in f32.
+# CPU without AMX / AVX512-BF16 (on the AVX2-only machines of earlier stops bf16 matmul was
+# ~100x slower than f32): the recipe's --cpu-autocast auto reads the CPU flags and decides.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,8 +40,8 @@ usage() {
   exit "${1:-2}"
 }
 
-# The pretraining flags of the segment (overridable after `--`): the long run's recipe
-# (scripts/lib/long_run_recipe.sh) with a GPU-sized batch. The data stream is a pure
+# The pretraining flags of the segment (overridable after `--`): the recipe of a fresh
+# adapter (LONG_RUN_RECIPE) with a GPU-sized batch. The data stream is a pure
 # function of (seed, step), so the same flags on both machines continue the same run.
 # shellcheck source=lib/long_run_recipe.sh
 source "$ROOT/scripts/lib/long_run_recipe.sh"

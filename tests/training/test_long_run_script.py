@@ -1,24 +1,36 @@
 """scripts/long-run.sh end to end with a tiny step count: a session trains and checkpoints,
 evaluates the adapter and promotes it into an empty directory; a second session resumes
-the finished run, measures the same loss and BLEU and promotes nothing."""
+the finished run, measures the same loss and BLEU and promotes nothing. By default the run
+continues the committed default adapter; `--from none` starts a fresh one."""
 
 import json
 import subprocess
 from pathlib import Path
 
+import pytest
+import torch
+from safetensors.torch import load_file
 from test_training import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "models" / "smollm2-135m-icae"
 
 
-def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path):
-    corpus, run, into = tmp_path / "corpus", tmp_path / "run", tmp_path / "default"
+@pytest.mark.parametrize("start", ["default", "none"])
+def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path, start):
+    corpus, run, into = tmp_path / "corpus", tmp_path / "run", tmp_path / "promoted"
     write_corpus(corpus)
     (corpus / "heldout.jsonl").write_text((corpus / "train.jsonl").read_text())
+    # fmt: off
     cmd = [str(ROOT / "scripts/long-run.sh"), "--sessions", "2", "--segment-minutes", "10",
            "--eval-passages", "1", "--questions", "1", "--corpus", str(corpus),
-           "--run-dir", str(run), "--into", str(into), "--", "--steps", "2",
-           "--mem-size", "8", "--lora-r", "4", "--batch-windows", "2"]  # fmt: skip
+           "--run-dir", str(run), "--into", str(into)]
+    # The shape flags only shape a fresh adapter: a warm start keeps the default's.
+    fresh = ["--mem-size", "8", "--lora-r", "4"]
+    if start == "none":
+        cmd += ["--from", "none"]
+    cmd += ["--", "--steps", "2", "--batch-windows", "2", *fresh]
+    # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -35,5 +47,18 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path):
         run / "adapter" / "adapter.safetensors"
     ).read_bytes()
     config = json.loads((into / "icae_config.json").read_text())
-    assert config["mem_size"] == 8 and config["slot_projector"] is True
     assert (into / "training-curve.png").stat().st_size > 1000
+    if start == "none":
+        assert config["mem_size"] == 8 and config["lora_r"] == 4
+        assert config["slot_projector"] is True
+        return
+    default = json.loads((DEFAULT / "icae_config.json").read_text())
+    shape = ("mem_size", "compression_rate", "lora_r", "target_modules", "slot_projector")
+    assert {k: config.get(k) for k in shape} == {k: default.get(k) for k in shape}
+    assert "continued from the adapter in" in config["notes"], config["notes"]
+    # The run started from the default's weights (same tensors) and two steps moved them.
+    trained = load_file(str(run / "adapter" / "adapter.safetensors"))
+    start_weights = load_file(str(DEFAULT / "adapter.safetensors"))
+    assert trained.keys() == start_weights.keys()
+    moved = [k for k in trained if not torch.equal(trained[k].float(), start_weights[k].float())]
+    assert moved, "the warm start trained nothing"
