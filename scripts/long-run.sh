@@ -58,18 +58,36 @@ if [ ! -f "$corpus/heldout.jsonl" ]; then
 fi
 if [ "$from" = none ]; then
   recipe=("${LONG_RUN_RECIPE[@]}")
+  origin="from a fresh adapter (LONG_RUN_RECIPE)"
 else
   # On a resume the checkpoint's weights replace the adapter's: the same run goes on even
-  # after the default it started from has been replaced by a promotion.
+  # after the default it started from has been replaced by a promotion of the same shape.
   recipe=(--init-adapter "$from" "${CONTINUE_RECIPE[@]}")
+  origin="continuing the adapter in ${from#"$ROOT"/} (CONTINUE_RECIPE)"
+  # A new run from an adapter with the recipe's seed would replay the windows that adapter
+  # was trained on (the stream is a function of seed and step): make the seed a choice.
+  seeded=false
+  for flag in "${extra[@]}"; do
+    case "$flag" in --seed | --seed=*) seeded=true ;; esac
+  done
+  if [ ! -f "$run/checkpoint/progress.json" ] && [ "$seeded" = false ]; then
+    echo "error: $run has no checkpoint, so this starts a new run from $from; give it a" \
+      "seed the adapter was not trained on, e.g. -- --seed 2 (the recipe's is seed 1," \
+      "the stream of training/runs/warm-plain-2)" >&2
+    exit 2
+  fi
 fi
 mkdir -p "$run/eval"
 for session in $(seq 1 "$sessions"); do
   echo "session $session/$sessions: training for $minutes minutes in $run"
   nice -n 19 icae-train pretrain --model "$ICAE_MODEL_DIR" --device cpu --corpus "$corpus" \
-    --run-dir "$run" "${recipe[@]}" "${extra[@]}" --max-minutes "$minutes"
+    --run-dir "$run" "${recipe[@]}" "${extra[@]}" --max-minutes "$minutes" --no-export
   step="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' \
     "$run/checkpoint/progress.json")"
+  # Exported with bf16 LoRA, as the committed default is stored.
+  icae-train export --model "$ICAE_MODEL_DIR" --run-dir "$run" --out "$run/adapter" \
+    --lora-dtype bf16 --notes "step $step of ${run##*/}, pretrained AE-only by \
+scripts/long-run.sh $origin; see docs/training.md and EVAL.json"
   report="$run/eval/step-$step.json"
   nice -n 19 icae-train eval --model "$ICAE_MODEL_DIR" --device cpu --adapter "$run/adapter" \
     --heldout "$corpus/heldout.jsonl" --passages "$passages" --passage-tokens 128 \

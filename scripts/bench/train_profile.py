@@ -1,8 +1,8 @@
 """Where a training step's time goes (issue 13 item 1, "whatever the profile shows"): one
-batched AE step at the long run's shape (4 windows of 128 tokens -> 32 slots, LoRA r16 on
-q and v, the slot projector, f32) under torch.profiler, grouped into matrix products,
-attention and everything else, with the matrix products' achieved GFLOP/s against a plain
-square matmul measured in the same run (the machine's practical f32 peak).
+batched AE step at the fresh long run's shape (LONG_RUN_RECIPE: 4 windows of 128 tokens ->
+32 slots, LoRA r16 on q and v, the slot projector, f32) under torch.profiler, grouped into
+matrix products, attention and everything else, with the matrix products' achieved GFLOP/s
+against a plain square matmul measured in the same run (the machine's practical f32 peak).
 
     $ICAE_VENV/bin/python scripts/bench/train_profile.py --model "$ICAE_MODEL_DIR"
 """

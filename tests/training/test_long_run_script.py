@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from test_training import write_corpus
 
@@ -26,11 +25,17 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path, star
            "--eval-passages", "1", "--questions", "1", "--corpus", str(corpus),
            "--run-dir", str(run), "--into", str(into)]
     # The shape flags only shape a fresh adapter: a warm start keeps the default's.
-    fresh = ["--mem-size", "8", "--lora-r", "4"]
-    if start == "none":
-        cmd += ["--from", "none"]
-    cmd += ["--", "--steps", "2", "--batch-windows", "2", *fresh]
+    flags = ["--steps", "2", "--batch-windows", "2", "--mem-size", "8", "--lora-r", "4"]
     # fmt: on
+    if start == "none":
+        cmd += ["--from", "none", "--", *flags]
+    else:
+        # A new run from an adapter must choose its seed, or it would replay the adapter's
+        # own windows; nothing starts without one.
+        refused = subprocess.run([*cmd, "--", *flags], capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "--seed 2" in refused.stderr, refused.stderr
+        assert not (run / "checkpoint").exists()
+        cmd += ["--", *flags, "--seed", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -55,10 +60,16 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path, star
     default = json.loads((DEFAULT / "icae_config.json").read_text())
     shape = ("mem_size", "compression_rate", "lora_r", "target_modules", "slot_projector")
     assert {k: config.get(k) for k in shape} == {k: default.get(k) for k in shape}
-    assert "continued from the adapter in" in config["notes"], config["notes"]
-    # The run started from the default's weights (same tensors) and two steps moved them.
+    assert "continuing the adapter in models/smollm2-135m-icae" in config["notes"], config
+    # The run started from the default's weights and two warm-up steps moved them a little:
+    # within bf16 rounding (≈1e-3 at the largest LoRA values, 0.2) of the start, where a
+    # fresh adapter (LoRA B at zero, random memory tokens) differs by 0.1 and more.
     trained = load_file(str(run / "adapter" / "adapter.safetensors"))
     start_weights = load_file(str(DEFAULT / "adapter.safetensors"))
     assert trained.keys() == start_weights.keys()
-    moved = [k for k in trained if not torch.equal(trained[k].float(), start_weights[k].float())]
-    assert moved, "the warm start trained nothing"
+    assert all(t.dtype == start_weights[k].dtype for k, t in trained.items())
+    gaps = {
+        k: (t.float() - start_weights[k].float()).abs().max().item() for k, t in trained.items()
+    }
+    assert max(gaps.values()) < 2e-3, max(gaps.items(), key=lambda kv: kv[1])
+    assert any(gap > 0 for gap in gaps.values()), "the warm start trained nothing"
