@@ -2,22 +2,23 @@
 # The pretraining recipes of the long run (issue 13, see docs/training.md). Every example is a
 # function of (seed, step), so the same flags continue the same run on any machine.
 #
+# What both recipes share: AE only (lm_ratio 0), 128-token windows, each step one batched
+# forward of 4 windows, memory tokens at lr 1e-3, warm-up 20 steps then cosine over 20,000,
+# a checkpoint every 10 steps, bf16 autocast where the CPU has AMX-BF16 or AVX512-BF16
+# (f32 elsewhere; on a GPU the model is bf16 anyway).
+LONG_RUN_SCHEDULE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-lr-ratio 0.1
+  --lm-ratio 0 --max-segments 1 --batch-windows 4 --memory-lr 1e-3 --cpu-autocast auto)
+#
 # CONTINUE_RECIPE continues an adapter (`--init-adapter`, whose mem_size / rate / LoRA shape
 # wins): what made the committed default since stop 20, and scripts/long-run.sh's default.
-# AE only (lm_ratio 0), 128-token windows, each step one batched forward of 4 windows, LoRA
-# lr 2e-4, no slot projector (an identity projector gave no held-out gain), bf16 autocast
-# where the CPU has AMX-BF16 or AVX512-BF16 (f32 elsewhere). Seed 1 is the stream of
-# training/runs/warm-plain-2; a new run from the default needs a new seed, or it repeats
-# the windows the default was trained on.
-CONTINUE_RECIPE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-lr-ratio 0.1
-  --lm-ratio 0 --max-segments 1 --batch-windows 4 --lr 2e-4 --memory-lr 1e-3 --seed 1
-  --cpu-autocast auto)
+# LoRA lr 2e-4, no slot projector (an identity projector gave no held-out gain). Seed 1 is
+# the stream of training/runs/warm-plain-2; a new run from the default needs a new seed, or
+# it repeats the windows the default was trained on.
+CONTINUE_RECIPE=("${LONG_RUN_SCHEDULE[@]}" --lr 2e-4 --seed 1)
 #
 # LONG_RUN_RECIPE starts a fresh adapter: the recipe search's winner (scripts/long-run.sh
 # --from none, and scripts/train-gpu.sh, which appends a bigger batch: argparse keeps the
-# last value). Mem 32 / rate 4, LoRA r16 on q and v at 1e-3, the slot projector, otherwise
-# as above.
-LONG_RUN_RECIPE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-lr-ratio 0.1
-  --lm-ratio 0 --max-segments 1 --batch-windows 4 --mem-size 32 --compression-rate 4
-  --lora-r 16 --lora-alpha 32 --target-modules q_proj,v_proj --lr 1e-3 --memory-lr 1e-3
-  --slot-projector --projector-lr 1e-3 --seed 0 --cpu-autocast auto)
+# last value). Mem 32 / rate 4, LoRA r16 on q and v at 1e-3, the slot projector at 1e-3.
+LONG_RUN_RECIPE=("${LONG_RUN_SCHEDULE[@]}" --mem-size 32 --compression-rate 4 --lora-r 16
+  --lora-alpha 32 --target-modules q_proj,v_proj --lr 1e-3 --slot-projector
+  --projector-lr 1e-3 --seed 0)
