@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod pki;
+pub mod ports;
 pub mod processes;
 
 pub use client::*;

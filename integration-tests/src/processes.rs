@@ -1,6 +1,5 @@
 //! Processes under test: redis-server, encoder-svc, decoder-svc and the icae CLI.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -11,15 +10,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::pki::TestCa;
-
-/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// A command for one of our binaries, pinned to f32 unless its arguments say `--dtype`:
 /// `--dtype auto` would pick bf16 on a CI machine with AMX, and these tests compare outputs
@@ -264,11 +255,15 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<Redis> = (0..3)
             .map(|_| {
+                // The bus port would default to port + 10000: a port nobody reserved.
+                let bus_port = free_port().to_string();
                 Redis::start_with(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-port",
+                    &bus_port,
                 ])
             })
             .collect();
