@@ -10,7 +10,8 @@ LONG_RUN_SCHEDULE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-l
   --lm-ratio 0 --max-segments 1 --batch-windows 4 --memory-lr 1e-3 --cpu-autocast auto)
 #
 # CONTINUE_RECIPE continues an adapter (`--init-adapter`, whose mem_size / rate / LoRA shape
-# wins): what made the committed default since stop 20, and scripts/long-run.sh's default.
+# wins): what made the committed default's last 600 steps (stop 24; stops 20-23 ran it at
+# LoRA lr 2e-4 with seeds 0 and 1), and scripts/long-run.sh's default.
 # LoRA lr 1e-4 (side by side at stop 24 on the same windows it beat 2e-4 and 6e-4 on
 # held-out loss), no slot projector (an identity projector gave no held-out gain). Seed 2
 # is the stream of training/runs/warm-s2-lr1e-4, the run that made the default; a new run
