@@ -9,6 +9,7 @@
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 /// The lowest port handed out; below it are well-known and commonly configured ports.
 const LOWEST: u16 = 10_000;
@@ -36,12 +37,15 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {LOWEST}..={highest}");
 }
 
-/// The first port of the kernel's ephemeral range (Linux default 32768).
+/// The first port of the kernel's ephemeral range (Linux default 32768), read once.
 fn ephemeral_range_start() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
+    static START: OnceLock<u16> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768)
+    })
 }
 
 fn kernel_chosen_port() -> u16 {
