@@ -65,8 +65,37 @@ def test_a_batch_scores_like_its_texts_one_by_one(tiny_dir):
     assert correct == sum(right for _, right, _ in one_by_one)
     mean = sum(loss_i.item() for loss_i, _, _ in one_by_one) / len(batch)
     assert loss.item() == pytest.approx(mean, rel=1e-5)
-    with pytest.raises(ValueError, match="one length of at most one segment"):
+    with pytest.raises(ValueError, match=r"one length .* lengths \[7, 8\]"):
         model.autoencode_batch_scores([[5] * TEXT_TOKENS, [5] * (TEXT_TOKENS - 1)])
+
+
+def test_a_batch_of_whole_segments_scores_like_its_texts_one_by_one(tiny_dir):
+    """Texts of three whole segments each: the batched path cuts them as `compress` does (its
+    slots are each text's own, segment after segment) and gives the per-text numbers.
+    A length whose segments would differ in length is refused."""
+    torch.manual_seed(0)
+    config = IcaeConfig(mem_size=MEM_SIZE, compression_rate=RATE, lora_r=8, slot_projector=True)
+    model = ICAE(str(tiny_dir), config)
+    with torch.no_grad():  # a LoRA that changes the encoder, so segments are not all alike
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    flat = [t for text in texts() for t in text]
+    batch = [flat[i : i + 3 * TEXT_TOKENS] for i in (0, 3 * TEXT_TOKENS)]
+    with torch.no_grad():
+        _, slots = model.batch_slots(batch)
+        assert slots.shape == (2, 3 * MEM_SIZE, model.icae.config.hidden_size)
+        for text, batched in zip(batch, slots, strict=True):
+            torch.testing.assert_close(batched, model.compress(text), rtol=1e-5, atol=1e-5)
+        loss, correct, total = model.autoencode_batch_scores(batch)
+        one_by_one = [model.autoencode_scores(ids) for ids in batch]
+    assert total == 2 * (3 * TEXT_TOKENS + 1)
+    assert correct == sum(right for _, right, _ in one_by_one)
+    mean = sum(loss_i.item() for loss_i, _, _ in one_by_one) / len(batch)
+    assert loss.item() == pytest.approx(mean, rel=1e-5)
+    # 9 tokens are two segments of 5 and 4 (`compress`'s cut): not one batched shape.
+    with pytest.raises(ValueError, match=r"segments of one length .* lengths \[9\]"):
+        model.batch_slots([[5] * (TEXT_TOKENS + 1)])
 
 
 def test_the_batched_losses_are_the_official_full_forwards(tiny_dir):

@@ -90,6 +90,28 @@ def test_window_batches_are_deterministic_full_windows():
         short.window_batch(0, 0, 2)
 
 
+def test_window_batches_mix_whole_segments_up_to_max_tokens():
+    """With a segment length below max_tokens, each step draws s in 1..4 and gives
+    max(1, 4 // s) windows of s whole segments; one-segment streams are unchanged by the
+    option (a run continued with the same flags keeps its windows)."""
+    docs = [list(range(i * 10_000, i * 10_000 + 2_000)) for i in range(5)]
+    stream = PretrainStream(docs, seed=3, max_tokens=64, min_tokens=8, lm_ratio=0, min_lm_tokens=8)
+    batches = [stream.window_batch(step, 0, 4, segment_tokens=16) for step in range(80)]
+    assert batches == [stream.window_batch(step, 0, 4, segment_tokens=16) for step in range(80)]
+    shapes = {(len(b), len(b[0])) for b in batches}
+    assert shapes == {(4, 16), (2, 32), (1, 48), (1, 64)}
+    for w in (w for b in batches for w in b):
+        assert w == list(range(w[0], w[0] + len(w))), "a window is contiguous in one document"
+    one_segment = PretrainStream(
+        docs, seed=3, max_tokens=16, min_tokens=8, lm_ratio=0, min_lm_tokens=8
+    )
+    assert all(
+        one_segment.window_batch(step, 0, 4, segment_tokens=16)
+        == one_segment.window_batch(step, 0, 4)
+        for step in range(20)
+    )
+
+
 @pytest.fixture(scope="module")
 def small_icae(model_dir):
     torch.manual_seed(0)
@@ -243,6 +265,20 @@ def test_batched_windows_resume_exactly(model_dir, tmp_path):
     a = load_file(str(straight / "checkpoint" / "trainable.safetensors"))
     b = load_file(str(stopped / "checkpoint" / "trainable.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batched_windows_of_several_segments_train(model_dir, tmp_path):
+    """`pretrain --batch-windows 2 --max-segments 2`: a step is 2 one-segment windows or
+    one window of 2 segments (64 tokens plus EOS), both kinds appear, and the run exports."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    run = tmp_path / "run"
+    flags = ("--batch-windows", "2", "--max-segments", "2", "--lm-ratio", "0", "--steps", "8")
+    pretrain(model_dir, corpus, run, *flags, "--grad-accum", "1")
+    history = json.loads((run / "checkpoint" / "progress.json").read_text())["history"]
+    assert {h["tokens"] for h in history} == {2 * 33, 65}
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert (run / "adapter" / "adapter.safetensors").is_file()
 
 
 def test_a_warm_start_adds_a_projector_at_the_identity(model_dir, tmp_path):

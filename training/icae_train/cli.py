@@ -314,10 +314,10 @@ def cmd_pretrain(args):
     from .model import ICAE, AutoencodeBatch, AutoencodeInput, LmInput
 
     device, dtype = _device(args.device)
-    if args.batch_windows and (args.lm_ratio != 0 or args.max_segments != 1):
+    if args.batch_windows and args.lm_ratio != 0:
         sys.exit(
-            "error: --batch-windows trains autoencoding on one-segment windows: it needs "
-            f"--lm-ratio 0 (given {args.lm_ratio}) and --max-segments 1 (given {args.max_segments})"
+            "error: --batch-windows trains autoencoding only: it needs "
+            f"--lm-ratio 0 (given {args.lm_ratio})"
         )
     # A GGUF base (scripts/train-gpu.sh) has no tokenizer directory: it needs --tokens.
     tokenizer = None if args.model.endswith(".gguf") else AutoTokenizer.from_pretrained(args.model)
@@ -354,7 +354,9 @@ def cmd_pretrain(args):
 
     def example_for(step, index):
         if args.batch_windows:
-            return AutoencodeBatch(stream.window_batch(step, index, args.batch_windows))
+            return AutoencodeBatch(
+                stream.window_batch(step, index, args.batch_windows, segment_tokens=capacity)
+            )
         example = stream.example(step, index)
         if example.is_lm:
             return LmInput(example.context, example.continuation, args.leave_tokens_for_lm)
@@ -614,8 +616,10 @@ def main(argv=None):
         "--batch-windows",
         type=int,
         default=0,
-        help="each micro-step is this many AE windows of exactly mem_size x rate tokens in one "
-        "batched forward (needs --lm-ratio 0, --max-segments 1); 0: one example of any length",
+        help="each micro-step is one batched forward of AE windows from random offsets (needs "
+        "--lm-ratio 0): this many windows of mem_size x rate tokens, or with --max-segments S "
+        "> 1, s whole segments (s drawn from 1..S) in N // s windows; 0: one example of any "
+        "length",
     )
     p.set_defaults(func=cmd_pretrain)
 

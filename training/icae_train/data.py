@@ -97,12 +97,23 @@ class PretrainStream:
         start = rng.randint(0, len(doc) - length)
         return PretrainExample(doc[start : start + length], [])
 
-    def window_batch(self, step: int, micro: int, count: int) -> list[list[int]]:
-        """`count` AE windows of exactly `max_tokens` tokens from random offsets of documents
-        at least that long: the examples of one batched step, a pure function of
-        (seed, step, micro) like `example`."""
+    def window_batch(
+        self, step: int, micro: int, count: int, segment_tokens: int | None = None
+    ) -> list[list[int]]:
+        """The AE windows of one batched step from random offsets of documents long enough,
+        a pure function of (seed, step, micro) like `example`. With `segment_tokens` below
+        `max_tokens`, the step first draws a segment count s uniformly from 1 to
+        max_tokens // segment_tokens, then gives max(1, count // s) windows of s whole
+        segments (about `count` segments per step, long inputs among them); otherwise
+        `count` windows of exactly `max_tokens` tokens."""
         rng = random.Random(f"{self.seed}:{step}:{micro}:batch")
-        return windows(self.documents, self.max_tokens, count, rng, random_offsets=True)
+        length = self.max_tokens
+        if segment_tokens and segment_tokens < self.max_tokens:
+            # Its own generator, so that one-segment runs keep the windows they always had.
+            drawn = random.Random(f"{self.seed}:{step}:{micro}:segments")
+            length = segment_tokens * drawn.randint(1, self.max_tokens // segment_tokens)
+            count = max(1, count // (length // segment_tokens))
+        return windows(self.documents, length, count, rng, random_offsets=True)
 
 
 def windows(

@@ -78,9 +78,9 @@ class AnswerInput:
 
 @dataclass(frozen=True)
 class AutoencodeBatch:
-    """Autoencoding examples of one length that fit one segment each, trained as one batched
-    forward (`ICAE.autoencode_batch_scores`): the same loss as their examples one by one,
-    several times the examples per second on a CPU."""
+    """Autoencoding examples of one length (one segment, or whole segments), trained as one
+    batched forward (`ICAE.autoencode_batch_scores`): the same loss as their examples one by
+    one, several times the examples per second on a CPU."""
 
     texts: list[list[int]]
     objective: ClassVar[Objective] = Objective.AUTOENCODE
@@ -273,23 +273,26 @@ class ICAE(nn.Module):
     def batch_slots(
         self, texts: list[list[int]], memory_tokens: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token ids `[batch, length]`, slots as the decoder reads them `[batch, k, hidden]`)
-        of equal-length texts that fit one segment each, in one encoder forward. `k` is
-        `memory_tokens` (the first ones of the table; a short text at the same rate) or
-        `mem_size`."""
+        """(token ids `[batch, length]`, slots as the decoder reads them
+        `[batch, segments * k, hidden]`) of equal-length texts, every segment of every text in
+        one encoder forward. `k` is `memory_tokens` (the first ones of the table; a short text
+        at the same rate) or `mem_size`. The texts are cut as `compress` cuts them (into
+        ceil(length / (k * rate)) segments), and their segments must be of one length, as
+        they are when the length is a multiple of the segment count (e.g. whole segments)."""
         length, k = len(texts[0]), memory_tokens or self.config.mem_size
-        if (
-            any(len(t) != length for t in texts)
-            or not 0 < length <= k * self.config.compression_rate
-        ):
+        capacity = k * self.config.compression_rate
+        segments = math.ceil(length / capacity)
+        if any(len(t) != length for t in texts) or length == 0 or length % segments:
             raise ValueError(
-                f"a batch needs texts of one length of at most one segment of {k} memory tokens "
-                f"({k * self.config.compression_rate} tokens); lengths {sorted({*map(len, texts)})}"
+                f"a batch needs texts of one length that splits into segments of one length "
+                f"(at most {capacity} tokens for {k} memory tokens); "
+                f"lengths {sorted({*map(len, texts)})}"
             )
         ids = torch.tensor(texts, dtype=torch.long, device=self.device)
-        memory = self.memory_token_embed.weight[:k].to(self.dtype).expand(len(texts), -1, -1)
-        x = torch.cat([self._table(ids), memory], dim=1)
-        slots = self.encoder_states(x)[:, -k:]
+        pieces = ids.reshape(len(texts) * segments, length // segments)
+        memory = self.memory_token_embed.weight[:k].to(self.dtype).expand(len(pieces), -1, -1)
+        x = torch.cat([self._table(pieces), memory], dim=1)
+        slots = self.encoder_states(x)[:, -k:].reshape(len(texts), segments * k, -1)
         return ids, self.to_decoder(slots)
 
     def _table(self, ids: torch.Tensor) -> torch.Tensor:
@@ -298,7 +301,7 @@ class ICAE(nn.Module):
     def autoencode_batch_scores(
         self, texts: list[list[int]], aux_weight: float = 0.0, memory_tokens: int | None = None
     ) -> tuple[torch.Tensor, int, int]:
-        """`autoencode_scores` of equal-length texts that fit one segment each, in one
+        """`autoencode_scores` of equal-length texts (see `batch_slots`), in one
         encoder and one decoder forward for the whole batch: the same numbers as one by one
         (the mean loss is over all targets, equal to the mean of the texts' means), with
         bigger matmuls, which is most of the throughput on a CPU. With `aux_weight` the loss
@@ -328,8 +331,8 @@ class ICAE(nn.Module):
     def lm_batch_loss(
         self, contexts: list[list[int]], continuations: list[list[int]], leave: int
     ) -> tuple[torch.Tensor, int]:
-        """`lm_loss` of a batch (equal-length one-segment contexts, equal-length
-        continuations) in one encoder and one decoder forward: (mean loss, targets)."""
+        """`lm_loss` of a batch (equal-length contexts as `batch_slots` takes them,
+        equal-length continuations) in one encoder and one decoder forward: (mean loss, targets)."""
         _, slots = self.batch_slots(contexts)
         following = torch.tensor(continuations, dtype=torch.long, device=self.device)
         prompt = self.lm_prompt(slots)
