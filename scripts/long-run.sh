@@ -2,13 +2,15 @@
 # The long pretraining run of issue 13 (item 3), continued whenever there is machine time.
 #
 #   scripts/long-run.sh [--sessions N] [--segment-minutes M] [--eval-passages P]
+#                       [--long-passages L] [--long-passage-tokens T]
 #                       [--questions Q] [--corpus DIR] [--run-dir DIR] [--into DIR]
 #                       [--from ADAPTER_DIR|none] [-- extra pretrain flags]
 #
 # Each session trains for M minutes at the lowest priority (`nice -n 19`) and checkpoints
 # (the run resumes exactly where the last session stopped: run it again, here or after a
 # GPU segment, see scripts/train-gpu.sh), then evaluates the exported adapter on P held-out
-# passages of 128 tokens (sacrebleu BLEU-4, exact prefix, token accuracy) and Q PwC dev
+# passages of 128 tokens (sacrebleu BLEU-4, exact prefix, token accuracy), L held-out
+# passages of T tokens teacher-forced (several segments: default 10 of 512) and Q PwC dev
 # questions (ROUGE-L from slots vs the full context) into RUN/eval/step-S.json, then runs
 # `icae-train promote`: the adapter, its EVAL.json and the loss curve replace the committed
 # default (--into, models/smollm2-135m-icae) only if its held-out teacher-forced AE loss is
@@ -24,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib/long_run_recipe.sh
 source "$ROOT/scripts/lib/long_run_recipe.sh"
 
-sessions=1 minutes=45 passages=30 questions=10
+sessions=1 minutes=45 passages=30 questions=10 long_passages=10 long_tokens=512
 corpus=""
 run="$ROOT/training/runs/warm-s2-lr1e-4"
 into="$ROOT/models/smollm2-135m-icae"
@@ -35,13 +37,15 @@ while [ $# -gt 0 ]; do
     --sessions) sessions="$2"; shift 2 ;;
     --segment-minutes) minutes="$2"; shift 2 ;;
     --eval-passages) passages="$2"; shift 2 ;;
+    --long-passages) long_passages="$2"; shift 2 ;;
+    --long-passage-tokens) long_tokens="$2"; shift 2 ;;
     --questions) questions="$2"; shift 2 ;;
     --corpus) corpus="$2"; shift 2 ;;
     --run-dir) run="$2"; shift 2 ;;
     --into) into="$2"; shift 2 ;;
     --from) from="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 
@@ -91,7 +95,7 @@ scripts/long-run.sh $origin; see docs/training.md and EVAL.json"
   report="$run/eval/step-$step.json"
   nice -n 19 icae-train eval --model "$ICAE_MODEL_DIR" --device cpu --adapter "$run/adapter" \
     --heldout "$corpus/heldout.jsonl" --passages "$passages" --passage-tokens 128 \
-    --pwc "$ROOT/examples/pwc_dev.jsonl" --questions "$questions" --max-new-tokens 48 --out "$report" >/dev/null
+    --long-passages "$long_passages" --long-passage-tokens "$long_tokens" --pwc "$ROOT/examples/pwc_dev.jsonl" --questions "$questions" --max-new-tokens 48 --out "$report" >/dev/null
   icae-train promote --adapter "$run/adapter" --eval "$report" --into "$into" \
     --curve "$run/loss.png"
 done

@@ -22,7 +22,8 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path, star
     (corpus / "heldout.jsonl").write_text((corpus / "train.jsonl").read_text())
     # fmt: off
     cmd = [str(ROOT / "scripts/long-run.sh"), "--sessions", "2", "--segment-minutes", "10",
-           "--eval-passages", "1", "--questions", "1", "--corpus", str(corpus),
+           "--eval-passages", "1", "--long-passages", "2", "--long-passage-tokens", "64",
+           "--questions", "1", "--corpus", str(corpus),
            "--run-dir", str(run), "--into", str(into)]
     # The shape flags only shape a fresh adapter: a warm start keeps the default's.
     flags = ["--steps", "2", "--batch-windows", "2", "--mem-size", "8", "--lora-r", "4"]
@@ -45,6 +46,8 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path, star
     assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 2
     report = json.loads((run / "eval" / "step-2.json").read_text())
     assert report["autoencode"]["passages"] == 1 and report["answers"]["questions"] == 1
+    long = report["autoencode_long"]
+    assert (long["passages"], long["passage_tokens"]) == (2, 64)
     # Session 2 evaluated the same adapter again into the same file: equal but for timing.
     saved = json.loads((into / "EVAL.json").read_text())
     assert {**saved["autoencode"], "seconds": 0} == {**report["autoencode"], "seconds": 0}

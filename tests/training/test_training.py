@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import run_icae_json
 from icae_train.data import PretrainStream
+from icae_train.evaluate import heldout_passages
 from icae_train.metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
 from icae_train.model import (
     ICAE,
@@ -88,6 +89,12 @@ def test_window_batches_are_deterministic_full_windows():
     )
     with pytest.raises(ValueError, match="64 tokens"):
         short.window_batch(0, 0, 2)
+
+
+def test_heldout_passages_name_the_length_no_document_has():
+    with pytest.raises(ValueError, match="no held-out document has 64 tokens .* longest has 20"):
+        heldout_passages([[1] * 20, [2] * 10], 64, 5, seed=0)
+    assert [len(p) for p in heldout_passages([[1] * 20, list(range(100))], 64, 5, seed=0)] == [64]
 
 
 def test_window_batches_mix_whole_segments_up_to_max_tokens():
@@ -405,7 +412,7 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
         "icae-train", "eval", "--model", str(model_dir), "--adapter", str(run / "adapter"),
         "--device", "cpu", "--pwc", str(qa), "--questions", "2", "--max-new-tokens", "8",
         "--heldout", str(corpus / "train.jsonl"), "--passages", "2", "--passage-tokens", "12",
-        "--out", str(out),
+        "--long-passages", "2", "--long-passage-tokens", "64", "--out", str(out),
     ]
     # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -416,6 +423,10 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     forced = autoencode["teacher_forced"]
     assert 0.0 <= forced["accuracy"] <= 1.0 and forced["loss"] > 0
     assert forced["slot_gain"] == pytest.approx(forced["loss_other_slots"] - forced["loss"])
+    # 64 tokens are two segments of 8 slots each (mem 8 x rate 4 = 32 tokens a segment).
+    long = json.loads(out.read_text())["autoencode_long"]
+    assert (long["passages"], long["passage_tokens"], long["slots"]) == (2, 64, 16)
+    assert long["teacher_forced"]["loss"] > 0 and "slot_gain" in long["teacher_forced"]
     report = json.loads(out.read_text())["answers"]
     assert report["questions"] == 2 and 0.0 <= report["rouge_l_slots"] <= 1.0
     assert all("from_slots" in a and "from_full_context" in a for a in report["answers"])

@@ -405,7 +405,7 @@ def cmd_eval(args):
 
     from .adapter_io import load_adapter
     from .data import read_jsonl
-    from .evaluate import answer_eval, autoencode_eval
+    from .evaluate import answer_eval, autoencode_eval, long_teacher_forced_eval
 
     device, dtype = _device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -416,6 +416,10 @@ def cmd_eval(args):
         report["autoencode"] = autoencode_eval(
             model, tokenizer, documents, args.passage_tokens, args.passages, args.seed
         )
+        if args.long_passages:
+            report["autoencode_long"] = long_teacher_forced_eval(
+                model, documents, args.long_passage_tokens, args.long_passages, args.seed
+            )
     if args.pwc:
         records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
         report["answers"] = answer_eval(model, tokenizer, records, args.max_new_tokens)
@@ -643,6 +647,14 @@ def main(argv=None):
     p.add_argument("--heldout", type=Path, help="held-out corpus JSONL")
     p.add_argument("--passages", type=int, default=50)
     p.add_argument("--passage-tokens", type=int, default=128)
+    p.add_argument(
+        "--long-passages",
+        type=int,
+        default=0,
+        help="also read back this many held-out passages of --long-passage-tokens "
+        "teacher-forced (autoencode_long: several segments each); 0: skip",
+    )
+    p.add_argument("--long-passage-tokens", type=int, default=512)
     p.add_argument("--pwc", type=Path, nargs="*", help="PwC-format JSONL files")
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--max-new-tokens", type=int, default=64)
