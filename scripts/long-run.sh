@@ -16,10 +16,10 @@
 # default (--into, models/smollm2-135m-icae) only if its held-out teacher-forced AE loss is
 # lower (BLEU is reported beside it: at ≈0 it cannot rank adapters). Commit it then.
 #
-# By default the run (training/runs/warm-s2-lr1e-4) continues the committed default adapter
+# By default the run (training/runs/warm-s3) continues the committed default adapter
 # with CONTINUE_RECIPE; --from none starts a fresh adapter with LONG_RUN_RECIPE (both in
 # scripts/lib/long_run_recipe.sh). Where that run's checkpoint is gone, start a new run from
-# the default with a new seed: --run-dir training/runs/warm-s3 -- --seed 3.
+# the default with a new seed: --run-dir training/runs/warm-s4 -- --seed 4.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ source "$ROOT/scripts/lib/long_run_recipe.sh"
 
 sessions=1 minutes=45 passages=30 questions=10 long_passages=10 long_tokens=512
 corpus=""
-run="$ROOT/training/runs/warm-s2-lr1e-4"
+run="$ROOT/training/runs/warm-s3"
 into="$ROOT/models/smollm2-135m-icae"
 from="$ROOT/models/smollm2-135m-icae"
 extra=()
@@ -76,8 +76,8 @@ else
   done
   if [ ! -f "$run/checkpoint/progress.json" ] && [ "$seeded" = false ]; then
     echo "error: $run has no checkpoint, so this starts a new run from $from; give it a" \
-      "seed the adapter was not trained on, e.g. -- --seed 3 (the recipe's is seed 2," \
-      "the stream of training/runs/warm-s2-lr1e-4)" >&2
+      "seed the adapter was not trained on, e.g. -- --seed 4 (the recipe's is seed 3," \
+      "the stream of training/runs/warm-s3)" >&2
     exit 2
   fi
 fi

@@ -34,9 +34,9 @@ def test_long_run_trains_evaluates_and_promotes_only_improvements(tmp_path, star
         # A new run from an adapter must choose its seed, or it would replay the adapter's
         # own windows; nothing starts without one.
         refused = subprocess.run([*cmd, "--", *flags], capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2 and "--seed 3" in refused.stderr, refused.stderr
+        assert refused.returncode == 2 and "--seed 4" in refused.stderr, refused.stderr
         assert not (run / "checkpoint").exists()
-        cmd += ["--", *flags, "--seed", "3"]
+        cmd += ["--", *flags, "--seed", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
