@@ -95,7 +95,9 @@ scripts/long-run.sh $origin; see docs/training.md and EVAL.json"
   report="$run/eval/step-$step.json"
   nice -n 19 icae-train eval --model "$ICAE_MODEL_DIR" --device cpu --adapter "$run/adapter" \
     --heldout "$corpus/heldout.jsonl" --passages "$passages" --passage-tokens 128 \
-    --long-passages "$long_passages" --long-passage-tokens "$long_tokens" --pwc "$ROOT/examples/pwc_dev.jsonl" --questions "$questions" --max-new-tokens 48 --out "$report" >/dev/null
+    --long-passages "$long_passages" --long-passage-tokens "$long_tokens" \
+    --pwc "$ROOT/examples/pwc_dev.jsonl" --questions "$questions" --max-new-tokens 48 \
+    --out "$report" >/dev/null
   icae-train promote --adapter "$run/adapter" --eval "$report" --into "$into" \
     --curve "$run/loss.png"
 done

@@ -370,6 +370,23 @@ def test_batched_windows_refuse_lm_examples(model_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_eval_refuses_passage_lengths_before_loading_the_model(model_dir, tmp_path):
+    """A passage length no held-out document reaches, or one that is not positive, is an
+    error that names it; the adapter given does not exist, so a refusal that mentions it
+    would mean the model was loaded first."""
+    write_corpus(tmp_path / "corpus")
+    heldout = tmp_path / "corpus" / "train.jsonl"
+    base = ["icae-train", "eval", "--model", str(model_dir), "--adapter",
+            str(tmp_path / "missing"), "--heldout", str(heldout)]  # fmt: skip
+    long = ["--long-passages", "2", "--long-passage-tokens", "100000"]
+    too_long = subprocess.run([*base, *long], capture_output=True, text=True, timeout=300)
+    assert too_long.returncode != 0
+    assert "no held-out document has 100000 tokens" in too_long.stderr, too_long.stderr[-2000:]
+    assert "missing" not in too_long.stderr
+    zero = subprocess.run([*base, "--passage-tokens", "0"], capture_output=True, text=True)
+    assert zero.returncode == 2 and "must be a positive number of tokens, got 0" in zero.stderr
+
+
 def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     corpus = tmp_path / "corpus"
     write_corpus(corpus)

@@ -405,14 +405,21 @@ def cmd_eval(args):
 
     from .adapter_io import load_adapter
     from .data import read_jsonl
-    from .evaluate import answer_eval, autoencode_eval, long_teacher_forced_eval
+    from .evaluate import answer_eval, autoencode_eval, heldout_passages, long_teacher_forced_eval
 
     device, dtype = _device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.heldout:
+        documents = _tokenize_documents(tokenizer, args.heldout, None)
+        lengths = [args.passage_tokens] + ([args.long_passage_tokens] if args.long_passages else [])
+        try:  # before loading the model: a length no document reaches is an input error
+            for length in lengths:
+                heldout_passages(documents, length, 1, args.seed)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     model = load_adapter(args.model, args.adapter, device=device, dtype=dtype)
     report = {"adapter": str(args.adapter)}
     if args.heldout:
-        documents = _tokenize_documents(tokenizer, args.heldout, None)
         report["autoencode"] = autoencode_eval(
             model, tokenizer, documents, args.passage_tokens, args.passages, args.seed
         )
@@ -465,6 +472,13 @@ def cmd_promote(args):
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(decision))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of tokens, got {value}")
+    return value
 
 
 def main(argv=None):
@@ -646,7 +660,7 @@ def main(argv=None):
     p.add_argument("--adapter", type=Path, required=True)
     p.add_argument("--heldout", type=Path, help="held-out corpus JSONL")
     p.add_argument("--passages", type=int, default=50)
-    p.add_argument("--passage-tokens", type=int, default=128)
+    p.add_argument("--passage-tokens", type=_positive_int, default=128)
     p.add_argument(
         "--long-passages",
         type=int,
@@ -654,7 +668,7 @@ def main(argv=None):
         help="also read back this many held-out passages of --long-passage-tokens "
         "teacher-forced (autoencode_long: several segments each); 0: skip",
     )
-    p.add_argument("--long-passage-tokens", type=int, default=512)
+    p.add_argument("--long-passage-tokens", type=_positive_int, default=512)
     p.add_argument("--pwc", type=Path, nargs="*", help="PwC-format JSONL files")
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--max-new-tokens", type=int, default=64)
