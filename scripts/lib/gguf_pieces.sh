@@ -1,25 +1,32 @@
-# The default model's GGUF in two pieces that each fit one call to the borrowed GPU machine
-# (64 MiB of working tree per call), and joined again there. Used by scripts/train-gpu.sh and
-# scripts/gpu-check.sh; sourced, with PIECE_BYTES set by the caller.
+# The default model's GGUF in two pieces that each fit one call to the borrowed GPU machine,
+# and joined again there. A call carries 64 MiB in all, this checkout's working tree
+# included, so what a piece may hold depends on the tree (with the committed default adapter
+# about 11 MiB). Used by scripts/train-gpu.sh and scripts/gpu-check.sh.
 
-# split_gguf_in_two GGUF PACK: PACK/piece-1/gguf.part-00; PACK/piece-2/gguf.part-01, the
-# pure-Python `gguf` package (transformers needs it to read GGUF; the GPU image may lack it)
-# and a MANIFEST (name and checksum, also copied into piece-1).
+CALL_BYTES=$((64 * 1024 * 1024))
+
+# piece_budget ROOT: the bytes one carried piece may hold: a call's 64 MiB less the working
+# tree that travels with it (tracked and untracked-not-ignored files) and a 1 MiB margin.
+piece_budget() {
+  local tree
+  tree=$(cd "$1" && git ls-files -z --cached --others --exclude-standard |
+    xargs -0 stat -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+  echo $((CALL_BYTES - tree - 1024 * 1024))
+}
+
+# split_gguf_in_two GGUF PACK FIRST_BYTES: PACK/piece-1/gguf.part-00 (the first FIRST_BYTES
+# bytes) and PACK/piece-2/gguf.part-01 (the rest), each with a MANIFEST (name and checksum).
 split_gguf_in_two() {
-  local gguf="$1" pack="$2"
-  rm -rf "$pack" && mkdir -p "$pack/piece-1" "$pack/piece-2"
-  split -b "$PIECE_BYTES" -d -a 2 "$gguf" "$pack/gguf.part-"
-  local parts=("$pack"/gguf.part-*)
-  if [ "${#parts[@]}" -gt 2 ]; then
-    echo "error: $gguf needs ${#parts[@]} pieces; this script ships two" >&2
+  local gguf="$1" pack="$2" first="$3"
+  local total
+  total=$(stat -c %s "$gguf")
+  if [ "$first" -le 0 ] || [ $((total - first)) -gt "$first" ]; then
+    echo "error: $gguf ($total bytes) does not fit two pieces of $first bytes" >&2
     exit 1
   fi
-  mv "$pack/gguf.part-00" "$pack/piece-1/"
-  [ -f "$pack/gguf.part-01" ] && mv "$pack/gguf.part-01" "$pack/piece-2/"
-  local gguf_py
-  gguf_py="$(python -c 'import gguf, os; print(os.path.dirname(gguf.__file__))')"
-  mkdir -p "$pack/piece-2/site" && cp -r "$gguf_py" "$pack/piece-2/site/gguf"
-  rm -rf "$pack/piece-2/site/gguf/__pycache__"
+  rm -rf "$pack" && mkdir -p "$pack/piece-1" "$pack/piece-2"
+  head -c "$first" "$gguf" > "$pack/piece-1/gguf.part-00"
+  tail -c +$((first + 1)) "$gguf" > "$pack/piece-2/gguf.part-01"
   {
     echo "gguf_name=$(basename "$gguf")"
     echo "gguf_sha256=$(sha256sum "$gguf" | cut -d' ' -f1)"
@@ -27,13 +34,22 @@ split_gguf_in_two() {
   cp "$pack/piece-2/MANIFEST" "$pack/piece-1/MANIFEST"
 }
 
-# check_piece_sizes PACK: each piece must fit one call (63 MiB leaves room for the script).
+# copy_gguf_package DIR: the pure-Python `gguf` package into DIR/gguf (transformers needs it
+# to read GGUF; the GPU image lacks it).
+copy_gguf_package() {
+  local gguf_py
+  gguf_py="$(python -c 'import gguf, os; print(os.path.dirname(gguf.__file__))')"
+  mkdir -p "$1" && rm -rf "$1/gguf" && cp -r "$gguf_py" "$1/gguf"
+  rm -rf "$1/gguf/__pycache__"
+}
+
+# check_piece_sizes PACK LIMIT: each piece must hold at most LIMIT bytes.
 check_piece_sizes() {
   local piece bytes
   for piece in "$1"/piece-*; do
     bytes=$(du -sb "$piece" | cut -f1)
-    if [ "$bytes" -gt $((63 * 1024 * 1024)) ]; then
-      echo "error: $piece is $bytes bytes, over what one call carries" >&2
+    if [ "$bytes" -gt "$2" ]; then
+      echo "error: $piece is $bytes bytes, over the $2 one call carries beside the tree" >&2
       exit 1
     fi
   done

@@ -319,8 +319,14 @@ def cmd_pretrain(args):
             "error: --batch-windows trains autoencoding only: it needs "
             f"--lm-ratio 0 (given {args.lm_ratio})"
         )
-    # A GGUF base (scripts/train-gpu.sh) has no tokenizer directory: it needs --tokens.
-    tokenizer = None if args.model.endswith(".gguf") else AutoTokenizer.from_pretrained(args.model)
+    # The tokenizer reads --corpus and goes into the exported adapter. A GGUF base has no
+    # tokenizer directory, nor has scripts/train-gpu.sh's probe model: they take --tokens.
+    needs_tokenizer = not args.tokens or not args.no_export
+    tokenizer = (
+        AutoTokenizer.from_pretrained(args.model)
+        if needs_tokenizer and not args.model.endswith(".gguf")
+        else None
+    )
     config = _icae_config(args)
     torch.manual_seed(args.seed)
     if args.init_adapter:

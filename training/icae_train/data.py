@@ -32,15 +32,19 @@ def passages(
 
 
 def write_tokens(path: str | Path, documents: list[list[int]]):
-    """Tokenized documents as one .npz (ids as uint32, document offsets): ~4 bytes a token,
-    readable with numpy alone (no tokenizer on the machine that trains)."""
+    """Tokenized documents as one compressed .npz (ids, document offsets), readable with numpy
+    alone (no tokenizer on the machine that trains). Ids are uint16 when every id fits (a
+    vocabulary under 65,536, as SmolLM2's 49,152), else uint32: the file travels to a GPU
+    machine that takes 64 MiB a call (scripts/train-gpu.sh)."""
     import numpy as np
 
     lengths = np.array([len(d) for d in documents], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ids = np.fromiter((t for d in documents for t in d), dtype=np.uint32, count=int(offsets[-1]))
+    if ids.size == 0 or int(ids.max()) < 2**16:
+        ids = ids.astype(np.uint16)
     with open(path, "wb") as f:
-        np.savez(f, ids=ids, offsets=offsets)
+        np.savez_compressed(f, ids=ids, offsets=offsets)
 
 
 def read_tokens(path: str | Path) -> list[list[int]]:
