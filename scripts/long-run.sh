@@ -16,10 +16,10 @@
 # default (--into, models/smollm2-135m-icae) only if its held-out teacher-forced AE loss is
 # lower (BLEU is reported beside it: at ≈0 it cannot rank adapters). Commit it then.
 #
-# By default the run (training/runs/warm-s3) continues the committed default adapter
+# By default the run (training/runs/warm-default) continues the committed default adapter
 # with CONTINUE_RECIPE; --from none starts a fresh adapter with LONG_RUN_RECIPE (both in
-# scripts/lib/long_run_recipe.sh). Where that run's checkpoint is gone, start a new run from
-# the default with a new seed: --run-dir training/runs/warm-s4 -- --seed 4.
+# scripts/lib/long_run_recipe.sh). A new run from the default needs a seed the default was
+# not trained on (-- --seed 4), given again on every later session of that run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ source "$ROOT/scripts/lib/long_run_recipe.sh"
 
 sessions=1 minutes=45 passages=30 questions=10 long_passages=10 long_tokens=512
 corpus=""
-run="$ROOT/training/runs/warm-s3"
+run="$ROOT/training/runs/warm-default"
 into="$ROOT/models/smollm2-135m-icae"
 from="$ROOT/models/smollm2-135m-icae"
 extra=()
@@ -65,7 +65,8 @@ if [ "$from" = none ]; then
   origin="from a fresh adapter (LONG_RUN_RECIPE)"
 else
   # On a resume the checkpoint's weights replace the adapter's: the same run goes on even
-  # after the default it started from has been replaced by a promotion of the same shape.
+  # after the default it started from has been replaced by a promotion of the same shape
+  # (one of another shape needs a new run: the resume names the tensors that differ).
   recipe=(--init-adapter "$from" "${CONTINUE_RECIPE[@]}")
   origin="continuing the adapter in ${from#"$ROOT"/} (CONTINUE_RECIPE)"
   # A new run from an adapter with the recipe's seed would replay the windows that adapter
@@ -76,8 +77,8 @@ else
   done
   if [ ! -f "$run/checkpoint/progress.json" ] && [ "$seeded" = false ]; then
     echo "error: $run has no checkpoint, so this starts a new run from $from; give it a" \
-      "seed the adapter was not trained on, e.g. -- --seed 4 (the recipe's is seed 3," \
-      "the stream of training/runs/warm-s3)" >&2
+      "seed the adapter was not trained on, e.g. -- --seed 4 (its icae_config.json notes" \
+      "name the run that made it; the recipe's own is seed 3)" >&2
     exit 2
   fi
 fi

@@ -35,11 +35,14 @@ split_gguf_in_two() {
 }
 
 # copy_gguf_package DIR: the pure-Python `gguf` package into DIR/gguf (transformers needs it
-# to read GGUF; the GPU image lacks it).
+# to read GGUF; the GPU image lacks it), with its dist-info: transformers reads the package's
+# version from its metadata, and without it refuses the GGUF ("Invalid version: 'N/A'", as
+# the first GPU call found).
 copy_gguf_package() {
   local gguf_py
   gguf_py="$(python -c 'import gguf, os; print(os.path.dirname(gguf.__file__))')"
-  mkdir -p "$1" && rm -rf "$1/gguf" && cp -r "$gguf_py" "$1/gguf"
+  mkdir -p "$1" && rm -rf "$1"/gguf "$1"/gguf-*.dist-info
+  cp -r "$gguf_py" "$1/gguf" && cp -r "$(dirname "$gguf_py")"/gguf-*.dist-info "$1/"
   rm -rf "$1/gguf/__pycache__"
 }
 

@@ -3,6 +3,7 @@ each beside the working tree, a first call that stores its piece and probes ever
 a second that reassembles the GGUF and trains every arm side by side for the step count the
 probe says fits, the returned parts unpacked here, and the resume on the imported model."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -61,6 +62,9 @@ def test_pieces_probe_train_there_and_resume_here(model_dir, default_gguf, tmp_p
     for piece in ("piece-1", "piece-2"):
         size = sum(f.stat().st_size for f in (pack / piece).rglob("*") if f.is_file())
         assert 0 < size and size + tree_bytes() <= CALL_BYTES, (piece, size)
+    # transformers checks the carried gguf package's version through its metadata.
+    carried = importlib.metadata.distributions(path=[str(pack / "piece-1" / "site")])
+    assert [d.metadata["Name"] for d in carried if d.version] == ["gguf"]
 
     # Call 1 carries piece 1 only: stored, and every arm probed on a random model.
     (pack / "piece-2").rename(tmp_path / "held-back")
