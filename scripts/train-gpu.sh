@@ -35,11 +35,13 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PACK="${ICAE_GPU_PACK:-$ROOT/training/runs/gpu-pack}"
+# Where returned runs are unpacked, and where `train` finds one carried back to continue it.
+RUNS="${ICAE_GPU_RUNS:-$ROOT/training/runs}"
 # Pieces are copied here on arrival, so that the next call may carry the other one.
 STORE="$PACK/store"
 # What comes back from a call: files of at most 16 MiB, 64 MiB in all.
 RETURN_PART_BYTES=$((15 * 1024 * 1024))
-RETURN_BYTES=$((60 * 1024 * 1024))
+RETURN_BYTES="${ICAE_GPU_RETURN_BYTES:-$((60 * 1024 * 1024))}"
 # The GPU image has python3 (with torch, transformers, peft), not necessarily `python`.
 PY="${ICAE_GPU_PYTHON:-python3}"
 # shellcheck source=lib/gguf_pieces.sh
@@ -59,11 +61,13 @@ usage() {
 source "$ROOT/scripts/lib/long_run_recipe.sh"
 ALL_PROJECTIONS=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 GPU_BATCH=(--batch-windows 32 --checkpoint-every 200)
-DEFAULT_ARMS=continue,fresh-all,fresh-qv
+DEFAULT_ARMS=continue,continue-seg4
 
 # arm_flags NAME: ARM_FLAGS = the pretraining flags of arm NAME.
-#   continue   the committed default (LoRA r16 on all seven projections), on a new seed;
-#              LoRA lr 2e-4 (1e-4 won on the CPU's batches of 4; these are 8x larger)
+#   continue   the committed default adapter (its shape wins), on a seed it was not
+#              trained on; LoRA lr 2e-4 (1e-4 won on the CPU's batches of 4; these are 8x
+#              larger)
+#   continue-seg4  the same with windows of 1-4 whole segments (the demo's article has four)
 #   fresh-all  a fresh adapter: LONG_RUN_RECIPE (slot projector) with LoRA on all seven
 #              projections at 5e-4 (the untested next step of the first long run)
 #   fresh-qv   a fresh adapter: LONG_RUN_RECIPE as it is (LoRA on q and v at 1e-3)
@@ -72,10 +76,14 @@ arm_flags() {
     continue)
       ARM_FLAGS=("${CONTINUE_RECIPE[@]}" --init-adapter "$ROOT/models/smollm2-135m-icae"
         --seed 4 --lr 2e-4) ;;
+    continue-seg4)
+      arm_flags continue
+      ARM_FLAGS+=(--max-segments 4)
+      return ;;
     fresh-all) ARM_FLAGS=("${LONG_RUN_RECIPE[@]}" --target-modules "$ALL_PROJECTIONS" --lr 5e-4) ;;
     fresh-qv) ARM_FLAGS=("${LONG_RUN_RECIPE[@]}") ;;
     *)
-      echo "error: unknown arm '$1' (known: ${DEFAULT_ARMS//,/, })" >&2
+      echo "error: unknown arm '$1' (known: continue, continue-seg4, fresh-all, fresh-qv)" >&2
       exit 2
       ;;
   esac
@@ -109,8 +117,7 @@ prepare() {
   cp "$ICAE_MODEL_DIR/config.json" "$extras/base/"
   local budget
   budget=$(piece_budget "$ROOT")
-  # 64 KiB for the MANIFEST and what du counts for folders
-  split_gguf_in_two "$gguf" "$PACK" $((budget - $(du -sb "$extras" | cut -f1) - 65536))
+  split_gguf_in_two "$gguf" "$PACK" $((budget - $(du -sb "$extras" | cut -f1)))
   mv "$extras"/* "$PACK/piece-1/" && rmdir "$extras"
   check_piece_sizes "$PACK" "$budget"
   echo "carry training/runs/gpu-pack/piece-1 on the first call, piece-2 on the second"
@@ -186,7 +193,7 @@ EOF
 # steps_for ARM MINUTES: the step count that fills MINUTES at the probe's rate (the run's
 # cosine schedule ends there); a run carried back keeps its own; 20000 without a probe.
 steps_for() {
-  local run="$ROOT/training/runs/gpu-$1"
+  local run="$RUNS/gpu-$1"
   if [ -f "$run/run.json" ]; then
     "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["steps"])' "$run/run.json"
   elif [ -f "$STORE/rates" ] && grep -q "^$1 " "$STORE/rates"; then
@@ -228,8 +235,8 @@ train() {
     arm_flags "$arm"
     steps=$(steps_for "$arm" "$minutes")
     # A run carried back (training/runs/gpu-ARM, with its optimizer state) continues.
-    if [ -f "$ROOT/training/runs/gpu-$arm/checkpoint/state.pt" ] && [ ! -d "$runs/$arm" ]; then
-      cp -r "$ROOT/training/runs/gpu-$arm" "$runs/$arm"
+    if [ -f "$RUNS/gpu-$arm/checkpoint/state.pt" ] && [ ! -d "$runs/$arm" ]; then
+      cp -r "$RUNS/gpu-$arm" "$runs/$arm"
     fi
     echo "$arm: --steps $steps, ${minutes} minutes"
     pretrain --model "$STORE/model.gguf" --device "$device" --run-dir "$runs/$arm" \
@@ -270,16 +277,17 @@ bundle() {
   done < <(cd "$runs" && for arm in ${arms//,/ }; do
     [ -f "$arm/checkpoint/state.pt" ] && du -b "$arm/checkpoint/state.pt"
   done | sort -n)
+  rm -f "$out"/runs.tar.part-*
   tar -C "$runs" -cf - -T "$list" | split -b "$RETURN_PART_BYTES" -d -a 2 - "$out/runs.tar.part-"
   cat "$out/summary.txt"
   ls -la "$out"
 }
 
 # unpack DIR [INTO]: the returned runs.tar.part-NN joined and unpacked as INTO/gpu-ARM
-# (INTO: training/runs).
+# (INTO: $ICAE_GPU_RUNS, else training/runs).
 unpack() {
   [ $# -ge 1 ] || usage
-  local from="$1" into="${2:-$ROOT/training/runs}" tmp arm
+  local from="$1" into="${2:-$RUNS}" tmp arm
   tmp="$(mktemp -d)"
   cat "$from"/runs.tar.part-* | tar -C "$tmp" -xf -
   mkdir -p "$into"

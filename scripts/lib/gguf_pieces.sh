@@ -14,10 +14,11 @@ piece_budget() {
   echo $((CALL_BYTES - tree - 1024 * 1024))
 }
 
-# split_gguf_in_two GGUF PACK FIRST_BYTES: PACK/piece-1/gguf.part-00 (the first FIRST_BYTES
-# bytes) and PACK/piece-2/gguf.part-01 (the rest), each with a MANIFEST (name and checksum).
+# split_gguf_in_two GGUF PACK BYTES: PACK/piece-1/gguf.part-00 (the first BYTES of the GGUF
+# less 64 KiB, room for the MANIFEST and what du counts for folders) and
+# PACK/piece-2/gguf.part-01 (the rest), each with a MANIFEST (name and checksum).
 split_gguf_in_two() {
-  local gguf="$1" pack="$2" first="$3"
+  local gguf="$1" pack="$2" first=$(($3 - 65536))
   local total
   total=$(stat -c %s "$gguf")
   if [ "$first" -le 0 ] || [ $((total - first)) -gt "$first" ]; then
