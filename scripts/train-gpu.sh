@@ -191,10 +191,11 @@ EOF
 }
 
 # steps_for ARM MINUTES: the step count that fills MINUTES at the probe's rate (the run's
-# cosine schedule ends there); a run carried back keeps its own; 20000 without a probe.
+# cosine schedule ends there); a run carried back to continue keeps its own; 20000 without
+# a probe.
 steps_for() {
   local run="$RUNS/gpu-$1"
-  if [ -f "$run/run.json" ]; then
+  if [ -f "$run/checkpoint/state.pt" ]; then
     "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["steps"])' "$run/run.json"
   elif [ -f "$STORE/rates" ] && grep -q "^$1 " "$STORE/rates"; then
     awk -v arm="$1" -v m="$2" '$1 == arm { print int(m * 60 * 0.95 / $2) }' "$STORE/rates"
