@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_icae_json
-from icae_train.data import PretrainStream
+from icae_train.data import PretrainStream, read_tokens, write_tokens
 from icae_train.evaluate import heldout_passages
 from icae_train.metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
 from icae_train.model import (
@@ -89,6 +89,22 @@ def test_window_batches_are_deterministic_full_windows():
     )
     with pytest.raises(ValueError, match="64 tokens"):
         short.window_batch(0, 0, 2)
+
+
+def test_tokenized_documents_round_trip_in_the_smallest_id_type(tmp_path):
+    import numpy as np
+
+    # Ids that fit 16 bits are stored as uint16 (half the bytes a GPU call carries); an
+    # empty document keeps its place.
+    small = [[0, 7, 49151], [], [65535, 1]]
+    write_tokens(tmp_path / "small.npz", small)
+    assert read_tokens(tmp_path / "small.npz") == small
+    assert np.load(tmp_path / "small.npz")["ids"].dtype == np.uint16
+    # A larger vocabulary keeps 32 bits rather than wrapping around.
+    large = [[3, 65536], [2**32 - 1]]
+    write_tokens(tmp_path / "large.npz", large)
+    assert read_tokens(tmp_path / "large.npz") == large
+    assert np.load(tmp_path / "large.npz")["ids"].dtype == np.uint32
 
 
 def test_heldout_passages_name_the_length_no_document_has():
