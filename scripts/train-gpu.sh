@@ -145,6 +145,23 @@ pretrain() {
     "$PY" -m icae_train.cli pretrain --tokens "$STORE/piece-1/tokens.npz" "$@"
 }
 
+# wait_all PID...: wait for every one; fails if any failed.
+wait_all() {
+  local failed=0 pid
+  for pid in "$@"; do wait "$pid" || failed=1; done
+  return "$failed"
+}
+
+# log_tail LOG N: the last N lines of a log written through progress bars (\r-separated).
+log_tail() {
+  tr '\r' '\n' < "$1" | grep -v '^\s*$' | tail -n "$2"
+}
+
+# run_steps RUN: the step count (the schedule's length) that RUN was started with.
+run_steps() {
+  "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["steps"])' "$1/run.json"
+}
+
 # probe DEVICE STEPS ARMS FLAGS...: every arm side by side for STEPS steps on a randomly
 # initialised model of the base's shape (same speed as the real weights), then its seconds
 # per step, without the first third of the steps (start-up), into STORE/rates.
@@ -170,11 +187,11 @@ EOF
       > "$dir/$arm.log" 2>&1 &
     pids+=($!)
   done
-  local failed=0 pid
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  local failed=0
+  wait_all "${pids[@]}" || failed=1
   for arm in ${arms//,/ }; do
     echo "--- probe $arm"
-    tr '\r' '\n' < "$dir/$arm.log" | grep -v '^\s*$' | tail -n 5
+    log_tail "$dir/$arm.log" 5
   done
   [ "$failed" = 0 ] || { echo "error: the probe failed (logs above)" >&2; return 1; }
   "$PY" - "$dir" "$arms" > "$STORE/rates" <<'EOF'
@@ -196,7 +213,7 @@ EOF
 steps_for() {
   local run="$RUNS/gpu-$1"
   if [ -f "$run/checkpoint/state.pt" ]; then
-    "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["steps"])' "$run/run.json"
+    run_steps "$run"
   elif [ -f "$STORE/rates" ] && grep -q "^$1 " "$STORE/rates"; then
     awk -v arm="$1" -v m="$2" '$1 == arm { print int(m * 60 * 0.95 / $2) }' "$STORE/rates"
   else
@@ -245,8 +262,8 @@ train() {
       > "$runs/$arm.log" 2>&1 &
     pids+=($!)
   done
-  local failed=0 pid
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  local failed=0
+  wait_all "${pids[@]}" || failed=1
   bundle "$runs" "$arms" "$out"
   [ "$failed" = 0 ] || { echo "error: an arm failed (see summary.txt)" >&2; return 1; }
 }
@@ -260,7 +277,7 @@ bundle() {
   {
     for arm in ${arms//,/ }; do
       echo "--- $arm"
-      tr '\r' '\n' < "$runs/$arm.log" | grep -v '^\s*$' | tail -n 8
+      log_tail "$runs/$arm.log" 8
       for f in run.json metrics.jsonl checkpoint/progress.json checkpoint/trainable.safetensors; do
         [ -f "$runs/$arm/$f" ] && echo "$arm/$f" >> "$list"
       done
@@ -310,7 +327,7 @@ resume_cpu() {
   arm="$(basename "$run")" && arm="${arm#gpu-}"
   arm_flags "$arm"
   local steps
-  steps="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["steps"])' "$run/run.json")"
+  steps="$(run_steps "$run")"
   if [ ! -f "$run/checkpoint/state.pt" ]; then
     echo "error: $run came back without its optimizer state (too big for the return), so it" >&2
     echo "cannot resume exactly: export it (icae-train export --run-dir $run) and continue" >&2
