@@ -65,8 +65,9 @@ DEFAULT_ARMS=continue,continue-seg4
 
 # arm_flags NAME: ARM_FLAGS = the pretraining flags of arm NAME.
 #   continue   the committed default adapter (its shape wins), on a seed it was not
-#              trained on; LoRA lr 2e-4 (1e-4 won on the CPU's batches of 4; these are 8x
-#              larger)
+#              trained on (the GPU's fresh arms ran seed 0, the CPU continuation seed 4);
+#              one lr for LoRA, memory tokens and projector, 2e-4 (1e-4 won on the CPU's
+#              batches of 4; these are 8x larger)
 #   continue-seg4  the same with windows of 1-4 whole segments (the demo's article has four)
 #   fresh-all  a fresh adapter: LONG_RUN_RECIPE (slot projector) with LoRA on all seven
 #              projections at 5e-4 (the untested next step of the first long run)
@@ -75,7 +76,7 @@ arm_flags() {
   case "$1" in
     continue)
       ARM_FLAGS=("${CONTINUE_RECIPE[@]}" --init-adapter "$ROOT/models/smollm2-135m-icae"
-        --seed 4 --lr 2e-4) ;;
+        --seed 5 --lr 2e-4 --memory-lr 2e-4 --projector-lr 2e-4) ;;
     continue-seg4)
       arm_flags continue
       ARM_FLAGS+=(--max-segments 4)
