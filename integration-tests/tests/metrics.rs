@@ -3,6 +3,7 @@
 //! gauges (docs/metrics.md).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use icae_proto::v1::{CompressRequest, Mode};
 use integration_tests::*;
@@ -75,6 +76,21 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
         .map(|s| s.value)
 }
 
+/// The autoscaling gauges, all of which are 0 once a service's traffic has ended.
+const GAUGES: [&str; 3] = [
+    "icae_requests_in_flight",
+    "icae_queue_size",
+    "icae_active_sequences",
+];
+
+/// Every gauge of `GAUGES` that `service` exports reads 0.
+async fn gauges_are_idle(port: u16, service: &str) -> bool {
+    let samples = samples(&scrape(port).await);
+    GAUGES
+        .iter()
+        .all(|gauge| value(&samples, gauge, &[("service", service)]).is_none_or(|v| v == 0.0))
+}
+
 /// A histogram's buckets are there, cumulative, and `le="+Inf"` equals `_count`, which
 /// is at least `min_count`.
 fn assert_histogram(
@@ -135,6 +151,15 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
     .await
     .unwrap();
     assert!(generated.finished());
+    // The last message of a stream is sent inside the scheduler's step, and the gauges are
+    // set after it: wait (bounded) until both services' gauges have come back to 0.
+    for (port, service) in [(encoder_port, "encoder"), (decoder_port, "decoder")] {
+        assert!(
+            eventually(Duration::from_secs(10), || gauges_are_idle(port, service)).await,
+            "{service} gauges did not return to 0:\n{}",
+            scrape(port).await
+        );
+    }
 
     let body = scrape(encoder_port).await;
     let encoder_samples = samples(&body);
@@ -187,11 +212,7 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
         ),
         Some(1.0)
     );
-    for gauge in [
-        "icae_requests_in_flight",
-        "icae_queue_size",
-        "icae_active_sequences",
-    ] {
+    for gauge in GAUGES {
         assert_eq!(
             value(&encoder_samples, gauge, &[("service", "encoder")]),
             Some(0.0),
