@@ -13,8 +13,14 @@ from safetensors.torch import load_file
 
 from conftest import run_icae_json
 from icae_train.data import PretrainStream, read_tokens, write_tokens
-from icae_train.evaluate import heldout_passages
-from icae_train.metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
+from icae_train.evaluate import heldout_passages, other_context
+from icae_train.metrics import (
+    answer_found,
+    corpus_bleu,
+    prefix_match,
+    rouge_l,
+    token_accuracy,
+)
 from icae_train.model import (
     ICAE,
     AnswerInput,
@@ -51,6 +57,12 @@ def test_metrics_are_the_standard_ones_on_text():
     # LCS("the cat sat", "the sat") = 2: P = 1, R = 2/3; lower-cased, punctuation dropped.
     assert rouge_l("the cat sat", "The sat!") == pytest.approx(0.8)
     assert rouge_l("a b", "c d") == 0.0
+    # The reference's words in a row, whole words only, however long the answer.
+    assert answer_found("ProcessPoolExecutor", "It is used by processpoolexecutor only.")
+    assert answer_found("two CRTCs", "The screen is covered by two CRTCs.")
+    assert not answer_found("two CRTCs", "two of the CRTCs")
+    assert not answer_found("Redis", "Rediscover the docs")
+    assert not answer_found("", "anything")
     assert prefix_match([1, 2, 3, 4], [1, 2, 9, 4]) == 0.5
     assert token_accuracy([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5]]) == pytest.approx(4 / 6)
 
@@ -416,6 +428,11 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
             "answer": "a compressed copy of the text",
         },
         {"input": TEXT, "prompt": "Who reads the slots?", "answer": "a frozen decoder"},
+        {
+            "input": "Redis keeps the slots of each document under its tenant's key.",
+            "prompt": "Where are the slots kept?",
+            "answer": "in Redis",
+        },
     ]
     qa.write_text("".join(json.dumps(r) + "\n" for r in records))
     run = tmp_path / "finetune"
@@ -443,7 +460,7 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     # fmt: off
     cmd = [
         "icae-train", "eval", "--model", str(model_dir), "--adapter", str(run / "adapter"),
-        "--device", "cpu", "--pwc", str(qa), "--questions", "2", "--max-new-tokens", "8",
+        "--device", "cpu", "--pwc", str(qa), "--questions", "3", "--max-new-tokens", "8",
         "--heldout", str(corpus / "train.jsonl"), "--passages", "2", "--passage-tokens", "12",
         "--long-passages", "2", "--long-passage-tokens", "64", "--out", str(out),
     ]
@@ -461,8 +478,23 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     assert (long["passages"], long["passage_tokens"], long["slots"]) == (2, 64, 16)
     assert long["teacher_forced"]["loss"] > 0 and "slot_gain" in long["teacher_forced"]
     report = json.loads(out.read_text())["answers"]
-    assert report["questions"] == 2 and 0.0 <= report["rouge_l_slots"] <= 1.0
+    assert report["questions"] == 3 and 0.0 <= report["rouge_l_slots"] <= 1.0
     assert all("from_slots" in a and "from_full_context" in a for a in report["answers"])
+    # Every question is also answered from another context's slots (the control).
+    assert all("from_other_slots" in a for a in report["answers"])
+    assert 0.0 <= report["rouge_l_other_slots"] <= 1.0
+    for measure in ("found_slots", "found_full_context", "found_other_slots"):
+        assert report[measure] == sum(a[measure] for a in report["answers"]) / 3
+
+
+def test_answer_control_reads_another_context():
+    same, other = {"input": "a"}, {"input": "b"}
+    assert other_context([same, same, other], 0) == 2
+    assert other_context([same, same, other], 1) == 2
+    assert other_context([same, same, other], 2) == 0  # cyclic
+    # PwC's questions on one article have no other context: no control.
+    assert other_context([same, same], 0) is None
+    assert other_context([same], 0) is None
 
 
 def test_data_parallel_run_matches_one_process(model_dir, tmp_path):

@@ -2,7 +2,7 @@
 exact prefix and token accuracy on ids of the greedy reconstruction; teacher-forced loss and
 accuracy, with a wrong-slots control) at the adapter's compression rate, and for PwC-style
 data ROUGE-L (rouge-score) of answers from slots vs answers from the full context vs the
-references."""
+references, with a wrong-slots control (another context's slots)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import torch
 
 from .adapter_io import chat_pieces
-from .metrics import corpus_bleu, prefix_match, rouge_l, token_accuracy
+from .metrics import answer_found, corpus_bleu, prefix_match, rouge_l, token_accuracy
 from .model import ICAE
 
 
@@ -116,6 +116,16 @@ def teacher_forced_eval(model: ICAE, passages: list[list[int]], slots: list) -> 
 
 
 @torch.no_grad()
+def other_context(records: list[dict], index: int) -> int | None:
+    """The next record (cyclically) whose context differs from record `index`'s, or None
+    when every record has the same context (e.g. PwC's questions on one article)."""
+    for step in range(1, len(records)):
+        other = (index + step) % len(records)
+        if records[other]["input"] != records[index]["input"]:
+            return other
+    return None
+
+
 def answer_eval(
     model: ICAE,
     tokenizer,
@@ -123,43 +133,64 @@ def answer_eval(
     max_new_tokens: int = 64,
     max_context_tokens: int = 4096,
 ) -> dict:
-    """ROUGE-L (rouge-score) of answers from slots and from the full context."""
+    """ROUGE-L (rouge-score) of answers from slots and from the full context, and, as a
+    control, from the slots of another record's context: an adapter that answers from
+    what it learned rather than from its slots scores the same on both (the teacher-forced
+    read-back's `slot_gain`, for answers). The control needs two different contexts."""
     model.eval()
     pieces = chat_pieces(tokenizer)
     if pieces is None:
         raise ValueError("the base model has no chat template this trainer knows")
     newline = tokenizer.encode("\n", add_special_tokens=False)
+    contexts = [
+        tokenizer.encode(r["input"], add_special_tokens=False)[:max_context_tokens] for r in records
+    ]
+    slots = [model.compress(context) for context in contexts]
+    detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+
+    def answer_from(memory, prompt):
+        layout = model.answer_layout(memory, prompt, pieces["prefix_ids"], pieces["suffix_ids"])
+        return detokenize(model.greedy(layout, max_new_tokens))
+
     rows = []
-    for r in records:
-        context = tokenizer.encode(r["input"], add_special_tokens=False)[:max_context_tokens]
+    for index, (r, context) in enumerate(zip(records, contexts, strict=True)):
         prompt = tokenizer.encode(r["prompt"], add_special_tokens=False)
-        slots = model.compress(context)
-        from_slots = model.greedy(
-            model.answer_layout(slots, prompt, pieces["prefix_ids"], pieces["suffix_ids"]),
-            max_new_tokens,
-        )
+        slots_text = answer_from(slots[index], prompt)
         # The baseline: the base model reading the whole context (what icae-core's
         # baseline_input builds).
         full = model.embed(pieces["prefix_ids"] + context + newline + prompt + pieces["suffix_ids"])
-        from_text = model.greedy(full, max_new_tokens)
-        slots_text = tokenizer.decode(from_slots, skip_special_tokens=True)
-        full_text = tokenizer.decode(from_text, skip_special_tokens=True)
-        rows.append(
-            {
-                "prompt": r["prompt"],
-                "reference": r["answer"],
-                "from_slots": slots_text,
-                "from_full_context": full_text,
-                "rouge_l_slots": rouge_l(r["answer"], slots_text),
-                "rouge_l_full_context": rouge_l(r["answer"], full_text),
+        full_text = detokenize(model.greedy(full, max_new_tokens))
+        row = {
+            "prompt": r["prompt"],
+            "reference": r["answer"],
+            "from_slots": slots_text,
+            "from_full_context": full_text,
+            "rouge_l_slots": rouge_l(r["answer"], slots_text),
+            "rouge_l_full_context": rouge_l(r["answer"], full_text),
+            "found_slots": answer_found(r["answer"], slots_text),
+            "found_full_context": answer_found(r["answer"], full_text),
+        }
+        other = other_context(records, index)
+        if other is not None:
+            other_text = answer_from(slots[other], prompt)
+            row |= {
+                "from_other_slots": other_text,
+                "rouge_l_other_slots": rouge_l(r["answer"], other_text),
+                "found_other_slots": answer_found(r["answer"], other_text),
             }
-        )
+        rows.append(row)
     mean = lambda key: sum(row[key] for row in rows) / max(1, len(rows))  # noqa: E731
     slots_score, full_score = mean("rouge_l_slots"), mean("rouge_l_full_context")
+    controlled = bool(rows) and all("rouge_l_other_slots" in row for row in rows)
     return {
         "questions": len(rows),
         "rouge_l_slots": slots_score,
         "rouge_l_full_context": full_score,
         "slots_over_full_context": slots_score / full_score if full_score else None,
+        "rouge_l_other_slots": mean("rouge_l_other_slots") if controlled else None,
+        # Shares of answers that contain the reference (`answer_found`).
+        "found_slots": mean("found_slots"),
+        "found_full_context": mean("found_full_context"),
+        "found_other_slots": mean("found_other_slots") if controlled else None,
         "answers": rows,
     }

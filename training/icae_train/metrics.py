@@ -5,6 +5,8 @@ defined."""
 
 from __future__ import annotations
 
+import re
+
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -25,6 +27,15 @@ def corpus_bleu(references: list[str], hypotheses: list[str]) -> float:
 def rouge_l(reference: str, hypothesis: str) -> float:
     """ROUGE-L F1 from rouge-score (lower-cased, alphanumeric tokens, no stemming)."""
     return _ROUGE_L.score(reference, hypothesis)["rougeL"].fmeasure
+
+
+def answer_found(reference: str, hypothesis: str) -> bool:
+    """Whether the reference's words occur in a row in the hypothesis (lower-cased,
+    alphanumeric words, as ROUGE-L reads them): for short extractive answers, a measure that
+    a verbose but right answer does not lose, unlike ROUGE-L's F1."""
+    words = lambda text: re.findall(r"[a-z0-9]+", text.lower())  # noqa: E731
+    ref, hyp = words(reference), words(hypothesis)
+    return bool(ref) and any(hyp[i : i + len(ref)] == ref for i in range(len(hyp) - len(ref) + 1))
 
 
 def prefix_match(reference: list, hypothesis: list) -> float:
