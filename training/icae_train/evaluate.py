@@ -115,7 +115,6 @@ def teacher_forced_eval(model: ICAE, passages: list[list[int]], slots: list) -> 
     return report
 
 
-@torch.no_grad()
 def other_context(records: list[dict], index: int) -> int | None:
     """The next record (cyclically) whose context differs from record `index`'s, or None
     when every record has the same context (e.g. PwC's questions on one article)."""
@@ -126,6 +125,7 @@ def other_context(records: list[dict], index: int) -> int | None:
     return None
 
 
+@torch.no_grad()
 def answer_eval(
     model: ICAE,
     tokenizer,
