@@ -145,7 +145,6 @@ def answer_eval(
     contexts = [
         tokenizer.encode(r["input"], add_special_tokens=False)[:max_context_tokens] for r in records
     ]
-    slots = [model.compress(context) for context in contexts]
     detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
 
     def answer_from(memory, prompt):
@@ -155,7 +154,7 @@ def answer_eval(
     rows = []
     for index, (r, context) in enumerate(zip(records, contexts, strict=True)):
         prompt = tokenizer.encode(r["prompt"], add_special_tokens=False)
-        slots_text = answer_from(slots[index], prompt)
+        slots_text = answer_from(model.compress(context), prompt)
         # The baseline: the base model reading the whole context (what icae-core's
         # baseline_input builds).
         full = model.embed(pieces["prefix_ids"] + context + newline + prompt + pieces["suffix_ids"])
@@ -172,7 +171,9 @@ def answer_eval(
         }
         other = other_context(records, index)
         if other is not None:
-            other_text = answer_from(slots[other], prompt)
+            # Compressed again rather than kept: memory stays one context's slots however
+            # many records there are.
+            other_text = answer_from(model.compress(contexts[other]), prompt)
             row |= {
                 "from_other_slots": other_text,
                 "rouge_l_other_slots": rouge_l(r["answer"], other_text),
