@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use icae_core::slots::{decode_slots, encode_slots, inspect_slots, token_digest, SlotMeta};
+use icae_core::slots::{
+    decode_slots, encode_slots, inspect_slots, token_digest, SlotFidelity, SlotMeta,
+};
 use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, ModelSummary, SlotDtype};
 use icae_serving::metrics as names;
@@ -139,6 +141,7 @@ impl CompressPipeline {
                     created_at,
                     traceparent: input.traceparent.clone(),
                     token_digest: Some(digests[i].clone()),
+                    fidelity: SlotFidelity::default(),
                 };
                 let value = encode_slots(&self.slot_dtype.cast(&doc.slots), &meta)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;

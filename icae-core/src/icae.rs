@@ -8,10 +8,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::adapter::{Adapter, LoadOptions, SpecialToken};
 use crate::device::{kind_name, DeviceSpec, DtypeSpec};
-use crate::error::{IcaeError, InputError};
+use crate::error::{IcaeError, InputError, ModelError};
 use crate::fingerprint::{base_fingerprint, icae_fingerprint, IcaeIdentity};
 use crate::generate::{FinishReason, SamplingParams, Sequence};
 use crate::model::{LlamaModel, LoraWeights};
+use crate::refine::ReadBackModel;
 use crate::tokenizer::{ChatPieces, TextTokenizer};
 
 /// Segments compressed in one forward pass (bounds activation memory on long documents).
@@ -358,6 +359,12 @@ impl IcaeModel {
     pub fn eos_ids(&self) -> Vec<u32> {
         self.base.config.eos_ids()
     }
+
+    /// What refinement and reconstruction scores read slots back with: the base model with
+    /// the LoRA off, the [AE] token and the first end-of-sequence id (the AE target).
+    pub fn read_back_model(&self) -> Result<ReadBackModel<'_>, IcaeError> {
+        read_back_model(&self.base, &self.adapter)
+    }
 }
 
 /// The loaded model as services describe it.
@@ -437,4 +444,19 @@ impl IcaeModel {
             }
         }
     }
+}
+
+/// [`ReadBackModel`] of a base model (with the LoRA off) and its adapter.
+pub(crate) fn read_back_model<'a>(
+    base: &'a LlamaModel,
+    adapter: &'a Adapter,
+) -> Result<ReadBackModel<'a>, IcaeError> {
+    let eos_id = base.config.eos_ids().first().copied().ok_or_else(|| {
+        ModelError::Config("the model names no end-of-sequence token to read slots back to".into())
+    })?;
+    Ok(ReadBackModel {
+        base,
+        adapter,
+        eos_id,
+    })
 }

@@ -11,7 +11,7 @@ use thiserror::Error;
 pub const SLOT_FORMAT_VERSION: u32 = 1;
 pub const SLOTS_TENSOR: &str = "slots";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlotMeta {
     pub fingerprint: String,
     pub num_tokens: usize,
@@ -23,10 +23,68 @@ pub struct SlotMeta {
     /// [`token_digest`] of the document the slots were made from (absent in values written
     /// before it was recorded): lets a cache hit prove it belongs to its key.
     pub token_digest: Option<String>,
+    /// How the slots were made (plain or refined) and how well they read back.
+    pub fidelity: SlotFidelity,
+}
+
+/// Refinement and the fidelity score of a slot value. A plain compression that measured
+/// nothing writes none of these fields, so its value is what it always was.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SlotFidelity {
+    /// Refinement steps asked for (0: plain ICAE) and the target loss, if any: with the
+    /// document they decide the value, so the key names them too.
+    pub refine_steps: usize,
+    pub target_loss: Option<f64>,
+    /// Steps actually run (fewer than asked once the target loss was reached).
+    pub steps_run: usize,
+    /// Teacher-forced AE loss (nats per token) of the slots as stored, when measured.
+    pub reconstruction_loss: Option<f64>,
+}
+
+impl SlotFidelity {
+    fn write(&self, metadata: &mut HashMap<String, String>) {
+        if self.refine_steps > 0 {
+            metadata.insert("refine_steps".into(), self.refine_steps.to_string());
+            metadata.insert("refine_steps_run".into(), self.steps_run.to_string());
+        }
+        if let Some(target) = self.target_loss {
+            metadata.insert("refine_target_loss".into(), target.to_string());
+        }
+        if let Some(loss) = self.reconstruction_loss {
+            metadata.insert("reconstruction_loss".into(), loss.to_string());
+        }
+    }
+
+    fn read(map: &HashMap<String, String>) -> Result<Self, SlotError> {
+        fn parsed<T: std::str::FromStr>(
+            map: &HashMap<String, String>,
+            name: &'static str,
+            finite: impl Fn(&T) -> bool,
+        ) -> Result<Option<T>, SlotError> {
+            match map.get(name) {
+                None => Ok(None),
+                Some(value) => match value.parse::<T>() {
+                    Ok(v) if finite(&v) => Ok(Some(v)),
+                    _ => Err(SlotError::BadMeta {
+                        field: name,
+                        value: value.chars().take(64).collect(),
+                        reason: "not a number this field can hold".into(),
+                    }),
+                },
+            }
+        }
+        let loss = |v: &f64| v.is_finite() && *v >= 0.0;
+        Ok(SlotFidelity {
+            refine_steps: parsed(map, "refine_steps", |_: &usize| true)?.unwrap_or(0),
+            steps_run: parsed(map, "refine_steps_run", |_: &usize| true)?.unwrap_or(0),
+            target_loss: parsed(map, "refine_target_loss", loss)?,
+            reconstruction_loss: parsed(map, "reconstruction_loss", loss)?,
+        })
+    }
 }
 
 /// What a slot value's header says, read without touching the tensor data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlotHeader {
     /// `[n, hidden]`.
     pub shape: [usize; 2],
@@ -102,6 +160,7 @@ pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotErro
     if let Some(digest) = &meta.token_digest {
         metadata.insert("token_sha256".to_string(), digest.clone());
     }
+    meta.fidelity.write(&mut metadata);
     safetensors::serialize([(SLOTS_TENSOR, view)], &Some(metadata))
         .map_err(|e| SlotError::Corrupt(format!("{e:?}")))
 }
@@ -186,6 +245,7 @@ fn parse(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
         created_at: number("created_at")?,
         traceparent: field("traceparent"),
         token_digest: field("token_sha256"),
+        fidelity: SlotFidelity::read(map)?,
     };
     Ok(SlotHeader {
         shape: [shape[0], shape[1]],
@@ -206,6 +266,7 @@ mod tests {
             created_at: 1_700_000_000,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             token_digest: Some(token_digest(&[1, 2, 3])),
+            fidelity: SlotFidelity::default(),
         }
     }
 
@@ -220,6 +281,50 @@ mod tests {
         let cut = &bytes[..bytes.len() - 4];
         assert!(matches!(inspect_slots(cut), Err(SlotError::Corrupt(_))));
         assert!(matches!(decode_slots(cut), Err(SlotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn fidelity_fields_round_trip_and_plain_values_have_none() {
+        let slots = Tensor::randn([2, 4], (Kind::Float, tch::Device::Cpu));
+        let plain = encode_slots(&slots, &meta()).unwrap();
+        let text = String::from_utf8_lossy(&plain);
+        assert!(!text.contains("refine") && !text.contains("reconstruction_loss"));
+        assert_eq!(
+            inspect_slots(&plain).unwrap().meta.fidelity,
+            SlotFidelity::default()
+        );
+        let mut refined = meta();
+        refined.fidelity = SlotFidelity {
+            refine_steps: 50,
+            target_loss: Some(0.05),
+            steps_run: 31,
+            reconstruction_loss: Some(0.0421),
+        };
+        let bytes = encode_slots(&slots, &refined).unwrap();
+        assert_eq!(inspect_slots(&bytes).unwrap().meta, refined);
+    }
+
+    #[test]
+    fn a_fidelity_field_that_is_not_a_number_is_refused_by_name() {
+        let mut metadata = HashMap::from([("reconstruction_loss".to_string(), "NaN".to_string())]);
+        let error = SlotFidelity::read(&metadata).unwrap_err();
+        assert!(matches!(
+            error,
+            SlotError::BadMeta {
+                field: "reconstruction_loss",
+                ..
+            }
+        ));
+        metadata.insert("reconstruction_loss".into(), "0.5".into());
+        metadata.insert("refine_steps".into(), "-3".into());
+        let error = SlotFidelity::read(&metadata).unwrap_err();
+        assert!(matches!(
+            error,
+            SlotError::BadMeta {
+                field: "refine_steps",
+                ..
+            }
+        ));
     }
 
     #[test]

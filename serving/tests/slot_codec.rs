@@ -1,7 +1,7 @@
 //! The slot codec never panics on arbitrary bytes and reports every bad value as a
 //! `SlotError` (which the services map to DATA_LOSS).
 
-use icae_core::slots::{decode_slots, encode_slots, SlotMeta};
+use icae_core::slots::{decode_slots, encode_slots, SlotFidelity, SlotMeta};
 use icae_serving::ServiceError;
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -15,6 +15,7 @@ fn valid_blob() -> Vec<u8> {
         created_at: 1,
         traceparent: None,
         token_digest: None,
+        fidelity: SlotFidelity::default(),
     };
     encode_slots(&Tensor::randn([4, 8], (Kind::Float, Device::Cpu)), &meta).unwrap()
 }
