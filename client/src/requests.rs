@@ -86,6 +86,7 @@ mod tests {
             ttl_seconds: 60,
             namespace: "tenant".into(),
             return_slots: true,
+            ..Default::default()
         };
         let request = compress_one("hello", options.clone());
         assert_eq!(request.documents, vec![text_document("hello")]);

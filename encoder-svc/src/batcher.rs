@@ -2,34 +2,48 @@
 //! in use) and compresses the queued documents in batches of up to `max_batch_documents`
 //! and `max_batch_tokens` (a larger job runs alone), skipping the jobs whose client has
 //! gone — before the batch starts and, within it, between model calls.
+//!
+//! Jobs that refine (or score) their slots go on after their compression as refinements,
+//! one optimiser step at a time, taking turns (refining.rs). New jobs come first: between
+//! two refinement steps the thread compresses whatever has been queued, so a plain Compress
+//! waits for at most one step of a refinement, never a whole one.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use icae_core::{Compressed, ModelSummary};
+use std::collections::VecDeque;
+
+use icae_core::slots::SlotFidelity;
+use icae_core::{Compressed, ModelSummary, RefineOptions};
 use icae_serving::metrics as names;
 use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info_span, Span};
 
 use crate::backend::CompressBackend;
+use crate::refining::{RefiningJob, Stepped};
 
 /// The documents of one request, with the time they waited and the model's time.
 pub struct CompressedBatch {
     pub docs: Vec<Compressed>,
+    /// Per document: its refinement and reconstruction loss (default for plain slots).
+    pub fidelity: Vec<SlotFidelity>,
     pub queue_seconds: f64,
+    /// Compression and refinement together.
     pub model_seconds: f64,
 }
 
-type Reply = Result<CompressedBatch, ServiceError>;
+pub(crate) type Reply = Result<CompressedBatch, ServiceError>;
 
-struct Job {
-    docs: Vec<Vec<u32>>,
-    reply: oneshot::Sender<Reply>,
-    enqueued: Instant,
+pub(crate) struct Job {
+    pub docs: Vec<Vec<u32>>,
+    /// Refine (or, with 0 steps, only score) the slots after compressing them.
+    pub refine: Option<RefineOptions>,
+    pub reply: oneshot::Sender<Reply>,
+    pub enqueued: Instant,
     /// The request's span: the batch span follows from it.
-    span: Span,
+    pub span: Span,
 }
 
 /// How much one batch may hold.
@@ -40,7 +54,7 @@ pub struct BatchLimits {
 }
 
 impl Job {
-    fn tokens(&self) -> usize {
+    pub(crate) fn tokens(&self) -> usize {
         self.docs.iter().map(Vec::len).sum()
     }
 }
@@ -86,11 +100,17 @@ impl Batcher {
         &self.queue.state
     }
 
-    /// Compress `docs` (token ids) in the next batch; the caller's span is carried along.
-    pub async fn compress(&self, docs: Vec<Vec<u32>>) -> Result<CompressedBatch, ServiceError> {
+    /// Compress `docs` (token ids) in the next batch, then refine or score them when
+    /// `refine` says so; the caller's span is carried along.
+    pub async fn compress(
+        &self,
+        docs: Vec<Vec<u32>>,
+        refine: Option<RefineOptions>,
+    ) -> Result<CompressedBatch, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.queue.submit(Job {
             docs,
+            refine,
             reply,
             enqueued: Instant::now(),
             span: Span::current(),
@@ -107,38 +127,60 @@ fn run_batches<B: CompressBackend>(
     state: &Arc<ModelState>,
     limits: BatchLimits,
 ) {
-    let _guard = tch::no_grad_guard();
     // A job that did not fit the previous batch starts the next one.
     let mut held: Option<Job> = None;
+    // Refinements take one step each in turn, behind any newly queued job.
+    let mut refining: VecDeque<RefiningJob<B::Refining>> = VecDeque::new();
     loop {
-        let Some(first) = held.take().or_else(|| rx.blocking_recv()) else {
-            break;
+        let next = match held.take() {
+            Some(job) => Some(job),
+            None if refining.is_empty() => match rx.blocking_recv() {
+                Some(job) => Some(job),
+                None => break,
+            },
+            // Nothing queued (or no handle left): go on with the refinements.
+            None => rx.try_recv().ok(),
         };
-        let mut jobs = vec![first];
-        let (mut docs, mut tokens) = (jobs[0].docs.len(), jobs[0].tokens());
-        while docs < limits.max_documents {
-            let Ok(job) = rx.try_recv() else { break };
-            if docs + job.docs.len() > limits.max_documents
-                || tokens + job.tokens() > limits.max_tokens
-            {
-                held = Some(job);
-                break;
+        if let Some(first) = next {
+            let mut jobs = vec![first];
+            let (mut docs, mut tokens) = (jobs[0].docs.len(), jobs[0].tokens());
+            while docs < limits.max_documents {
+                let Ok(job) = rx.try_recv() else { break };
+                if docs + job.docs.len() > limits.max_documents
+                    || tokens + job.tokens() > limits.max_tokens
+                {
+                    held = Some(job);
+                    break;
+                }
+                docs += job.docs.len();
+                tokens += job.tokens();
+                jobs.push(job);
             }
-            docs += job.docs.len();
-            tokens += job.tokens();
-            jobs.push(job);
-        }
-        state.dequeued(jobs.len());
-        // A client that went away does not need its documents compressed.
-        jobs.retain(|job| !job.reply.is_closed());
-        if !jobs.is_empty() {
-            compress_batch(backend, jobs, state);
+            state.dequeued(jobs.len());
+            // A client that went away does not need its documents compressed.
+            jobs.retain(|job| !job.reply.is_closed());
+            if !jobs.is_empty() {
+                refining.extend(compress_batch(backend, jobs, state));
+            }
+        } else if let Some(mut job) = refining.pop_front() {
+            match job.step(backend, state) {
+                Stepped::More => refining.push_back(job),
+                Stepped::Done => job.finish(backend),
+                Stepped::Abandoned => {}
+                Stepped::Failed(message) => job.fail(message),
+            }
         }
     }
 }
 
-/// Compress the documents of `jobs` together and give each job its own share.
-fn compress_batch<B: CompressBackend>(backend: &B, jobs: Vec<Job>, state: &ModelState) {
+/// Compress the documents of `jobs` together and give each plain job its own share; the
+/// jobs that refine come back to be stepped.
+fn compress_batch<B: CompressBackend>(
+    backend: &B,
+    jobs: Vec<Job>,
+    state: &ModelState,
+) -> Vec<RefiningJob<B::Refining>> {
+    let _guard = tch::no_grad_guard();
     let model_started = Instant::now();
     let queue_seconds: Vec<f64> = jobs
         .iter()
@@ -187,18 +229,35 @@ fn compress_batch<B: CompressBackend>(backend: &B, jobs: Vec<Job>, state: &Model
     }
     .into_iter();
     let model_seconds = model_started.elapsed().as_secs_f64();
+    let mut refining = Vec::new();
     for (job, queue_seconds) in jobs.into_iter().zip(queue_seconds) {
         let job_docs: Result<Vec<Compressed>, String> =
             results.by_ref().take(job.docs.len()).collect();
-        let reply = job_docs
-            .map(|docs| CompressedBatch {
-                docs,
-                queue_seconds,
-                model_seconds,
-            })
-            .map_err(ServiceError::Internal);
-        let _ = job.reply.send(reply);
+        match (job_docs, job.refine) {
+            (Ok(docs), Some(options)) => {
+                refining.push(RefiningJob::start(
+                    backend,
+                    job,
+                    docs,
+                    options,
+                    queue_seconds,
+                    model_seconds,
+                ));
+            }
+            (docs, _) => {
+                let reply = docs
+                    .map(|docs| CompressedBatch {
+                        fidelity: vec![SlotFidelity::default(); docs.len()],
+                        docs,
+                        queue_seconds,
+                        model_seconds,
+                    })
+                    .map_err(ServiceError::Internal);
+                let _ = job.reply.send(reply);
+            }
+        }
     }
+    refining
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use icae_core::{Compressed, IcaeError, ModelSummary};
+use icae_core::{Compressed, IcaeError, ModelSummary, RefineOptions, Refined};
 use icae_serving::testing::{fake_summary, unmounted_readiness, wait_until};
 use icae_serving::ServiceError;
 use tch::{Device, Kind, Tensor};
@@ -25,6 +25,19 @@ struct FakeBackend {
     /// First tokens of the documents actually compressed.
     compressed: Arc<Mutex<Vec<u32>>>,
     fail: bool,
+    /// Refinement steps also wait at the gate.
+    gate_refine_steps: bool,
+    /// What the model thread did, in order: "compress N" (first token of the batch's first
+    /// document) and "step N" (the refined job's first token).
+    events: Arc<Mutex<Vec<String>>>,
+    fail_refinement: bool,
+}
+
+/// A refinement in progress on the fake backend: the slots gain 1 per step.
+struct FakeRefining {
+    documents: Vec<(Vec<u32>, Tensor)>,
+    options: RefineOptions,
+    steps_run: usize,
 }
 
 impl FakeBackend {
@@ -36,6 +49,8 @@ impl FakeBackend {
 }
 
 impl CompressBackend for FakeBackend {
+    type Refining = FakeRefining;
+
     fn compress(
         &self,
         documents: &[&[u32]],
@@ -46,6 +61,10 @@ impl CompressBackend for FakeBackend {
             self.wait_at_gate();
         }
         self.batches.lock().unwrap().push(documents.len());
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("compress {}", documents[0][0]));
         if self.fail {
             return Err(IcaeError::Input(icae_core::InputError::EmptyText));
         }
@@ -70,6 +89,59 @@ impl CompressBackend for FakeBackend {
             })
             .collect())
     }
+
+    fn start_refining(
+        &self,
+        documents: Vec<(Vec<u32>, Tensor)>,
+        options: RefineOptions,
+    ) -> FakeRefining {
+        FakeRefining {
+            documents,
+            options,
+            steps_run: 0,
+        }
+    }
+
+    fn refine_step(
+        &self,
+        refining: &mut FakeRefining,
+        wanted: &dyn Fn(usize) -> bool,
+    ) -> Result<bool, IcaeError> {
+        if refining.steps_run == refining.options.steps || !wanted(0) {
+            return Ok(false);
+        }
+        if self.gate_refine_steps {
+            self.wait_at_gate();
+        }
+        if self.fail_refinement {
+            return Err(IcaeError::Input(icae_core::InputError::EmptyText));
+        }
+        refining.steps_run += 1;
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("step {}", refining.documents[0].0[0]));
+        Ok(refining.steps_run < refining.options.steps)
+    }
+
+    fn finish_refining(&self, refining: FakeRefining) -> Result<Vec<Option<Refined>>, IcaeError> {
+        let steps = refining.steps_run;
+        Ok(refining
+            .documents
+            .into_iter()
+            .map(|(_, slots)| {
+                Some(Refined {
+                    slots: slots + steps as f64,
+                    steps_run: steps,
+                    reconstruction_loss: 1.0 / (1.0 + steps as f64),
+                })
+            })
+            .collect())
+    }
+}
+
+fn refine(steps: usize) -> Option<RefineOptions> {
+    Some(RefineOptions::steps(steps))
 }
 
 /// A batcher over `backend`, with a gate the test opens one batch at a time.
@@ -145,14 +217,14 @@ async fn jobs_queued_while_busy_are_batched_up_to_the_limit() {
 
     let first = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1]]).await }
+        async move { b.compress(vec![vec![1]], None).await }
     });
     wait_started(&entered, 1).await;
     let mut later = Vec::new();
     for first_token in [2u32, 3, 4, 5] {
         let b = batcher.clone();
         later.push(tokio::spawn(async move {
-            b.compress(vec![vec![first_token, 9]]).await
+            b.compress(vec![vec![first_token, 9]], None).await
         }));
     }
     wait_queue_len(&batcher, 4).await;
@@ -184,13 +256,13 @@ async fn batches_stop_at_the_token_limit() {
     } = gated_with(limits, 8, backend).await;
     let mut tasks = vec![tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1; 9]]).await }
+        async move { b.compress(vec![vec![1; 9]], None).await }
     })];
     wait_started(&entered, 1).await;
     for (n, tokens) in [3usize, 3, 2].into_iter().enumerate() {
         let b = batcher.clone();
         tasks.push(tokio::spawn(async move {
-            b.compress(vec![vec![2; tokens]]).await
+            b.compress(vec![vec![2; tokens]], None).await
         }));
         wait_queue_len(&batcher, n + 1).await;
     }
@@ -218,7 +290,7 @@ async fn a_job_abandoned_mid_batch_stops_at_the_next_model_call() {
     } = gated(16, 8, backend).await;
     let abandoned = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1], vec![2], vec![3]]).await }
+        async move { b.compress(vec![vec![1], vec![2], vec![3]], None).await }
     });
     wait_started(&entered, 1).await;
     abandoned.abort();
@@ -226,7 +298,7 @@ async fn a_job_abandoned_mid_batch_stops_at_the_next_model_call() {
     open.send(()).unwrap();
     let next = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![4]]).await }
+        async move { b.compress(vec![vec![4]], None).await }
     });
     open.send(()).unwrap();
     assert_eq!(first_values(&next.await.unwrap().unwrap()), vec![4.0]);
@@ -243,7 +315,7 @@ async fn a_multi_document_job_gets_its_own_documents_in_order() {
     } = gated(16, 8, FakeBackend::default()).await;
     open.send(()).unwrap();
     let batch = batcher
-        .compress(vec![vec![7], vec![8, 1], vec![9, 1, 1]])
+        .compress(vec![vec![7], vec![8, 1], vec![9, 1, 1]], None)
         .await
         .unwrap();
     assert_eq!(first_values(&batch), vec![7.0, 8.0, 9.0]);
@@ -262,19 +334,19 @@ async fn a_cancelled_job_is_never_compressed() {
     } = gated(16, 8, backend).await;
     let busy = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1]]).await }
+        async move { b.compress(vec![vec![1]], None).await }
     });
     wait_started(&entered, 1).await;
     let abandoned = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![2], vec![2]]).await }
+        async move { b.compress(vec![vec![2], vec![2]], None).await }
     });
     wait_queue_len(&batcher, 1).await;
     abandoned.abort();
     let _ = abandoned.await;
     let kept = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![3]]).await }
+        async move { b.compress(vec![vec![3]], None).await }
     });
     wait_queue_len(&batcher, 2).await;
     open.send(()).unwrap();
@@ -294,15 +366,15 @@ async fn a_full_queue_is_refused_with_its_limit() {
     } = gated(16, 1, FakeBackend::default()).await;
     let busy = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1]]).await }
+        async move { b.compress(vec![vec![1]], None).await }
     });
     wait_started(&entered, 1).await;
     let queued = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![2]]).await }
+        async move { b.compress(vec![vec![2]], None).await }
     });
     wait_queue_len(&batcher, 1).await;
-    let refused = batcher.compress(vec![vec![3]]).await;
+    let refused = batcher.compress(vec![vec![3]], None).await;
     assert!(
         matches!(refused, Err(ServiceError::QueueFull { limit: 1 })),
         "{:?}",
@@ -326,7 +398,7 @@ async fn a_failing_backend_fails_every_job_of_the_batch() {
         entered: _,
     } = gated(16, 8, backend).await;
     open.send(()).unwrap();
-    let result = batcher.compress(vec![vec![1], vec![2]]).await;
+    let result = batcher.compress(vec![vec![1], vec![2]], None).await;
     assert!(matches!(result, Err(ServiceError::Internal(_))));
 }
 
@@ -346,7 +418,7 @@ async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
         .await
         .expect("the load failure is reported");
     assert_eq!(error.as_deref(), Some("no such model"));
-    let refused = batcher.compress(vec![vec![1]]).await;
+    let refused = batcher.compress(vec![vec![1]], None).await;
     assert!(matches!(refused, Err(ServiceError::ModelUnavailable(_))));
 }
 
@@ -360,7 +432,7 @@ async fn queued_jobs_still_finish_when_the_last_handle_is_dropped() {
     let tasks: Vec<_> = (1..=3u32)
         .map(|t| {
             let b = batcher.clone();
-            tokio::spawn(async move { b.compress(vec![vec![t]]).await })
+            tokio::spawn(async move { b.compress(vec![vec![t]], None).await })
         })
         .collect();
     wait_started(&entered, 1).await;
@@ -373,4 +445,137 @@ async fn queued_jobs_still_finish_when_the_last_handle_is_dropped() {
         let batch = task.await.unwrap().unwrap();
         assert_eq!(first_values(&batch), vec![expected]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_job_waits_for_one_refinement_step_not_the_whole_refinement() {
+    let backend = FakeBackend {
+        gate_refine_steps: true,
+        ..FakeBackend::default()
+    };
+    let events = backend.events.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    let refined = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![5, 1], vec![6]], refine(20)).await }
+    });
+    wait_started(&entered, 1).await;
+    open.send(()).unwrap(); // the compression
+    open.send(()).unwrap(); // step 1
+    let plain = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![9]], None).await }
+    });
+    wait_until("the plain job is compressed", || {
+        entered.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    open.send(()).unwrap(); // the plain job's compression, between two steps
+    let batch = plain.await.unwrap().unwrap();
+    assert_eq!(first_values(&batch), vec![9.0]);
+    assert_eq!(batch.fidelity[0], icae_core::slots::SlotFidelity::default());
+    for _ in 0..19 {
+        open.send(()).unwrap();
+    }
+    let batch = refined.await.unwrap().unwrap();
+    // Each document got its own refined slots and its fidelity.
+    assert_eq!(first_values(&batch), vec![25.0, 26.0]);
+    for fidelity in &batch.fidelity {
+        assert_eq!(fidelity.refine_steps, 20);
+        assert_eq!(fidelity.steps_run, 20);
+        assert_eq!(fidelity.reconstruction_loss, Some(1.0 / 21.0));
+    }
+    let events = events.lock().unwrap().clone();
+    let plain_at = events.iter().position(|e| e == "compress 9").unwrap();
+    let steps_before = events[..plain_at].iter().filter(|e| *e == "step 5").count();
+    assert!(
+        steps_before <= 2,
+        "the plain job waited for {steps_before} steps: {events:?}"
+    );
+    assert_eq!(events.iter().filter(|e| *e == "step 5").count(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_refinement_stops_at_the_next_step_and_others_go_on() {
+    let backend = FakeBackend {
+        gate_refine_steps: true,
+        ..FakeBackend::default()
+    };
+    let events = backend.events.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    let abandoned = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![3]], refine(1000)).await }
+    });
+    wait_started(&entered, 1).await;
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    wait_until("two steps ran", || events.lock().unwrap().len() >= 3).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    // A later job is served; at most the step already waiting at the gate ran meanwhile.
+    let next = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![4]], None).await }
+    });
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    assert_eq!(first_values(&next.await.unwrap().unwrap()), vec![4.0]);
+    let steps = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| *e == "step 3")
+        .count();
+    assert!(steps <= 3, "{steps} steps ran for an abandoned job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refinement_fails_its_own_job_only() {
+    let backend = FakeBackend {
+        fail_refinement: true,
+        ..FakeBackend::default()
+    };
+    let Gated {
+        batcher,
+        open,
+        entered: _,
+    } = gated(16, 8, backend).await;
+    for _ in 0..2 {
+        open.send(()).unwrap();
+    }
+    let failed = batcher.compress(vec![vec![1]], refine(5)).await;
+    assert!(
+        matches!(failed, Err(ServiceError::Internal(_))),
+        "{:?}",
+        failed.err()
+    );
+    let plain = batcher.compress(vec![vec![2]], None).await.unwrap();
+    assert_eq!(first_values(&plain), vec![2.0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_score_only_job_takes_no_step_and_gets_its_loss() {
+    let backend = FakeBackend::default();
+    let events = backend.events.clone();
+    let Gated {
+        batcher,
+        open,
+        entered: _,
+    } = gated(16, 8, backend).await;
+    open.send(()).unwrap();
+    let batch = batcher.compress(vec![vec![7]], refine(0)).await.unwrap();
+    assert_eq!(first_values(&batch), vec![7.0]);
+    assert_eq!(batch.fidelity[0].steps_run, 0);
+    assert_eq!(batch.fidelity[0].reconstruction_loss, Some(1.0));
+    assert_eq!(*events.lock().unwrap(), vec!["compress 7".to_string()]);
 }

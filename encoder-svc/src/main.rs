@@ -4,6 +4,7 @@
 mod backend;
 mod batcher;
 mod pipeline;
+mod refining;
 mod server;
 
 use std::process::ExitCode;
@@ -55,6 +56,16 @@ pub struct Config {
     /// `false` runs LoRA beside the base weights, as the decoder-side model does.
     #[arg(long, env = "ICAE_MERGE_LORA", default_value_t = true, action = clap::ArgAction::Set)]
     pub merge_lora: bool,
+    /// Most test-time refinement steps one Compress request may ask for (`refine_steps`).
+    /// 0 turns refinement and fidelity scores off, and with a merged LoRA saves the copy of
+    /// the base weights refinement's decoder pass needs.
+    #[arg(long, env = "ICAE_MAX_REFINE_STEPS", default_value_t = 200)]
+    pub max_refine_steps: usize,
+    /// Most tokens of all documents of one refining or scoring request: its backward pass
+    /// keeps the activations of all of them (about 1.5 MB per token for the default model
+    /// in f32).
+    #[arg(long, env = "ICAE_MAX_REFINE_TOKENS", default_value_t = 4096)]
+    pub max_refine_tokens: usize,
 }
 
 /// gRPC 50051, metrics 9091: distinct from the other service's, so both run on one host.
@@ -78,6 +89,7 @@ async fn run(config: Config) -> Result<(), String> {
         ("--max-batch-documents", config.max_batch_documents),
         ("--max-request-tokens", config.max_request_tokens),
         ("--max-batch-tokens", config.max_batch_tokens),
+        ("--max-refine-tokens", config.max_refine_tokens),
     ];
     if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
         return Err(format!("{name} must be at least 1, got 0"));
@@ -86,6 +98,8 @@ async fn run(config: Config) -> Result<(), String> {
     let parts = ServiceParts::build(args, icae_proto::ENCODER_SERVICE, DEFAULT_PORTS).await?;
     let (model, adapter) = (args.model.clone(), args.adapter.clone());
     let merge_lora = config.merge_lora;
+    let refines = config.max_refine_steps > 0;
+    let slot_dtype = config.slot_dtype;
     let (batcher, load_failure) = Batcher::spawn(
         args.max_concurrent_requests,
         BatchLimits {
@@ -95,7 +109,7 @@ async fn run(config: Config) -> Result<(), String> {
         parts.readiness.clone(),
         move || {
             let (icae, summary) = load_icae(&model, &adapter)?;
-            let backend = EncoderModel::new(icae, merge_lora);
+            let backend = EncoderModel::new(icae, merge_lora, refines, slot_dtype);
             if merge_lora {
                 info!(
                     "LoRA merged into the base weights (--merge-lora): this process only encodes"
@@ -107,6 +121,8 @@ async fn run(config: Config) -> Result<(), String> {
     let limits = Limits {
         max_documents_per_request: config.max_documents_per_request,
         max_request_tokens: config.max_request_tokens,
+        max_refine_steps: config.max_refine_steps,
+        max_refine_tokens: config.max_refine_tokens,
         ..Limits::from_args(args)
     };
     let service = EncoderService {

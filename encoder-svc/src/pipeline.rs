@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use icae_core::slots::{
-    decode_slots, encode_slots, inspect_slots, token_digest, SlotFidelity, SlotMeta,
-};
+use icae_core::refine::DEFAULT_LEARNING_RATE;
+use icae_core::slots::{decode_slots, encode_slots, inspect_slots, token_digest, SlotMeta};
 use icae_core::tokenizer::TextTokenizer;
-use icae_core::{check_token_ids, InputError, ModelSummary, SlotDtype};
+use icae_core::{check_token_ids, InputError, ModelSummary, RefineOptions, SlotDtype};
 use icae_serving::metrics as names;
-use icae_serving::store::{slot_key, KeyScope, Namespace, SlotStore, StoreError};
+use icae_serving::store::{slot_content, slot_key, KeyScope, Namespace, SlotStore, StoreError};
 use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
 
 use crate::batcher::Batcher;
@@ -35,6 +34,11 @@ pub struct CompressInput {
     pub traceparent: Option<String>,
     /// The authenticated caller: its keys live under its tenant.
     pub tenant: Option<Tenant>,
+    /// Refinement steps asked for (0: plain ICAE) and the target loss.
+    pub refine_steps: u32,
+    pub target_loss: Option<f64>,
+    /// Measure the reconstruction loss of plain slots too.
+    pub reconstruction_loss: bool,
 }
 
 /// Bytes a returned document adds besides its slot data (header, key, handle fields).
@@ -49,6 +53,9 @@ pub struct StoredSlots {
     pub fingerprint: String,
     pub expires_at_unix: i64,
     pub cache_hit: bool,
+    /// Refinement steps run and the reconstruction loss, when measured.
+    pub refine_steps: usize,
+    pub reconstruction_loss: Option<f64>,
     /// The stored value itself, when the client asked for it.
     pub value: Option<Vec<u8>>,
 }
@@ -81,6 +88,7 @@ impl CompressPipeline {
         let started = Instant::now();
         let summary = self.batcher.summary()?.clone();
         let ttl = self.ttl(input.ttl_seconds)?;
+        let refine = self.refine_options(&input)?;
         let scope = KeyScope {
             tenant: input.tenant,
             namespace: Namespace::parse(&input.namespace)?,
@@ -101,6 +109,9 @@ impl CompressPipeline {
         let token_ids = self.tokenize(input.documents, summary.vocab_size).await?;
         timings.tokenize_seconds = tokenize_started.elapsed().as_secs_f64();
         self.check_request_tokens(&token_ids)?;
+        if refine.is_some() {
+            self.check_refine_tokens(&token_ids)?;
+        }
         if input.return_slots {
             self.check_response_size(&token_ids, &summary)?;
         }
@@ -109,12 +120,21 @@ impl CompressPipeline {
         // Each document's content address, computed once: its key, the check of a cached
         // value and the metadata of a new one all use it.
         let digests: Vec<String> = token_ids.iter().map(|ids| token_digest(ids)).collect();
+        let (steps, target) = refine.map_or((0, None), |r| (r.steps, r.target_loss));
         let keys: Vec<String> = digests
             .iter()
-            .map(|digest| slot_key(&scope, &summary.fingerprint, digest))
+            .map(|digest| {
+                let content = slot_content(digest, steps, target);
+                slot_key(&scope, &summary.fingerprint, &content)
+            })
             .collect();
+        let wanted = Wanted {
+            refine_steps: steps,
+            target_loss: target,
+            scored: refine.is_some(),
+        };
         let mut stored = self
-            .lookup(&keys, &token_ids, &digests, &summary, ttl)
+            .lookup(&keys, &token_ids, &digests, &summary, ttl, wanted)
             .await?;
         timings.store_seconds = store_started.elapsed().as_secs_f64();
 
@@ -127,13 +147,13 @@ impl CompressPipeline {
                 .sum();
             self.store.check_writable(bytes as u64).await?;
             let docs = misses.iter().map(|&i| token_ids[i].clone()).collect();
-            let batch = self.batcher.compress(docs).await?;
+            let batch = self.batcher.compress(docs, refine).await?;
             timings.queue_seconds = batch.queue_seconds;
             timings.model_seconds = batch.model_seconds;
             let put_started = Instant::now();
             let created_at = unix_now() as u64;
             let mut values = Vec::with_capacity(misses.len());
-            for (&i, doc) in misses.iter().zip(batch.docs) {
+            for ((&i, doc), fidelity) in misses.iter().zip(batch.docs).zip(batch.fidelity) {
                 let meta = SlotMeta {
                     fingerprint: summary.fingerprint.clone(),
                     num_tokens: doc.num_tokens,
@@ -141,7 +161,7 @@ impl CompressPipeline {
                     created_at,
                     traceparent: input.traceparent.clone(),
                     token_digest: Some(digests[i].clone()),
-                    fidelity: SlotFidelity::default(),
+                    fidelity,
                 };
                 let value = encode_slots(&self.slot_dtype.cast(&doc.slots), &meta)
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -171,6 +191,68 @@ impl CompressPipeline {
         }
         timings.total_seconds = started.elapsed().as_secs_f64();
         Ok(CompressOutput { documents, timings })
+    }
+
+    /// What the request asks of refinement: None for a plain compression without a score;
+    /// refused when the server does not refine or the values are out of bounds.
+    fn refine_options(&self, input: &CompressInput) -> Result<Option<RefineOptions>, ServiceError> {
+        let steps = input.refine_steps as usize;
+        if input.target_loss.is_some() && steps == 0 {
+            return Err(InputError::BadParameter {
+                name: "target_loss",
+                value: format!("{:?}", input.target_loss.unwrap_or_default()),
+                expected: "is only used with refine_steps > 0".into(),
+            }
+            .into());
+        }
+        if steps == 0 && !input.reconstruction_loss {
+            return Ok(None);
+        }
+        let max = self.limits.max_refine_steps;
+        if max == 0 {
+            return Err(InputError::BadParameter {
+                name: if steps > 0 {
+                    "refine_steps"
+                } else {
+                    "reconstruction_loss"
+                },
+                value: if steps > 0 {
+                    steps.to_string()
+                } else {
+                    "true".into()
+                },
+                expected: "but refinement and fidelity scores are off on this encoder \
+                           (--max-refine-steps 0)"
+                    .into(),
+            }
+            .into());
+        }
+        let options = RefineOptions {
+            steps,
+            target_loss: input.target_loss,
+            learning_rate: DEFAULT_LEARNING_RATE,
+        };
+        options.check(max)?;
+        Ok(Some(options))
+    }
+
+    /// A refining or scoring request may not hold more tokens than --max-refine-tokens:
+    /// its backward pass keeps the activations of all of them.
+    fn check_refine_tokens(&self, token_ids: &[Vec<u32>]) -> Result<(), ServiceError> {
+        let total: usize = token_ids.iter().map(Vec::len).sum();
+        let max = self.limits.max_refine_tokens;
+        if total > max {
+            return Err(InputError::BadParameter {
+                name: "documents",
+                value: format!("{total} tokens in all"),
+                expected: format!(
+                    "must have at most {max} tokens in one refining or scoring request \
+                     (--max-refine-tokens); split the documents over several requests"
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// One request may not hold more tokens than --max-request-tokens.
@@ -263,6 +345,7 @@ impl CompressPipeline {
         digests: &[String],
         summary: &ModelSummary,
         ttl: u32,
+        wanted: Wanted,
     ) -> Result<Vec<Option<StoredSlots>>, ServiceError> {
         // Every key in one round trip; each key's outcome is then judged in order.
         let values = self.store.get_refresh_many(keys, u64::from(ttl)).await?;
@@ -270,7 +353,10 @@ impl CompressPipeline {
         for (((key, ids), digest), value) in keys.iter().zip(token_ids).zip(digests).zip(values) {
             let hit = match value {
                 Ok(Some(value)) => {
-                    match verify(&value, ids.len(), digest, summary, self.slot_dtype) {
+                    match verify(&value, ids.len(), digest, summary, self.slot_dtype, wanted) {
+                        // A plain value without the score asked for: computed again
+                        // (deterministic, so the same slots) with the score.
+                        Ok((meta, _)) if wanted.scored && !is_scored(&meta) => None,
                         Ok((meta, num_slots)) => {
                             Some(stored_slots(key, num_slots, &meta, ttl, true, value))
                         }
@@ -297,6 +383,7 @@ fn verify(
     digest: &str,
     summary: &ModelSummary,
     slot_dtype: SlotDtype,
+    wanted: Wanted,
 ) -> Result<(SlotMeta, usize), &'static str> {
     let header = inspect_slots(value).map_err(|_| "undecodable")?;
     if header.meta.fingerprint != summary.fingerprint {
@@ -312,7 +399,25 @@ fn verify(
     if header.kind != slot_dtype.kind() {
         return Err("slot_dtype");
     }
+    let fidelity = &header.meta.fidelity;
+    if fidelity.refine_steps != wanted.refine_steps || fidelity.target_loss != wanted.target_loss {
+        return Err("refinement");
+    }
     Ok((header.meta, slots))
+}
+
+/// What the request wants of a stored value besides its document: the refinement that made
+/// it (part of the key, so a value under the key that says otherwise is not ours) and
+/// whether it must carry a reconstruction loss.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    refine_steps: usize,
+    target_loss: Option<f64>,
+    scored: bool,
+}
+
+fn is_scored(meta: &SlotMeta) -> bool {
+    meta.fidelity.reconstruction_loss.is_some()
 }
 
 fn repair(reason: &'static str) -> Option<StoredSlots> {
@@ -355,6 +460,8 @@ fn stored_slots(
         fingerprint: meta.fingerprint.clone(),
         expires_at_unix: unix_now() + i64::from(ttl),
         cache_hit,
+        refine_steps: meta.fidelity.steps_run,
+        reconstruction_loss: meta.fidelity.reconstruction_loss,
         value: Some(value),
     }
 }

@@ -44,6 +44,9 @@ fn compress_input(
         return_slots: options.return_slots,
         traceparent,
         tenant,
+        refine_steps: options.refine_steps,
+        target_loss: options.target_loss,
+        reconstruction_loss: options.reconstruction_loss,
     }
 }
 
@@ -62,6 +65,8 @@ fn compress_response(output: CompressOutput) -> CompressResponse {
                     model_fingerprint: doc.fingerprint,
                     expires_at_unix: doc.expires_at_unix,
                     cache_hit: doc.cache_hit,
+                    reconstruction_loss: doc.reconstruction_loss,
+                    refine_steps: doc.refine_steps as u32,
                 }),
                 slots: doc.value.unwrap_or_default(),
             })

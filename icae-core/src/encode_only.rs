@@ -40,23 +40,41 @@ use std::path::Path;
 use tch::{Device, Kind};
 
 use crate::error::{IcaeError, InputError};
-use crate::icae::{Compressed, IcaeModel, ModelSummary};
+use crate::icae::{read_back_model, Compressed, IcaeModel, ModelSummary};
+use crate::model::LlamaModel;
+use crate::refine::ReadBackModel;
 use crate::tokenizer::TextTokenizer;
 
-/// An ICAE model whose LoRA is merged into its weights: it compresses, nothing else.
+/// An ICAE model whose LoRA is merged into its weights: it compresses, and — when it kept
+/// the base weights — scores and refines slots, nothing else.
 pub struct EncodeOnlyModel {
     icae: IcaeModel,
+    /// The unmerged base model (sharing every matrix the merge left alone), kept when the
+    /// process also refines slots: the decoder pass of refinement runs the base model.
+    base: Option<LlamaModel>,
 }
 
 impl IcaeModel {
     /// Merge the adapter's LoRA into the base weights for a process that only encodes
     /// (see the [module](crate::encode_only) comment). The merge is computed in f32 and
     /// rounded once to the model's dtype, so it is as exact in bf16 as the dtype allows.
-    pub fn merge_lora_for_encoding(mut self) -> EncodeOnlyModel {
+    pub fn merge_lora_for_encoding(self) -> EncodeOnlyModel {
+        self.merge(false)
+    }
+
+    /// [`merge_lora_for_encoding`](Self::merge_lora_for_encoding), keeping the base weights
+    /// of the matrices LoRA targets for refinement's decoder pass (with LoRA on q and v:
+    /// one more copy of each layer's stacked q, k, v matrix).
+    pub fn merge_lora_keeping_base(self) -> EncodeOnlyModel {
+        self.merge(true)
+    }
+
+    fn merge(mut self, keep_base: bool) -> EncodeOnlyModel {
+        let base = keep_base.then(|| self.base.shallow_clone());
         self.base.merge_lora(&self.adapter.lora);
         // The deltas now live in the weights: drop them, so nothing can add them twice.
         self.adapter.lora.layers.clear();
-        EncodeOnlyModel { icae: self }
+        EncodeOnlyModel { icae: self, base }
     }
 }
 
@@ -109,5 +127,12 @@ impl EncodeOnlyModel {
 
     pub fn kind(&self) -> Kind {
         self.icae.kind()
+    }
+
+    /// What refinement reads slots back with, when the base weights were kept.
+    pub fn read_back_model(&self) -> Option<Result<ReadBackModel<'_>, IcaeError>> {
+        self.base
+            .as_ref()
+            .map(|base| read_back_model(base, &self.icae.adapter))
     }
 }

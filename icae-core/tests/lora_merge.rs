@@ -275,3 +275,41 @@ fn measure_merged_lora_compression_of_the_real_model() {
         unmerged_s / merged_s
     );
 }
+
+#[test]
+fn a_merge_that_keeps_the_base_compresses_alike_and_reads_back_with_the_base_weights() {
+    let tiny = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = all_targets_adapter(&tiny, dir.path());
+    let docs = documents(tiny.config.vocab_size);
+    let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    let unmerged = load(&tiny, &adapter, DtypeSpec::F32);
+    let plain = slots(
+        load(&tiny, &adapter, DtypeSpec::F32)
+            .merge_lora_for_encoding()
+            .compress_many(&refs)
+            .unwrap(),
+    );
+    let keeping = load(&tiny, &adapter, DtypeSpec::F32).merge_lora_keeping_base();
+    // Keeping the base changes nothing the merged encoder computes, bit for bit.
+    let kept = slots(keeping.compress_many(&refs).unwrap());
+    for (a, b) in plain.iter().zip(&kept) {
+        assert!(a.equal(b));
+    }
+    assert!(load(&tiny, &adapter, DtypeSpec::F32)
+        .merge_lora_for_encoding()
+        .read_back_model()
+        .is_none());
+    // Its read-back runs the base model (LoRA off), as the unmerged model's does: the same
+    // losses exactly.
+    let inputs: Vec<(&[u32], &Tensor)> = refs.iter().copied().zip(&kept).collect();
+    let with_base = icae_core::refine::reconstruction_losses(
+        keeping.read_back_model().unwrap().unwrap(),
+        &inputs,
+    )
+    .unwrap();
+    let reference =
+        icae_core::refine::reconstruction_losses(unmerged.read_back_model().unwrap(), &inputs)
+            .unwrap();
+    assert_eq!(with_base, reference);
+}

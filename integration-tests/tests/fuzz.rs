@@ -94,6 +94,11 @@ fn random_compress(rng: &mut Rng) -> CompressRequest {
         ttl_seconds: *rng.pick(&[0, 1, 60, u32::MAX]),
         namespace: rng.pick(&["", "ns", "a:b", "tenant/x", "ü"]).to_string(),
         return_slots: rng.chance(2),
+        refine_steps: *rng.pick(&[0, 0, 0, 1, 201, u32::MAX]),
+        target_loss: rng
+            .chance(3)
+            .then(|| *rng.pick(&[0.0, 0.5, -1.0, f64::NAN, f64::INFINITY])),
+        reconstruction_loss: rng.chance(4),
     });
     CompressRequest { documents, options }
 }

@@ -37,6 +37,11 @@ pub struct Limits {
     pub max_request_tokens: usize,
     /// Decoder only (0 in the encoder).
     pub max_slot_sets: usize,
+    /// Encoder only (0 in the decoder, and in an encoder that does not refine): refinement
+    /// steps one request may ask for.
+    pub max_refine_steps: usize,
+    /// Encoder only: tokens of all documents of one refining or scoring request.
+    pub max_refine_tokens: usize,
 }
 
 impl Limits {
@@ -57,6 +62,8 @@ impl Limits {
             max_documents_per_request: 0,
             max_request_tokens: 0,
             max_slot_sets: 0,
+            max_refine_steps: 0,
+            max_refine_tokens: 0,
         }
     }
 
@@ -89,6 +96,8 @@ impl Limits {
             max_input_bytes: self.max_input_bytes() as u64,
             max_prompt_bytes: self.max_prompt_bytes() as u32,
             max_key_bytes: crate::store::MAX_KEY_BYTES as u32,
+            max_refine_steps: self.max_refine_steps as u32,
+            max_refine_tokens: self.max_refine_tokens as u32,
         }
     }
 }

@@ -28,6 +28,8 @@ pub const SLOT_BYTES: &str = "icae_slot_bytes";
 pub const CACHE_LOOKUPS_TOTAL: &str = "icae_cache_lookups_total";
 pub const CACHE_REPAIRS_TOTAL: &str = "icae_cache_repairs_total";
 pub const REDIS_OP_DURATION: &str = "icae_redis_op_duration_seconds";
+pub const REFINE_STEPS: &str = "icae_refine_steps";
+pub const RECONSTRUCTION_LOSS: &str = "icae_reconstruction_loss";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -41,6 +43,8 @@ const INTER_TOKEN_BUCKETS: &[f64] = &[
 const REDIS_BUCKETS: &[f64] = &[
     0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
 ];
+const REFINE_STEP_BUCKETS: &[f64] = &[0.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0];
+const LOSS_BUCKETS: &[f64] = &[0.001, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 const BYTES_BUCKETS: &[f64] = &[
     4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
@@ -62,6 +66,8 @@ pub fn init_metrics(host: &str, port: u16) -> Result<(), String> {
         (REDIS_OP_DURATION, REDIS_BUCKETS),
         (BATCH_SIZE, BATCH_BUCKETS),
         (SLOT_BYTES, BYTES_BUCKETS),
+        (REFINE_STEPS, REFINE_STEP_BUCKETS),
+        (RECONSTRUCTION_LOSS, LOSS_BUCKETS),
     ];
     let mut builder = PrometheusBuilder::new().with_http_listener(addr);
     for (name, bounds) in buckets {
@@ -126,6 +132,18 @@ fn describe() {
         Unit::Bytes,
         "Size of one stored slot value, in bytes."
     );
+    describe_histogram!(
+        REFINE_STEPS,
+        Unit::Count,
+        "Refinement steps run on one document's slots (encoder; fewer than asked once the \
+         target loss was reached)."
+    );
+    describe_histogram!(
+        RECONSTRUCTION_LOSS,
+        Unit::Count,
+        "Reconstruction loss (nats per token) of one stored document's slots, when measured \
+         (encoder: refined slots, and plain ones whose client asked for the score)."
+    );
     describe_counter!(
         CACHE_LOOKUPS_TOTAL,
         Unit::Count,
@@ -135,7 +153,7 @@ fn describe() {
         CACHE_REPAIRS_TOTAL,
         Unit::Count,
         "Stored values the encoder found unusable under its key and recomputed, by reason \
-         (undecodable, fingerprint, digest, shape, wrongtype)."
+         (undecodable, fingerprint, digest, shape, slot_dtype, refinement, wrongtype)."
     );
     describe_histogram!(
         REDIS_OP_DURATION,

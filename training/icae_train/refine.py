@@ -53,7 +53,6 @@ class SlotRefiner:
             p.requires_grad_(False)
         self.model = model
         eos = model.eos_ids[0]
-        self.ids = torch.tensor(ids, dtype=torch.long, device=model.device)
         self.targets = torch.tensor([row + [eos] for row in ids], device=model.device)
         self.slots = nn.Parameter(slots.detach().float().clone())
         self.optimizer = torch.optim.Adam([self.slots], lr=lr)
@@ -65,7 +64,7 @@ class SlotRefiner:
         slots = (self.slots if slots is None else slots).to(model.dtype)
         batch = slots.shape[0]
         ae = model.special(Objective.AUTOENCODE).to(slots.dtype).expand(batch, -1, -1)
-        x = torch.cat([slots, ae, model._table(self.ids)], dim=1)
+        x = torch.cat([slots, ae, model._table(self.targets)], dim=1)
         predicted = model.target_logits(x, self.targets.shape[1]).float()
         nll = nn.functional.cross_entropy(
             predicted.flatten(0, 1), self.targets.flatten(), reduction="none"

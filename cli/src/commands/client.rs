@@ -99,10 +99,33 @@ pub struct CompressArgs {
     /// Slot time to live (0 = server default).
     #[arg(long, default_value_t = 0)]
     pub ttl_seconds: u32,
+    /// Refine the slots with this many optimiser steps (0: plain ICAE; the server's
+    /// --max-refine-steps bounds it).
+    #[arg(long, default_value_t = 0)]
+    pub refine_steps: u32,
+    /// Stop refining once the reconstruction loss (nats per token) is at or below this.
+    #[arg(long, requires = "refine_steps")]
+    pub target_loss: Option<f64>,
+    /// Ask for the reconstruction loss of plain slots too (refined slots always have it).
+    #[arg(long)]
+    pub reconstruction_loss: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
     #[arg(long)]
     pub json: bool,
+}
+
+impl CompressArgs {
+    fn options(&self) -> CompressOptions {
+        CompressOptions {
+            ttl_seconds: self.ttl_seconds,
+            namespace: self.namespace.clone(),
+            refine_steps: self.refine_steps,
+            target_loss: self.target_loss,
+            reconstruction_loss: self.reconstruction_loss,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -177,16 +200,10 @@ pub fn run(cmd: ClientCommand) -> Result<()> {
 async fn compress_text(
     encoder: &str,
     text: String,
-    namespace: &str,
-    ttl_seconds: u32,
+    options: CompressOptions,
     connect: &ConnectArgs,
 ) -> Result<CompressResponse> {
     let mut client = connect_encoder(encoder, &connect.options()?).await?;
-    let options = CompressOptions {
-        ttl_seconds,
-        namespace: namespace.to_string(),
-        return_slots: false,
-    };
     Ok(client
         .compress(compress_one(text, options))
         .await
@@ -198,8 +215,7 @@ async fn compress(args: CompressArgs) -> Result<()> {
     let response = compress_text(
         &args.encoder,
         args.text.read()?,
-        &args.namespace,
-        args.ttl_seconds,
+        args.options(),
         &args.connect,
     )
     .await?;
@@ -214,11 +230,21 @@ async fn compress(args: CompressArgs) -> Result<()> {
             "key": handle.key, "num_slots": handle.num_slots, "num_tokens": handle.num_tokens,
             "num_segments": handle.num_segments, "model_fingerprint": handle.model_fingerprint,
             "expires_at_unix": handle.expires_at_unix, "cache_hit": handle.cache_hit,
+            "refine_steps": handle.refine_steps, "reconstruction_loss": handle.reconstruction_loss,
             "seconds": timings.total_seconds,
         }));
     }
+    let fidelity = handle
+        .reconstruction_loss
+        .map(|loss| {
+            format!(
+                ", reconstruction loss {loss:.4} after {} refine steps",
+                handle.refine_steps
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "{} ({} tokens -> {} slots, cache hit: {}, {:.3}s)",
+        "{} ({} tokens -> {} slots, cache hit: {}{fidelity}, {:.3}s)",
         handle.key, handle.num_tokens, handle.num_slots, handle.cache_hit, timings.total_seconds
     );
     Ok(())
@@ -292,7 +318,13 @@ async fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 async fn ask(args: AskArgs) -> Result<()> {
-    let response = compress_text(&args.encoder, args.text.read()?, "", 0, &args.connect).await?;
+    let response = compress_text(
+        &args.encoder,
+        args.text.read()?,
+        CompressOptions::default(),
+        &args.connect,
+    )
+    .await?;
     let key = response
         .documents
         .first()

@@ -141,15 +141,45 @@ impl LlamaModel {
                 0,
             );
             layer.o = merge(&layer.o, Target::O);
-            let gate_up = &layer.gate_up;
-            layer.gate_up = Tensor::cat(
-                &[
-                    merge(&gate_up.narrow(0, 0, ffn), Target::Gate),
-                    merge(&gate_up.narrow(0, ffn, ffn), Target::Up),
-                ],
-                0,
-            );
+            // Restacked only when targeted: a copy of an untouched matrix would cost memory
+            // for nothing (and twice that while a copy of the base is kept for decoding).
+            if lora.pair(i, Target::Gate).is_some() || lora.pair(i, Target::Up).is_some() {
+                let gate_up = &layer.gate_up;
+                layer.gate_up = Tensor::cat(
+                    &[
+                        merge(&gate_up.narrow(0, 0, ffn), Target::Gate),
+                        merge(&gate_up.narrow(0, ffn, ffn), Target::Up),
+                    ],
+                    0,
+                );
+            }
             layer.down = merge(&layer.down, Target::Down);
+        }
+    }
+
+    /// Another handle on the same weights (no copy). Merging LoRA into one replaces the
+    /// matrices it targets with new ones, so the other keeps the base weights.
+    pub(crate) fn shallow_clone(&self) -> LlamaModel {
+        LlamaModel {
+            config: self.config.clone(),
+            device: self.device,
+            kind: self.kind,
+            embed_tokens: self.embed_tokens.shallow_clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Layer {
+                    input_norm: l.input_norm.shallow_clone(),
+                    qkv: l.qkv.shallow_clone(),
+                    o: l.o.shallow_clone(),
+                    post_norm: l.post_norm.shallow_clone(),
+                    gate_up: l.gate_up.shallow_clone(),
+                    down: l.down.shallow_clone(),
+                })
+                .collect(),
+            norm: self.norm.shallow_clone(),
+            lm_head: self.lm_head.shallow_clone(),
+            rope: self.rope.shallow_clone(),
         }
     }
 

@@ -83,7 +83,7 @@ pub struct LoraWeights {
 }
 
 impl LoraWeights {
-    fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
+    pub(crate) fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
         self.layers
             .get(layer)?
             .iter()

@@ -12,6 +12,12 @@ pub struct Rope {
 }
 
 impl Rope {
+    pub fn shallow_clone(&self) -> Rope {
+        Rope {
+            inv_freq: self.inv_freq.shallow_clone(),
+        }
+    }
+
     pub fn new(config: &ModelConfig, device: tch::Device) -> Self {
         let dim = config.head_dim();
         let base = config.rope_theta as f32;

@@ -1,4 +1,6 @@
-//! Slot keys: `[tenant/{tenant}:][{namespace}:]icae:v1:{fingerprint}:{sha256 of token ids}`.
+//! Slot keys: `[tenant/{tenant}:][{namespace}:]icae:v1:{fingerprint}:{content}`, where the
+//! content is the SHA-256 of the token ids, followed for refined slots by `-r{steps}` and, with
+//! a target loss, `-t{target}`: a refined and a plain compression are different values.
 //!
 //! The tenant part comes from the caller's authenticated identity, never from the request:
 //! a tenant can neither name nor probe another tenant's keys. The namespace is the client's
@@ -76,6 +78,47 @@ pub fn slot_key(scope: &KeyScope, fingerprint: &str, token_digest: &str) -> Stri
     format!("{}{SCHEMA}:{fingerprint}:{token_digest}", scope.prefix())
 }
 
+/// The part of a key after the fingerprint: the document's digest, and for refined slots
+/// the refinement asked for (steps and target loss decide the value).
+pub fn slot_content(token_digest: &str, refine_steps: usize, target_loss: Option<f64>) -> String {
+    match (refine_steps, target_loss) {
+        (0, _) => token_digest.to_string(),
+        (steps, None) => format!("{token_digest}-r{steps}"),
+        (steps, Some(target)) => format!("{token_digest}-r{steps}-t{target}"),
+    }
+}
+
+/// Whether `content` is what [`slot_content`] makes: 64 hex digits, then optionally
+/// `-r{steps}` (1 to 6 digits, not 0) and `-t{target}` (a number as Rust prints it).
+fn is_content(content: &str) -> bool {
+    let (digest, refinement) = content.split_at(content.len().min(64));
+    let hex = digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex {
+        return false;
+    }
+    if refinement.is_empty() {
+        return true;
+    }
+    let Some(rest) = refinement.strip_prefix("-r") else {
+        return false;
+    };
+    let (steps, target) = match rest.split_once("-t") {
+        Some((steps, target)) => (steps, Some(target)),
+        None => (rest, None),
+    };
+    let steps_ok = (1..=6).contains(&steps.len())
+        && steps.bytes().all(|b| b.is_ascii_digit())
+        && !steps.starts_with('0');
+    let target_ok = target.is_none_or(|t| {
+        t.parse::<f64>()
+            .is_ok_and(|v| v.is_finite() && v >= 0.0 && v.to_string() == t)
+    });
+    steps_ok && target_ok
+}
+
 /// A key a client named, checked against the schema and the caller's tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotKey {
@@ -94,7 +137,8 @@ impl SlotKey {
                 value: shown(raw),
                 expected: format!(
                     "must be an ICAE slot key of at most {MAX_KEY_BYTES} bytes, \
-                     [namespace:]{SCHEMA}:<fingerprint>:<64 hex digits>, as Compress returns it"
+                     [namespace:]{SCHEMA}:<fingerprint>:<64 hex digits>[-r<steps>[-t<loss>]], \
+                     as Compress returns it"
                 ),
             })
         };
@@ -109,16 +153,12 @@ impl SlotKey {
         let (prefix, [icae, version, fingerprint, digest]) = parts.split_at(n - 4) else {
             return Err(not_ours());
         };
-        let hex = |s: &str, len: Option<usize>| {
+        let hex = |s: &str| {
             !s.is_empty()
-                && len.is_none_or(|l| s.len() == l)
                 && s.bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
-        if format!("{icae}:{version}") != SCHEMA
-            || !hex(fingerprint, None)
-            || !hex(digest, Some(64))
-        {
+        if format!("{icae}:{version}") != SCHEMA || !hex(fingerprint) || !is_content(digest) {
             return Err(not_ours());
         }
         let tenant = prefix.first().and_then(|p| p.strip_prefix(TENANT_PREFIX));
@@ -212,6 +252,42 @@ mod tests {
                 "the key is echoed whole: {} bytes",
                 err.len()
             );
+        }
+    }
+
+    #[test]
+    fn refined_keys_name_their_refinement_and_parse_back() {
+        let digest = token_digest(&[9]);
+        let plain = super::slot_key(&scope(None, ""), "0f", &slot_content(&digest, 0, Some(0.5)));
+        let refined = super::slot_key(&scope(None, ""), "0f", &slot_content(&digest, 50, None));
+        let targeted = super::slot_key(
+            &scope(None, ""),
+            "0f",
+            &slot_content(&digest, 50, Some(0.05)),
+        );
+        assert_eq!(plain, format!("icae:v1:0f:{digest}"));
+        assert_eq!(refined, format!("{plain}-r50"));
+        assert_eq!(targeted, format!("{plain}-r50-t0.05"));
+        for key in [&plain, &refined, &targeted] {
+            assert_eq!(&SlotKey::parse(key, None).unwrap().key, key);
+        }
+        for bad in [
+            "-r",
+            "-r0",
+            "-r07",
+            "-r1234567",
+            "-rx",
+            "-r5-t",
+            "-r5-tNaN",
+            "-r5-t-1",
+            "-r5-t1e3",
+            "-t5",
+            "-r5-t0.50",
+            "x",
+        ] {
+            let key = format!("{plain}{bad}");
+            let err = SlotKey::parse(&key, None).unwrap_err().to_string();
+            assert!(err.contains("an ICAE slot key"), "{bad}: {err}");
         }
     }
 

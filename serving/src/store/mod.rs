@@ -10,7 +10,9 @@ mod batch;
 mod key;
 
 pub use batch::KeyResult;
-pub use key::{slot_key, KeyScope, Namespace, SlotKey, MAX_KEY_BYTES, MAX_NAMESPACE_LEN};
+pub use key::{
+    slot_content, slot_key, KeyScope, Namespace, SlotKey, MAX_KEY_BYTES, MAX_NAMESPACE_LEN,
+};
 
 use std::time::{Duration, Instant};
 
