@@ -3,7 +3,6 @@ slots, step count and reconstruction loss of the PyTorch oracle (training/icae_t
 transformers + peft, torch autograd, torch.optim.Adam) on the same steps and data."""
 
 import pytest
-import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
@@ -19,9 +18,11 @@ TEXTS = {
     "them until it reads the text back. " * 7,
 }
 STEPS, LR = 4, 0.1
-# Slots after the same Adam steps, within this share of their largest magnitude: the two
+# The oracle refines the engine's own plain slots, so that only refinement is compared (the
+# encoders agree within 1e-3 of the largest slot, tests/training/test_cross_check.py). The
+# updates (refined - plain) must agree within this share of their largest magnitude: the two
 # sides sum the same products in other orders, and Adam's normalised steps carry that noise.
-SLOT_TOLERANCE = 2e-3
+UPDATE_TOLERANCE = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,10 @@ def tokenizer(model_dir):
 
 
 def compress(model_dir, tmp_path, text, *flags):
+    """`icae compress` with `flags`: its JSON summary, slots and metadata."""
     text_file = tmp_path / "text.txt"
     text_file.write_text(text)
-    out = tmp_path / "slots.safetensors"
+    out = tmp_path / f"slots-{len(list(tmp_path.iterdir()))}.safetensors"
     # fmt: off
     summary = run_icae_json(
         "compress", "--model", model_dir, "--adapter", ADAPTER, "--device", "cpu",
@@ -45,39 +47,35 @@ def compress(model_dir, tmp_path, text, *flags):
     )
     # fmt: on
     with safe_open(str(out), "pt") as f:
-        return summary, f.get_tensor("slots"), f.metadata()
+        return summary, f.get_tensor("slots").clone(), f.metadata()
 
 
 @pytest.mark.parametrize("name", TEXTS)
 def test_refined_slots_match_the_oracle(name, model_dir, oracle, tokenizer, tmp_path):
     text = TEXTS[name]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    _, start, _ = compress(model_dir, tmp_path, text)
     summary, ours, meta = compress(
         model_dir, tmp_path, text, "--refine-steps", STEPS, "--refine-lr", LR
     )
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    with torch.no_grad():
-        start = oracle.compress(ids)
     want = refine(oracle, ids, start, RefineOptions(STEPS, LR))
     assert ours.shape == want.slots.shape
-    # Refinement moved the slots far beyond the tolerance, so agreeing means something.
-    scale = want.slots.abs().max().item()
-    assert (want.slots - start).abs().max().item() > 20 * SLOT_TOLERANCE * scale
-    assert (ours - want.slots).abs().max().item() <= SLOT_TOLERANCE * scale
+    ours_update, want_update = ours - start, want.slots - start
+    scale = want_update.abs().max().item()
+    assert scale > 0.05, "refinement hardly moved the slots: the comparison would say little"
+    assert (ours_update - want_update).abs().max().item() <= UPDATE_TOLERANCE * scale
     assert summary["refine_steps"] == want.steps_run == STEPS
     assert summary["reconstruction_loss"] == pytest.approx(want.reconstruction_loss, rel=2e-3)
     assert float(meta["reconstruction_loss"]) == summary["reconstruction_loss"]
     assert meta["refine_steps"] == str(STEPS) and meta["refine_steps_run"] == str(STEPS)
-    plain = reconstruction_loss(oracle, start, ids)
-    assert want.reconstruction_loss < plain
+    assert want.reconstruction_loss < reconstruction_loss(oracle, start, ids)
 
 
 def test_plain_scores_and_early_stops_match_the_oracle(model_dir, oracle, tokenizer, tmp_path):
     text = TEXTS["one-segment"]
     ids = tokenizer.encode(text, add_special_tokens=False)
-    with torch.no_grad():
-        start = oracle.compress(ids)
     # The plain slots' fidelity score: one decoder forward, no step.
-    summary, _, meta = compress(model_dir, tmp_path, text, "--reconstruction-loss")
+    summary, start, meta = compress(model_dir, tmp_path, text, "--reconstruction-loss")
     plain = reconstruction_loss(oracle, start, ids)
     assert summary["reconstruction_loss"] == pytest.approx(plain, rel=1e-3)
     assert summary["refine_steps"] == 0 and "refine_steps" not in meta
