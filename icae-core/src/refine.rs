@@ -220,7 +220,8 @@ impl Refinement {
         let _guard = tch::no_grad_guard();
         for (&row, gradient) in stepping.iter().zip(&gradients) {
             let document = &mut self.documents[active[row]];
-            adam_update(document, gradient, self.options.learning_rate);
+            let learning_rate = scheduled_rate(&self.options, document.steps_run);
+            adam_update(document, gradient, learning_rate);
             document.steps_run += 1;
             if document.steps_run >= self.options.steps {
                 document.done = true;
@@ -261,6 +262,15 @@ impl Refinement {
         }
         Ok(out)
     }
+}
+
+/// The learning rate of step `step` (from 0): a cosine from `learning_rate` down to 0 over
+/// the steps asked for. A constant rate keeps Adam's normalised steps at full size to the
+/// end, so the last few targets read wrong keep knocking others over; decaying it lets the
+/// slots settle (docs/refinement.md).
+pub fn scheduled_rate(options: &RefineOptions, step: usize) -> f64 {
+    let progress = step as f64 / options.steps.max(1) as f64;
+    options.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
 /// PyTorch's Adam step (`torch.optim.Adam`, no weight decay), in f32.

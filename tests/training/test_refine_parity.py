@@ -2,13 +2,22 @@
 slots, step count and reconstruction loss of the PyTorch oracle (training/icae_train/refine.py:
 transformers + peft, torch autograd, torch.optim.Adam) on the same steps and data."""
 
+import json
+import subprocess
+
 import pytest
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from conftest import ROOT, run_icae_json
 from icae_train.adapter_io import load_adapter
-from icae_train.refine import RefineOptions, SlotRefiner, reconstruction_loss, refine
+from icae_train.refine import (
+    RefineOptions,
+    SlotRefiner,
+    reconstruction_loss,
+    refine,
+    scheduled_rate,
+)
 
 ADAPTER = ROOT / "models" / "smollm2-135m-icae"
 TEXTS = {
@@ -82,7 +91,7 @@ def test_plain_scores_and_early_stops_match_the_oracle(model_dir, oracle, tokeni
 
     # A target halfway between the losses before steps 2 and 3 stops both sides at step 3.
     refiner = SlotRefiner(oracle, [ids], start.unsqueeze(0), LR)
-    losses = [refiner.step().item() for _ in range(4)]
+    losses = [refiner.step(scheduled_rate(LR, step, 10)).item() for step in range(4)]
     target = (losses[2] + losses[3]) / 2
     summary, _, meta = compress(
         model_dir, tmp_path, text, "--refine-steps", 10, "--refine-lr", LR,
@@ -93,3 +102,36 @@ def test_plain_scores_and_early_stops_match_the_oracle(model_dir, oracle, tokeni
     assert summary["refine_steps"] == 3
     assert meta["refine_steps"] == "10" and float(meta["refine_target_loss"]) == target
     assert summary["reconstruction_loss"] <= target
+
+
+def test_refine_eval_reports_each_step_count(model_dir, tmp_path):
+    """`icae-train refine-eval`: each step count is its own refinement of the same held-out
+    passages, from the encoder's slots or from the mean slot, at the adapter's rate or a
+    higher one."""
+    texts = [
+        "Refinement moves the memory slots until the frozen decoder reads the text back. " * 3,
+        "A second document about the weather in Lyon: rain all week, twelve degrees. " * 3,
+    ]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "report.json"
+    base = ["icae-train", "refine-eval", "--model", str(model_dir), "--adapter", str(ADAPTER)]
+    base += ["--device", "cpu", "--heldout", str(heldout), "--passages", "2"]
+    base += ["--passage-tokens", "24", "--steps", "3,0", "--out", str(out)]
+    for extra in ([], ["--cold-start", "--slots", "4"]):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(out.read_text())
+        assert report["passages"] == 2 and report["passage_tokens"] == 24
+        assert report["slots"] == (4 if extra else 32)
+        assert report["start"] == ("mean slot" if extra else "encoder")
+        plain, refined = report["steps"]
+        assert (plain["steps"], refined["steps"]) == (0, 3)
+        assert refined["teacher_forced_loss"] < plain["teacher_forced_loss"]
+        for row in (plain, refined):
+            assert 0 <= row["bleu4"] <= 1 and 0 <= row["exact"] <= 1
+            assert 0 <= row["teacher_forced_accuracy"] <= 1
+    proc = subprocess.run(
+        base + ["--passage-tokens", "5000"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0 and "5000" in proc.stderr

@@ -21,6 +21,7 @@ is the plain mean nll of the slots as they are at that moment (`reconstruction_l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,8 +72,12 @@ class SlotRefiner:
         ).view_as(self.targets)
         return nll, predicted.argmax(-1) != self.targets
 
-    def step(self) -> torch.Tensor:
-        """One optimiser step; returns each document's reconstruction loss before it."""
+    def step(self, learning_rate: float | None = None) -> torch.Tensor:
+        """One optimiser step (at `learning_rate` when given); returns each document's
+        reconstruction loss before it."""
+        if learning_rate is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
         nll, wrong = self.read()
         loss = sum(objective(n, w) for n, w in zip(nll, wrong, strict=True))
         self.optimizer.zero_grad()
@@ -83,6 +88,12 @@ class SlotRefiner:
     @torch.no_grad()
     def losses(self) -> torch.Tensor:
         return self.read()[0].mean(-1)
+
+
+def scheduled_rate(learning_rate: float, step: int, steps: int) -> float:
+    """The learning rate of step `step` (from 0): a cosine from `learning_rate` to 0 over
+    `steps`."""
+    return learning_rate * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
 
 
 def objective(nll: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
@@ -104,10 +115,10 @@ def refine(model: ICAE, ids: list[int], slots: torch.Tensor, options: RefineOpti
     `options.steps` steps, fewer once the loss of the current slots is at the target."""
     refiner = SlotRefiner(model, [ids], slots.unsqueeze(0), options.learning_rate)
     steps_run = 0
-    for _ in range(options.steps):
+    for step in range(options.steps):
         if options.target_loss is not None and refiner.losses().item() <= options.target_loss:
             break
-        refiner.step()
+        refiner.step(scheduled_rate(options.learning_rate, step, options.steps))
         steps_run += 1
     refined = refiner.slots.detach()[0]
     return Refined(refined, steps_run, reconstruction_loss(model, refined, ids))

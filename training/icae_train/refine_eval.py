@@ -13,7 +13,18 @@ import torch
 from .evaluate import heldout_passages
 from .metrics import corpus_bleu, prefix_match
 from .model import ICAE
-from .refine import SlotRefiner
+from .refine import SlotRefiner, scheduled_rate
+
+
+def one_segment_slots(model: ICAE, passages: list[list[int]], k: int) -> torch.Tensor:
+    """Slots `[batch, k, hidden]` of each passage read as one segment with the first `k`
+    memory tokens: the encoder at a higher rate than it was trained for, as a warm start."""
+    if k > model.config.mem_size:
+        raise ValueError(f"--slots {k} is more than the adapter's {model.config.mem_size}")
+    ids = torch.tensor(passages, dtype=torch.long, device=model.device)
+    memory = model.memory_token_embed.weight[:k].to(model.dtype).expand(len(passages), -1, -1)
+    x = torch.cat([model._table(ids), memory], dim=1)
+    return model.to_decoder(model.encoder_states(x)[:, -k:])
 
 
 def refine_eval(
@@ -25,33 +36,37 @@ def refine_eval(
     checkpoints: list[int],
     learning_rate: float,
     cold_start: bool = False,
+    slots_per_passage: int | None = None,
     seed: int = 0,
 ) -> dict:
     model.eval()
     passages = heldout_passages(documents, passage_tokens, count, seed)
     with torch.no_grad():
-        slots = torch.stack([model.compress(p) for p in passages])
+        if slots_per_passage is None:
+            slots = torch.stack([model.compress(p) for p in passages])
+        else:
+            slots = one_segment_slots(model, passages, slots_per_passage)
     if cold_start:
         slots = slots.mean(dim=(0, 1), keepdim=True).expand_as(slots)
-    refiner = SlotRefiner(model, passages, slots, learning_rate)
     detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-    rows, done, refine_seconds = [], 0, 0.0
-    for checkpoint in sorted(set(checkpoints)):
+    rows = []
+    # Each row is its own refinement of `steps` steps, as `--refine-steps steps` runs it
+    # (the learning rate decays over the steps asked for).
+    for steps in sorted(set(checkpoints)):
+        refiner = SlotRefiner(model, passages, slots, learning_rate)
         started = time.time()
-        while done < checkpoint:
-            refiner.step()
-            done += 1
-        refine_seconds += time.time() - started
+        for step in range(steps):
+            refiner.step(scheduled_rate(learning_rate, step, steps))
+        refine_seconds = time.time() - started
         with torch.no_grad():
             nll, wrong = refiner.read()
-            current = refiner.slots.detach()
             hypotheses = [
                 model.greedy(model.ae_layout(s.to(model.dtype)), passage_tokens + 8)
-                for s in current
+                for s in refiner.slots.detach()
             ]
         rows.append(
             {
-                "steps": checkpoint,
+                "steps": steps,
                 "bleu4": corpus_bleu(
                     list(map(detokenize, passages)), list(map(detokenize, hypotheses))
                 ),

@@ -1,6 +1,7 @@
 //! The main job, against running services: compress the example article with encoder-svc,
-//! reconstruct it and answer its questions with decoder-svc from the slots, and from the
-//! full text (baseline) side by side, with ratios, bytes and latencies.
+//! plainly and with test-time refinement (each with its fidelity score), reconstruct it and
+//! answer its questions with decoder-svc from both sets of slots and from the full text
+//! (baseline) side by side, with ratios, bytes and latencies.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,10 +10,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use icae_client::{
     baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
-    slot_keys, status_error, ConnectOptions, Decoder, Generated,
+    slot_keys, status_error, ConnectOptions, Decoder, Encoder, Generated,
 };
 use icae_core::adapter::untrained_warning;
-use icae_proto::v1::{CompressOptions, GenerateRequest, InfoRequest, Mode};
+use icae_proto::v1::{CompressOptions, GenerateRequest, InfoRequest, Mode, SlotHandle};
 use serde::Deserialize;
 
 #[derive(Debug, Args)]
@@ -31,6 +32,9 @@ pub struct DemoArgs {
     pub questions: usize,
     #[arg(long, default_value_t = 48)]
     pub max_answer_tokens: u32,
+    /// Refinement steps for the refined compression (0: show plain slots only).
+    #[arg(long, default_value_t = 50)]
+    pub refine_steps: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,75 +104,85 @@ async fn demo(args: DemoArgs) -> Result<()> {
         println!("WARNING: {}", untrained_warning(Path::new(&info.adapter)));
     }
 
-    let started = Instant::now();
-    let compress = compress_one(
-        article.clone(),
-        CompressOptions {
-            return_slots: true,
-            ..Default::default()
-        },
-    );
-    let response = encoder
-        .compress(compress)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let compress_s = started.elapsed().as_secs_f64();
-    let doc = response
-        .documents
-        .first()
-        .context("no document in the response")?;
-    let handle = doc.handle.clone().context("no handle")?;
+    let plain = compress_article(&mut encoder, &article, 0).await?;
+    let handle = &plain.handle;
     let kv_bytes = info.kv_bytes_per_position * u64::from(handle.num_tokens);
     println!(
-        "\ncompressed the article: {} tokens -> {} slots ({} segments, {:.2}x fewer positions) in {:.3}s (cache hit: {})",
+        "\ncompressed the article: {} tokens -> {} slots ({} segments, {:.2}x fewer positions) in {:.3}s (cache hit: {}), reconstruction loss {}",
         handle.num_tokens,
         handle.num_slots,
         handle.num_segments,
         f64::from(handle.num_tokens) / f64::from(handle.num_slots),
-        compress_s,
-        handle.cache_hit
+        plain.seconds,
+        handle.cache_hit,
+        loss_text(handle.reconstruction_loss)
     );
     println!(
         "stored in Redis as {}: {} bytes, against {} bytes of KV cache the decoder would keep for the full text ({:.1}x less)",
         handle.key,
-        doc.slots.len(),
+        plain.bytes,
         kv_bytes,
-        kv_bytes as f64 / doc.slots.len().max(1) as f64
+        kv_bytes as f64 / plain.bytes.max(1) as f64
     );
+    let refined = match args.refine_steps {
+        0 => None,
+        steps => {
+            let refined = compress_article(&mut encoder, &article, steps).await?;
+            println!(
+                "refined the slots: {} steps in {:.1}s (cache hit: {}), reconstruction loss {} -> {}, stored as {}",
+                refined.handle.refine_steps,
+                refined.seconds,
+                refined.handle.cache_hit,
+                loss_text(handle.reconstruction_loss),
+                loss_text(refined.handle.reconstruction_loss),
+                refined.handle.key
+            );
+            Some(refined)
+        }
+    };
 
-    let slots = || slot_keys(&[&handle.key]);
-    let reconstruction = generate(
-        &mut decoder,
-        generate_request(
-            slots(),
-            Mode::Autoencode,
-            "",
-            greedy(handle.num_tokens + 16),
-        ),
-    )
-    .await?;
-    println!(
-        "\nreconstruction from {} positions: {} tokens, first token {:.3}s, total {:.2}s",
-        prompt_positions(&reconstruction),
-        reconstruction.token_ids.len(),
-        reconstruction.first_token_seconds,
-        reconstruction.seconds
-    );
-    println!("  original:      {}", excerpt(&article));
-    println!("  reconstructed: {}", excerpt(&reconstruction.text));
-
-    for record in records.iter().take(args.questions) {
-        let from_slots = generate(
+    println!("\n  original:            {}", excerpt(&article));
+    let mut sets = vec![("plain slots", handle.key.clone())];
+    if let Some(refined) = &refined {
+        sets.push(("refined slots", refined.handle.key.clone()));
+    }
+    for (name, key) in &sets {
+        let reconstruction = generate(
             &mut decoder,
             generate_request(
-                slots(),
-                Mode::Answer,
-                &record.prompt,
-                greedy(args.max_answer_tokens),
+                slot_keys(&[key]),
+                Mode::Autoencode,
+                "",
+                greedy(handle.num_tokens + 16),
             ),
         )
         .await?;
+        println!(
+            "  from {name:<14} {} (exact: {}; {} positions, {} tokens, first token {:.3}s, total {:.2}s)",
+            excerpt(&reconstruction.text),
+            same_text(&reconstruction.text, &article),
+            prompt_positions(&reconstruction),
+            reconstruction.token_ids.len(),
+            reconstruction.first_token_seconds,
+            reconstruction.seconds
+        );
+    }
+
+    for record in records.iter().take(args.questions) {
+        println!("\nQ: {}\n  reference: {}", record.prompt, record.answer);
+        for (name, key) in &sets {
+            let answer = generate(
+                &mut decoder,
+                generate_request(
+                    slot_keys(&[key]),
+                    Mode::Answer,
+                    &record.prompt,
+                    greedy(args.max_answer_tokens),
+                ),
+            )
+            .await?;
+            print_answer(name, &answer);
+        }
         let baseline = generate(
             &mut decoder,
             generate_request(
@@ -179,23 +193,68 @@ async fn demo(args: DemoArgs) -> Result<()> {
             ),
         )
         .await?;
-        println!("\nQ: {}\n  reference: {}", record.prompt, record.answer);
-        println!(
-            "  slots     ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
-            prompt_positions(&from_slots),
-            from_slots.first_token_seconds,
-            from_slots.seconds,
-            excerpt(&from_slots.text)
-        );
-        println!(
-            "  full text ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
-            prompt_positions(&baseline),
-            baseline.first_token_seconds,
-            baseline.seconds,
-            excerpt(&baseline.text)
-        );
+        print_answer("full text", &baseline);
     }
     Ok(())
+}
+
+/// One compression of the article and what the demo prints of it.
+struct ArticleSlots {
+    handle: SlotHandle,
+    bytes: usize,
+    seconds: f64,
+}
+
+async fn compress_article(
+    encoder: &mut Encoder,
+    article: &str,
+    refine_steps: u32,
+) -> Result<ArticleSlots> {
+    let started = Instant::now();
+    let options = CompressOptions {
+        return_slots: true,
+        refine_steps,
+        reconstruction_loss: true,
+        ..Default::default()
+    };
+    let response = encoder
+        .compress(compress_one(article.to_string(), options))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let doc = response
+        .documents
+        .first()
+        .context("no document in the response")?;
+    Ok(ArticleSlots {
+        handle: doc.handle.clone().context("no handle")?,
+        bytes: doc.slots.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn print_answer(name: &str, answer: &Generated) {
+    println!(
+        "  {name:<14} ({:>4} positions, first token {:.3}s, total {:.2}s): {}",
+        prompt_positions(answer),
+        answer.first_token_seconds,
+        answer.seconds,
+        excerpt(&answer.text)
+    );
+}
+
+fn loss_text(loss: Option<f64>) -> String {
+    loss.map_or("unknown".into(), |l| format!("{l:.3} nats/token"))
+}
+
+/// Whether a reconstruction is the original text, to the byte (the tokenizer is lossless,
+/// so the right tokens give exactly the article).
+fn same_text(reconstruction: &str, original: &str) -> &'static str {
+    if reconstruction == original {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 fn excerpt(text: &str) -> String {
