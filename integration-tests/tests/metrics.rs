@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use icae_proto::v1::{CompressRequest, Mode};
+use icae_proto::v1::{CompressOptions, CompressRequest, Mode};
 use integration_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -139,6 +139,15 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
 
     let key = compress_key(&encoder.url(), DOC).await;
     compress_key(&encoder.url(), DOC).await;
+    let refined = CompressOptions {
+        refine_steps: 2,
+        ..Default::default()
+    };
+    integration_tests::encoder(&encoder.url())
+        .await
+        .compress(icae_client::compress_one(DOC, refined))
+        .await
+        .unwrap();
     let refused = integration_tests::encoder(&encoder.url())
         .await
         .compress(CompressRequest::default())
@@ -170,7 +179,7 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
             "icae_requests_total",
             &[&compress[..], &[("code", "Ok")]].concat()
         ),
-        Some(2.0),
+        Some(3.0),
         "{body}"
     );
     let invalid = [&compress[..], &[("code", "InvalidArgument")]].concat();
@@ -196,7 +205,19 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
         &[("service", "encoder")],
         1.0,
     );
-    assert_histogram(&body, &encoder_samples, "icae_slot_bytes", &[], 1.0);
+    assert_histogram(&body, &encoder_samples, "icae_slot_bytes", &[], 2.0);
+    assert_histogram(&body, &encoder_samples, "icae_refine_steps", &[], 1.0);
+    assert_histogram(
+        &body,
+        &encoder_samples,
+        "icae_reconstruction_loss",
+        &[],
+        1.0,
+    );
+    assert_eq!(
+        value(&encoder_samples, "icae_refine_steps_sum", &[]),
+        Some(2.0)
+    );
     assert_histogram(
         &body,
         &encoder_samples,

@@ -26,6 +26,8 @@ pub enum BenchCommand {
     Decode(crate::commands::bench_decode::DecodeArgs),
     /// Latency, throughput and bytes of the running services (see scripts/bench-serve.sh).
     Serve(crate::commands::bench_serve::ServeArgs),
+    /// A refinement step against a plain decoder forward, and against the PyTorch oracle.
+    Refine(crate::commands::bench_refine::RefineArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +65,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(args) => forward(args),
         BenchCommand::Decode(args) => crate::commands::bench_decode::run(args),
+        BenchCommand::Refine(args) => crate::commands::bench_refine::run(args),
         BenchCommand::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -1,6 +1,7 @@
 pub mod adapter;
 pub mod bench;
 pub mod bench_decode;
+pub mod bench_refine;
 pub mod bench_serve;
 pub mod bench_worker;
 pub mod client;

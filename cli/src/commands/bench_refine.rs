@@ -1,0 +1,174 @@
+//! `icae bench refine`: the cost of test-time slot refinement. Per document length: one
+//! refinement step against one plain decoder forward of the same layout (the score a plain
+//! compression reports), and the engine's step against the PyTorch oracle's
+//! (training/icae_train/refine.py) on the same document, alternating, in one run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use icae_core::args::{AdapterArgs, ModelArgs};
+use icae_core::device::kind_name;
+use icae_core::refine::reconstruction_losses;
+use icae_core::{IcaeModel, RefineOptions, Refinement, SlotDtype};
+use serde_json::json;
+
+use crate::commands::bench::bench_tokens;
+use crate::commands::bench_worker::{synchronize, torch_device_name, PyWorker};
+use crate::common::{load_icae, print_json};
+
+#[derive(Debug, Args)]
+pub struct RefineArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+    /// Document lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub lengths: Vec<usize>,
+    /// Refinement steps per timed run.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Timed repetitions per case and engine (the best is kept).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Text the documents are cut from (repeated as needed).
+    #[arg(long, default_value = "examples/pwc_dev.jsonl")]
+    pub data: PathBuf,
+    /// Python with the training package (icae_train) for the oracle; "" skips it.
+    #[arg(long, env = "ICAE_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// The oracle's timing script.
+    #[arg(long, default_value = "scripts/bench/py_refine.py")]
+    pub oracle_script: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: RefineArgs) -> Result<()> {
+    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(!args.lengths.is_empty(), "give --lengths");
+    let icae = load_icae(&args.model, &args.adapter)?;
+    let (device, kind) = (icae.device(), icae.kind());
+    anyhow::ensure!(
+        kind == tch::Kind::Float,
+        "bench refine compares with the oracle in f32: run it with --dtype f32"
+    );
+    let needed = args.lengths.iter().copied().max().unwrap_or(0);
+    let ids = bench_tokens(&icae, &args.data, needed)?;
+    let mut oracle = if args.python.is_empty() {
+        None
+    } else {
+        Some(PyWorker::start_reference(
+            &args.python,
+            &args.oracle_script,
+            &args.model.model,
+            &ids,
+            (device, kind),
+            vec!["--adapter".into(), args.adapter.adapter.clone().into()],
+        )?)
+    };
+    let mut rows = Vec::new();
+    for &length in &args.lengths {
+        let document = &ids[..length];
+        let request = json!({"length": length, "steps": args.steps});
+        // Warm-ups, then alternating runs; the best of each is kept.
+        step_seconds(&icae, document, args.steps)?;
+        forward_seconds(&icae, document)?;
+        if let Some(oracle) = oracle.as_mut() {
+            oracle.seconds(&request)?;
+        }
+        let (mut step, mut forward, mut python) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+        for _ in 0..args.repeats.max(1) {
+            step = step.min(step_seconds(&icae, document, args.steps)?);
+            forward = forward.min(forward_seconds(&icae, document)?);
+            if let Some(oracle) = oracle.as_mut() {
+                python = python.min(oracle.seconds(&request)?);
+            }
+        }
+        let python = oracle.as_ref().map(|_| python);
+        rows.push(json!({
+            "tokens": length,
+            "slots": icae.num_segments(length) * icae.adapter.mem_size(),
+            "step_seconds": step,
+            "forward_seconds": forward,
+            "step_over_forward": step / forward,
+            "oracle_step_seconds": python,
+            "speedup_vs_oracle": python.map(|p| p / step),
+        }));
+    }
+    let report = json!({
+        "bench": "refine",
+        "device": torch_device_name(device),
+        "dtype": kind_name(kind),
+        "threads": tch::get_num_threads(),
+        "oracle_threads": oracle.as_ref().map(|o| o.threads()),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "rows": rows,
+    });
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "device {}, {}, {} threads (oracle: {}), {} steps a run, best of {} alternating runs",
+        torch_device_name(device),
+        kind_name(kind),
+        tch::get_num_threads(),
+        oracle
+            .as_ref()
+            .map_or("-".into(), |o| o.threads().to_string()),
+        args.steps,
+        args.repeats
+    );
+    println!("tokens  slots  step s  forward s  step/forward  oracle step s  engine speed-up");
+    for row in &rows {
+        let number = |key: &str| row[key].as_f64().unwrap_or_default();
+        println!(
+            "{:>6}  {:>5}  {:>6.3}  {:>9.3}  {:>12.2}  {:>13}  {:>15}",
+            row["tokens"],
+            row["slots"],
+            number("step_seconds"),
+            number("forward_seconds"),
+            number("step_over_forward"),
+            row["oracle_step_seconds"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            row["speedup_vs_oracle"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}x")),
+        );
+    }
+    Ok(())
+}
+
+/// Seconds per step of refining `document` for `steps` steps from its encoder slots,
+/// the final score included (as the oracle's `refine` does).
+fn step_seconds(icae: &IcaeModel, document: &[u32], steps: usize) -> Result<f64> {
+    let slots = icae.compress(document)?.slots;
+    let model = icae.read_back_model()?;
+    synchronize(icae.device());
+    let started = Instant::now();
+    let mut refinement = Refinement::new(
+        vec![(document.to_vec(), slots)],
+        RefineOptions {
+            learning_rate: 0.1,
+            ..RefineOptions::steps(steps)
+        },
+    );
+    while refinement.step(model, &|_| true)?.is_some() {}
+    refinement.finish(model, SlotDtype::F32)?;
+    synchronize(icae.device());
+    Ok(started.elapsed().as_secs_f64() / steps as f64)
+}
+
+/// Seconds of one plain decoder forward over the same layout (a reconstruction score).
+fn forward_seconds(icae: &IcaeModel, document: &[u32]) -> Result<f64> {
+    let slots = icae.compress(document)?.slots;
+    synchronize(icae.device());
+    let started = Instant::now();
+    reconstruction_losses(icae.read_back_model()?, &[(document, &slots)])?;
+    synchronize(icae.device());
+    Ok(started.elapsed().as_secs_f64())
+}

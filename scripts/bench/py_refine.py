@@ -1,0 +1,47 @@
+"""Time test-time slot refinement with the PyTorch oracle (training/icae_train/refine.py:
+transformers + peft, torch autograd, torch.optim.Adam): the reference `icae bench refine`
+compares the Rust engine with, step for step on the same documents.
+
+Worker mode only: each input line is {"length": L, "steps": N}; the worker compresses the
+first L bench tokens, then times N refinement steps and answers {"seconds": per step}. The
+first line out is {"ready": true, "threads": N, "dtype": ..., "device": ...}.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from icae_train.adapter_io import load_adapter
+from icae_train.refine import RefineOptions, refine
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True, help="HF model directory")
+    parser.add_argument("--adapter", type=Path, required=True)
+    parser.add_argument("--ids", type=Path, required=True, help="JSON list of token ids")
+    parser.add_argument("--dtype", choices=["f32"], default="f32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lr", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    model = load_adapter(args.model, args.adapter, device=args.device, dtype=torch.float32)
+    model.eval()
+    ids = json.loads(args.ids.read_text())
+    ready = {"ready": True, "threads": torch.get_num_threads()}
+    print(json.dumps({**ready, "dtype": args.dtype, "device": args.device}), flush=True)
+    for line in sys.stdin:
+        case = json.loads(line)
+        document = ids[: case["length"]]
+        with torch.no_grad():
+            slots = model.compress(document)
+        start = time.perf_counter()
+        refine(model, document, slots, RefineOptions(case["steps"], args.lr))
+        seconds = time.perf_counter() - start
+        print(json.dumps({"seconds": seconds / max(1, case["steps"])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
