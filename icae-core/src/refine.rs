@@ -36,7 +36,7 @@ const EPSILON: f64 = 1e-8;
 
 /// The learning rate when a caller gives none (docs/refinement.md: measured on held-out
 /// passages with the default adapter).
-pub const DEFAULT_LEARNING_RATE: f64 = 0.01;
+pub const DEFAULT_LEARNING_RATE: f64 = 0.1;
 
 /// How to refine.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -65,6 +65,7 @@ def autoencode_eval(
         / max(1, len(passages)),
         "token_accuracy": token_accuracy(passages, hypotheses),
         "teacher_forced": teacher_forced_eval(model, passages, slots),
+        "first_token": first_token_eval(model, tokenizer, passages, slots),
         "seconds": time.time() - started,
     }
 
@@ -86,6 +87,26 @@ def long_teacher_forced_eval(
         "seed": seed,
         "slots": model.num_segments(passage_tokens) * model.config.mem_size,
         "teacher_forced": teacher_forced_eval(model, passages, slots),
+    }
+
+
+def first_token_eval(model: ICAE, tokenizer, passages: list[list[int]], slots: list) -> dict:
+    """What the decoder predicts at the [AE] position (the first token of every
+    reconstruction): how often its argmax is the passage's first token, and the argmaxes it
+    gives, most common first. One argmax for every passage means the position does not read
+    the slots, and greedy reconstruction is wrong from its first token."""
+    argmaxes = []
+    for ids, memory in zip(passages, slots, strict=True):
+        predicted, _ = model._predictions(model.ae_layout(memory), ids[:1])
+        argmaxes.append(int(predicted[0].argmax()))
+    counts: dict[str, int] = {}
+    for token in argmaxes:
+        text = tokenizer.decode([token])
+        counts[text] = counts.get(text, 0) + 1
+    right = sum(a == ids[0] for a, ids in zip(argmaxes, passages, strict=True))
+    return {
+        "accuracy": right / max(1, len(passages)),
+        "argmax_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
     }
 
 

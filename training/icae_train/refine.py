@@ -33,7 +33,7 @@ from .model import ICAE, Objective
 @dataclass(frozen=True)
 class RefineOptions:
     steps: int
-    learning_rate: float = 0.01
+    learning_rate: float = 0.1
     target_loss: float | None = None
 
 
