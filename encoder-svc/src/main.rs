@@ -62,9 +62,9 @@ pub struct Config {
     #[arg(long, env = "ICAE_MAX_REFINE_STEPS", default_value_t = 200)]
     pub max_refine_steps: usize,
     /// Most tokens of all documents of one refining or scoring request: its backward pass
-    /// keeps the activations of all of them (about 1.5 MB per token for the default model
-    /// in f32).
-    #[arg(long, env = "ICAE_MAX_REFINE_TOKENS", default_value_t = 4096)]
+    /// keeps the activations of all of them (about 2 MB per token for the default model
+    /// in f32, more for long documents: docs/refinement.md).
+    #[arg(long, env = "ICAE_MAX_REFINE_TOKENS", default_value_t = 2048)]
     pub max_refine_tokens: usize,
 }
 
