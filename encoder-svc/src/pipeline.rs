@@ -236,41 +236,21 @@ impl CompressPipeline {
         Ok(Some(options))
     }
 
+    /// One request may not hold more tokens than --max-request-tokens.
+    fn check_request_tokens(&self, token_ids: &[Vec<u32>]) -> Result<(), ServiceError> {
+        let max = self.limits.max_request_tokens;
+        check_total_tokens(token_ids, max, "request (--max-request-tokens)")
+    }
+
     /// A refining or scoring request may not hold more tokens than --max-refine-tokens:
     /// its backward pass keeps the activations of all of them.
     fn check_refine_tokens(&self, token_ids: &[Vec<u32>]) -> Result<(), ServiceError> {
-        let total: usize = token_ids.iter().map(Vec::len).sum();
         let max = self.limits.max_refine_tokens;
-        if total > max {
-            return Err(InputError::BadParameter {
-                name: "documents",
-                value: format!("{total} tokens in all"),
-                expected: format!(
-                    "must have at most {max} tokens in one refining or scoring request \
-                     (--max-refine-tokens); split the documents over several requests"
-                ),
-            }
-            .into());
-        }
-        Ok(())
-    }
-
-    /// One request may not hold more tokens than --max-request-tokens.
-    fn check_request_tokens(&self, token_ids: &[Vec<u32>]) -> Result<(), ServiceError> {
-        let total: usize = token_ids.iter().map(Vec::len).sum();
-        let max = self.limits.max_request_tokens;
-        if total > max {
-            return Err(InputError::BadParameter {
-                name: "documents",
-                value: format!("{total} tokens in all"),
-                expected: format!(
-                    "must have at most {max} tokens in one request (--max-request-tokens); \
-                     split the documents over several requests"
-                ),
-            }
-            .into());
-        }
-        Ok(())
+        check_total_tokens(
+            token_ids,
+            max,
+            "refining or scoring request (--max-refine-tokens)",
+        )
     }
 
     /// With return_slots, the response carries every slot value: refuse before computing
@@ -507,6 +487,27 @@ fn tokenize_all(
             Ok(ids)
         })
         .collect()
+}
+
+/// All documents of one `request` together may hold at most `max` tokens.
+fn check_total_tokens(
+    token_ids: &[Vec<u32>],
+    max: usize,
+    request: &str,
+) -> Result<(), ServiceError> {
+    let total: usize = token_ids.iter().map(Vec::len).sum();
+    if total > max {
+        return Err(InputError::BadParameter {
+            name: "documents",
+            value: format!("{total} tokens in all"),
+            expected: format!(
+                "must have at most {max} tokens in one {request}; \
+                 split the documents over several requests"
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Name the document so a batch request says which one failed.

@@ -506,6 +506,24 @@ impl Drop for Service {
     }
 }
 
+/// Run `icae COMMAND` on the default model and the tests' adapter, on the CPU, with `args`
+/// and `--json`; the JSON it prints last.
+pub fn icae_on_model(command: &str, args: &[&str]) -> serde_json::Value {
+    let (model, adapter) = (model_dir(), adapter_dir());
+    let mut all = vec![
+        command,
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    icae_json(&all)
+}
+
 /// Run the icae CLI and parse the JSON it prints last.
 pub fn icae_json(args: &[&str]) -> serde_json::Value {
     let output = our_command("icae").args(args).output().unwrap();

@@ -54,23 +54,14 @@ fn cli_compress(dir: &std::path::Path, flags: &[&str]) -> (serde_json::Value, Ve
     let text_file = dir.join("doc.txt");
     std::fs::write(&text_file, TEXT).unwrap();
     let out = dir.join("doc.safetensors");
-    let (model, adapter) = (model_dir(), adapter_dir());
     let mut args = vec![
-        "compress",
-        "--model",
-        model.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--device",
-        "cpu",
         "--text-file",
         text_file.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--json",
     ];
     args.extend_from_slice(flags);
-    let summary = icae_json(&args);
+    let summary = icae_on_model("compress", &args);
     (summary, f32_slots(&std::fs::read(&out).unwrap()))
 }
 

@@ -9,31 +9,15 @@ servant in the French Senate, was arrested on Monday on suspicion of spying for 
 the investigation began in March.";
 
 fn cli_tokens(slot_files: &[&str], mode: &str, prompt: Option<&str>, max_new: u32) -> Vec<u64> {
-    let model = model_dir();
-    let adapter = adapter_dir();
     let max_new = max_new.to_string();
-    let mut args = vec![
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--mode",
-        mode,
-        "--greedy",
-        "--max-new-tokens",
-        &max_new,
-        "--json",
-    ];
+    let mut args = vec!["--mode", mode, "--greedy", "--max-new-tokens", &max_new];
     for f in slot_files {
         args.extend(["--slots", f]);
     }
     if let Some(p) = prompt {
         args.extend(["--prompt", p]);
     }
-    icae_json(&args)["token_ids"]
+    icae_on_model("generate", &args)["token_ids"]
         .as_array()
         .unwrap()
         .iter()
@@ -45,21 +29,15 @@ fn cli_compress(text: &str, dir: &std::path::Path, name: &str) -> String {
     let text_file = dir.join(format!("{name}.txt"));
     std::fs::write(&text_file, text).unwrap();
     let out = dir.join(format!("{name}.safetensors"));
-    let (model, adapter) = (model_dir(), adapter_dir());
-    icae_json(&[
+    icae_on_model(
         "compress",
-        "--model",
-        model.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--text-file",
-        text_file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+        &[
+            "--text-file",
+            text_file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     out.to_str().unwrap().to_string()
 }
 

@@ -34,25 +34,19 @@ async fn compress_handle(url: &str) -> icae_proto::v1::SlotHandle {
 }
 
 fn cli_autoencode(slots: &std::path::Path, max_new: u32) -> Vec<u64> {
-    let (model, adapter) = (model_dir(), adapter_dir());
     let max_new = max_new.to_string();
-    let output = icae_json(&[
+    let output = icae_on_model(
         "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--slots",
-        slots.to_str().unwrap(),
-        "--mode",
-        "autoencode",
-        "--greedy",
-        "--max-new-tokens",
-        &max_new,
-        "--json",
-    ]);
+        &[
+            "--slots",
+            slots.to_str().unwrap(),
+            "--mode",
+            "autoencode",
+            "--greedy",
+            "--max-new-tokens",
+            &max_new,
+        ],
+    );
     output["token_ids"]
         .as_array()
         .unwrap()
