@@ -119,8 +119,8 @@ struct Document {
 }
 
 /// One refinement in progress: several documents, stepped together. A caller runs
-/// [`step`](Self::step) until it returns false (or interleaves other work between steps),
-/// then [`finish`](Self::finish).
+/// [`step`](Self::step) until it returns None (and may do other work between steps), then
+/// [`finish`](Self::finish).
 pub struct Refinement {
     documents: Vec<Document>,
     options: RefineOptions,
@@ -245,7 +245,7 @@ impl Refinement {
             .iter()
             .enumerate()
             .filter(|(_, d)| !d.abandoned)
-            .map(|(i, d)| (i, storage.cast(&d.slots).to_kind(Kind::Float)))
+            .map(|(i, d)| (i, storage.cast(&d.slots.detach()).to_kind(Kind::Float)))
             .collect();
         let inputs: Vec<(&[u32], &Tensor)> = kept
             .iter()

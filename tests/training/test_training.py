@@ -463,6 +463,7 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
         "--device", "cpu", "--pwc", str(qa), "--questions", "3", "--max-new-tokens", "8",
         "--heldout", str(corpus / "train.jsonl"), "--passages", "2", "--passage-tokens", "12",
         "--long-passages", "2", "--long-passage-tokens", "64", "--out", str(out),
+        "--refine-steps", "1",
     ]
     # fmt: on
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -487,6 +488,13 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     assert 0.0 <= report["rouge_l_other_slots"] <= 1.0
     for measure in ("found_slots", "found_full_context", "found_other_slots"):
         assert report[measure] == sum(a[measure] for a in report["answers"]) / 3
+    # --refine-steps: every question is also answered from its context's refined slots.
+    assert report["refine_steps"] == 1 and 0.0 <= report["rouge_l_refined_slots"] <= 1.0
+    assert all("from_refined_slots" in a for a in report["answers"])
+    assert (
+        report["found_refined_slots"]
+        == sum(a["found_refined_slots"] for a in report["answers"]) / 3
+    )
 
 
 def test_answer_control_reads_another_context():

@@ -412,6 +412,7 @@ def cmd_eval(args):
     from .adapter_io import load_adapter
     from .data import read_jsonl
     from .evaluate import answer_eval, autoencode_eval, heldout_passages, long_teacher_forced_eval
+    from .refine import RefineOptions
 
     device, dtype = _device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -435,7 +436,10 @@ def cmd_eval(args):
             )
     if args.pwc:
         records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
-        report["answers"] = answer_eval(model, tokenizer, records, args.max_new_tokens)
+        refine = RefineOptions(args.refine_steps, args.refine_lr) if args.refine_steps else None
+        report["answers"] = answer_eval(
+            model, tokenizer, records, args.max_new_tokens, refine=refine
+        )
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text)
@@ -713,6 +717,13 @@ def main(argv=None):
     p.add_argument("--pwc", type=Path, nargs="*", help="PwC-format JSONL files")
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="also answer every question from its context's slots refined this many steps",
+    )
+    p.add_argument("--refine-lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
     p.set_defaults(func=cmd_eval)

@@ -14,6 +14,8 @@ import torch
 from .adapter_io import chat_pieces
 from .metrics import answer_found, corpus_bleu, prefix_match, rouge_l, token_accuracy
 from .model import ICAE
+from .refine import RefineOptions
+from .refine import refine as refine_slots
 
 
 def heldout_passages(
@@ -153,11 +155,13 @@ def answer_eval(
     records: list[dict],
     max_new_tokens: int = 64,
     max_context_tokens: int = 4096,
+    refine: RefineOptions | None = None,
 ) -> dict:
     """ROUGE-L (rouge-score) of answers from slots and from the full context, and, as a
     control, from the slots of another record's context: an adapter that answers from
     what it learned rather than from its slots scores the same on both (the teacher-forced
-    read-back's `slot_gain`, for answers). The control needs two different contexts."""
+    read-back's `slot_gain`, for answers). The control needs two different contexts. With
+    `refine`, each question is also answered from its context's refined slots."""
     model.eval()
     pieces = chat_pieces(tokenizer)
     if pieces is None:
@@ -172,10 +176,13 @@ def answer_eval(
         layout = model.answer_layout(memory, prompt, pieces["prefix_ids"], pieces["suffix_ids"])
         return detokenize(model.greedy(layout, max_new_tokens))
 
+    refined: tuple[list[int], torch.Tensor] | None = None  # the last context's, reused
+
     rows = []
     for index, (r, context) in enumerate(zip(records, contexts, strict=True)):
         prompt = tokenizer.encode(r["prompt"], add_special_tokens=False)
-        slots_text = answer_from(model.compress(context), prompt)
+        slots = model.compress(context)
+        slots_text = answer_from(slots, prompt)
         # The baseline: the base model reading the whole context (what icae-core's
         # baseline_input builds).
         full = model.embed(pieces["prefix_ids"] + context + newline + prompt + pieces["suffix_ids"])
@@ -190,6 +197,16 @@ def answer_eval(
             "found_slots": answer_found(r["answer"], slots_text),
             "found_full_context": answer_found(r["answer"], full_text),
         }
+        if refine is not None:
+            if refined is None or refined[0] != context:
+                with torch.enable_grad():
+                    refined = (context, refine_slots(model, context, slots, refine).slots)
+            refined_text = answer_from(refined[1], prompt)
+            row |= {
+                "from_refined_slots": refined_text,
+                "rouge_l_refined_slots": rouge_l(r["answer"], refined_text),
+                "found_refined_slots": answer_found(r["answer"], refined_text),
+            }
         other = other_context(records, index)
         if other is not None:
             # Compressed again rather than kept: memory stays one context's slots however
@@ -210,6 +227,9 @@ def answer_eval(
         "rouge_l_full_context": full_score,
         "slots_over_full_context": slots_score / full_score if full_score else None,
         "rouge_l_other_slots": mean("rouge_l_other_slots") if controlled else None,
+        "refine_steps": refine.steps if refine else 0,
+        "rouge_l_refined_slots": mean("rouge_l_refined_slots") if refine else None,
+        "found_refined_slots": mean("found_refined_slots") if refine else None,
         # Shares of answers that contain the reference (`answer_found`).
         "found_slots": mean("found_slots"),
         "found_full_context": mean("found_full_context"),
