@@ -2,9 +2,10 @@
 transformers + peft, torch autograd, torch.optim.Adam): the reference `icae bench refine`
 compares the Rust engine with, step for step on the same documents.
 
-Worker mode only: each input line is {"length": L, "steps": N}; the worker compresses the
-first L bench tokens, then times N refinement steps and answers {"seconds": per step}. The
-first line out is {"ready": true, "threads": N, "dtype": ..., "device": ...}.
+Worker mode only: each input line is {"length": L, "batch": B, "steps": N}; the worker
+compresses B consecutive windows of L bench tokens, then times N refinement steps of each,
+one document after another as the oracle refines them, and answers {"seconds": per step of
+all B}. The first line out is {"ready": true, "threads": N, "dtype": ..., "device": ...}.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from icae_train.adapter_io import load_adapter
 from icae_train.refine import RefineOptions, refine
 
@@ -34,11 +36,13 @@ def main(argv=None):
     print(json.dumps({**ready, "dtype": args.dtype, "device": args.device}), flush=True)
     for line in sys.stdin:
         case = json.loads(line)
-        document = ids[: case["length"]]
+        length, steps = case["length"], case["steps"]
+        documents = [ids[b * length : (b + 1) * length] for b in range(case.get("batch", 1))]
         with torch.no_grad():
-            slots = model.compress(document)
+            slots = [model.compress(document) for document in documents]
         start = time.perf_counter()
-        refine(model, document, slots, RefineOptions(case["steps"], args.lr))
+        for document, start_slots in zip(documents, slots, strict=True):
+            refine(model, document, start_slots, RefineOptions(steps, args.lr))
         seconds = time.perf_counter() - start
         print(json.dumps({"seconds": seconds / max(1, case["steps"])}), flush=True)
 

@@ -99,3 +99,28 @@ def test_gpu_check_dry_run_on_the_cpu(default_gguf, tmp_path):
     assert "forward.json" in printed
     # What comes back from one call: at most 8 files.
     assert len([f for f in out.iterdir() if f.is_file()]) <= 8
+
+
+def test_bench_refine_times_the_engine_against_the_oracle(model_dir):
+    """`icae bench refine` end to end at tiny sizes: one row per case, with the engine's step
+    and forward times and the oracle's step time from scripts/bench/py_refine.py."""
+    from conftest import run_icae_json
+
+    # fmt: off
+    report = run_icae_json(
+        "bench", "refine", "--model", model_dir, "--adapter", ROOT / "models" / "smollm2-135m-icae",
+        "--device", "cpu", "--dtype", "f32", "--lengths", "16", "--batch", "2",
+        "--batch-tokens", "16", "--steps", "1", "--repeats", "1",
+        "--python", sys.executable, "--oracle-script", ROOT / "scripts/bench/py_refine.py",
+        "--json",
+    )
+    # fmt: on
+    assert report["bench"] == "refine" and report["oracle_threads"] >= 1
+    assert [(r["tokens"], r["batch"]) for r in report["rows"]] == [(16, 1), (16, 2)]
+    for row in report["rows"]:
+        assert row["slots"] == 32
+        assert row["step_seconds"] > 0 and row["forward_seconds"] > 0
+        assert row["oracle_step_seconds"] > 0
+        assert row["speedup_vs_oracle"] == pytest.approx(
+            row["oracle_step_seconds"] / row["step_seconds"]
+        )

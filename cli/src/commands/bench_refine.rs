@@ -1,7 +1,8 @@
-//! `icae bench refine`: the cost of test-time slot refinement. Per document length: one
-//! refinement step against one plain decoder forward of the same layout (the score a plain
-//! compression reports), and the engine's step against the PyTorch oracle's
-//! (training/icae_train/refine.py) on the same document, alternating, in one run.
+//! `icae bench refine`: the cost of test-time slot refinement. Per case (documents of one
+//! length, alone or several refined together): one refinement step against one plain decoder
+//! forward of the same layout (the score a plain compression reports), and the engine's step
+//! against the PyTorch oracle's (training/icae_train/refine.py, which refines documents one
+//! after another) on the same documents, alternating, in one run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +28,12 @@ pub struct RefineArgs {
     /// Document lengths in tokens.
     #[arg(long, value_delimiter = ',', default_value = "128,512")]
     pub lengths: Vec<usize>,
+    /// Documents refined together in the batch case; 0 skips it.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens of each document of the batch case.
+    #[arg(long, default_value_t = 128)]
+    pub batch_tokens: usize,
     /// Refinement steps per timed run.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
@@ -55,7 +62,11 @@ pub fn run(args: RefineArgs) -> Result<()> {
         kind == tch::Kind::Float,
         "bench refine compares with the oracle in f32: run it with --dtype f32"
     );
-    let needed = args.lengths.iter().copied().max().unwrap_or(0);
+    let mut cases: Vec<(usize, usize)> = args.lengths.iter().map(|&l| (l, 1)).collect();
+    if args.batch > 0 && args.batch_tokens > 0 {
+        cases.push((args.batch_tokens, args.batch));
+    }
+    let needed = cases.iter().map(|(l, b)| l * b).max().unwrap_or(0);
     let ids = bench_tokens(&icae, &args.data, needed)?;
     let mut oracle = if args.python.is_empty() {
         None
@@ -70,19 +81,22 @@ pub fn run(args: RefineArgs) -> Result<()> {
         )?)
     };
     let mut rows = Vec::new();
-    for &length in &args.lengths {
-        let document = &ids[..length];
-        let request = json!({"length": length, "steps": args.steps});
+    for (length, batch) in cases {
+        // Consecutive windows of the bench tokens, as the oracle cuts them.
+        let documents: Vec<&[u32]> = (0..batch)
+            .map(|b| &ids[b * length..(b + 1) * length])
+            .collect();
+        let request = json!({"length": length, "batch": batch, "steps": args.steps});
         // Warm-ups, then alternating runs; the best of each is kept.
-        step_seconds(&icae, document, args.steps)?;
-        forward_seconds(&icae, document)?;
+        step_seconds(&icae, &documents, args.steps)?;
+        forward_seconds(&icae, &documents)?;
         if let Some(oracle) = oracle.as_mut() {
             oracle.seconds(&request)?;
         }
         let (mut step, mut forward, mut python) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
         for _ in 0..args.repeats.max(1) {
-            step = step.min(step_seconds(&icae, document, args.steps)?);
-            forward = forward.min(forward_seconds(&icae, document)?);
+            step = step.min(step_seconds(&icae, &documents, args.steps)?);
+            forward = forward.min(forward_seconds(&icae, &documents)?);
             if let Some(oracle) = oracle.as_mut() {
                 python = python.min(oracle.seconds(&request)?);
             }
@@ -90,6 +104,7 @@ pub fn run(args: RefineArgs) -> Result<()> {
         let python = oracle.as_ref().map(|_| python);
         rows.push(json!({
             "tokens": length,
+            "batch": batch,
             "slots": icae.num_segments(length) * icae.adapter.mem_size(),
             "step_seconds": step,
             "forward_seconds": forward,
@@ -122,12 +137,15 @@ pub fn run(args: RefineArgs) -> Result<()> {
         args.steps,
         args.repeats
     );
-    println!("tokens  slots  step s  forward s  step/forward  oracle step s  engine speed-up");
+    println!(
+        "tokens  batch  slots  step s  forward s  step/forward  oracle step s  engine speed-up"
+    );
     for row in &rows {
         let number = |key: &str| row[key].as_f64().unwrap_or_default();
         println!(
-            "{:>6}  {:>5}  {:>6.3}  {:>9.3}  {:>12.2}  {:>13}  {:>15}",
+            "{:>6}  {:>5}  {:>5}  {:>6.3}  {:>9.3}  {:>12.2}  {:>13}  {:>15}",
             row["tokens"],
+            row["batch"],
             row["slots"],
             number("step_seconds"),
             number("forward_seconds"),
@@ -143,15 +161,19 @@ pub fn run(args: RefineArgs) -> Result<()> {
     Ok(())
 }
 
-/// Seconds per step of refining `document` for `steps` steps from its encoder slots,
-/// the final score included (as the oracle's `refine` does).
-fn step_seconds(icae: &IcaeModel, document: &[u32], steps: usize) -> Result<f64> {
-    let slots = icae.compress(document)?.slots;
+/// Seconds per step of refining `documents` together for `steps` steps from their encoder
+/// slots, the final score included (as the oracle's `refine` does).
+fn step_seconds(icae: &IcaeModel, documents: &[&[u32]], steps: usize) -> Result<f64> {
+    let start = documents
+        .iter()
+        .zip(icae.compress_many(documents)?)
+        .map(|(ids, compressed)| (ids.to_vec(), compressed.slots))
+        .collect();
     let model = icae.read_back_model()?;
     synchronize(icae.device());
     let started = Instant::now();
     let mut refinement = Refinement::new(
-        vec![(document.to_vec(), slots)],
+        start,
         RefineOptions {
             learning_rate: 0.1,
             ..RefineOptions::steps(steps)
@@ -163,12 +185,17 @@ fn step_seconds(icae: &IcaeModel, document: &[u32], steps: usize) -> Result<f64>
     Ok(started.elapsed().as_secs_f64() / steps as f64)
 }
 
-/// Seconds of one plain decoder forward over the same layout (a reconstruction score).
-fn forward_seconds(icae: &IcaeModel, document: &[u32]) -> Result<f64> {
-    let slots = icae.compress(document)?.slots;
+/// Seconds of one plain decoder forward over the same layouts (reconstruction scores).
+fn forward_seconds(icae: &IcaeModel, documents: &[&[u32]]) -> Result<f64> {
+    let slots: Vec<_> = icae
+        .compress_many(documents)?
+        .into_iter()
+        .map(|c| c.slots)
+        .collect();
+    let inputs: Vec<(&[u32], &tch::Tensor)> = documents.iter().copied().zip(&slots).collect();
     synchronize(icae.device());
     let started = Instant::now();
-    reconstruction_losses(icae.read_back_model()?, &[(document, &slots)])?;
+    reconstruction_losses(icae.read_back_model()?, &inputs)?;
     synchronize(icae.device());
     Ok(started.elapsed().as_secs_f64())
 }
