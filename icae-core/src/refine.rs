@@ -38,6 +38,9 @@ const EPSILON: f64 = 1e-8;
 /// passages with the default adapter).
 pub const DEFAULT_LEARNING_RATE: f64 = 0.1;
 
+/// The largest target loss a request may give.
+pub const MAX_TARGET_LOSS: f64 = 100.0;
+
 /// How to refine.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefineOptions {
@@ -68,11 +71,15 @@ impl RefineOptions {
             });
         }
         if let Some(target) = self.target_loss {
-            if !(target.is_finite() && target >= 0.0) {
+            // Bounded so that the key that names it stays short (a loss above ln(vocab),
+            // about 11 nats, is never a useful target anyway).
+            if !(0.0..=MAX_TARGET_LOSS).contains(&target) {
                 return Err(InputError::BadParameter {
                     name: "target_loss",
                     value: target.to_string(),
-                    expected: "expected a finite number >= 0 (nats per token)".into(),
+                    expected: format!(
+                        "expected a number from 0 to {MAX_TARGET_LOSS} (nats per token)"
+                    ),
                 });
             }
         }
