@@ -27,6 +27,8 @@ struct FakeBackend {
     fail: bool,
     /// Refinement steps also wait at the gate.
     gate_refine_steps: bool,
+    /// Refinement steps that have started (and may be waiting at the gate).
+    steps_entered: Arc<AtomicUsize>,
     /// What the model thread did, in order: "compress N" (first token of the batch's first
     /// document) and "step N" (the refined job's first token).
     events: Arc<Mutex<Vec<String>>>,
@@ -110,6 +112,7 @@ impl CompressBackend for FakeBackend {
         if refining.steps_run == refining.options.steps || !wanted(0) {
             return Ok(false);
         }
+        self.steps_entered.fetch_add(1, Ordering::SeqCst);
         if self.gate_refine_steps {
             self.wait_at_gate();
         }
@@ -454,6 +457,7 @@ async fn a_plain_job_waits_for_one_refinement_step_not_the_whole_refinement() {
         ..FakeBackend::default()
     };
     let events = backend.events.clone();
+    let steps_entered = backend.steps_entered.clone();
     let Gated {
         batcher,
         open,
@@ -465,11 +469,17 @@ async fn a_plain_job_waits_for_one_refinement_step_not_the_whole_refinement() {
     });
     wait_started(&entered, 1).await;
     open.send(()).unwrap(); // the compression
-    open.send(()).unwrap(); // step 1
+                            // Step 1 waits at the gate while the plain job is queued.
+    wait_until("step 1 started", || {
+        steps_entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let plain = tokio::spawn({
         let b = batcher.clone();
         async move { b.compress(vec![vec![9]], None).await }
     });
+    wait_queue_len(&batcher, 1).await;
+    open.send(()).unwrap(); // step 1
     wait_until("the plain job is compressed", || {
         entered.load(Ordering::SeqCst) == 2
     })
@@ -492,8 +502,8 @@ async fn a_plain_job_waits_for_one_refinement_step_not_the_whole_refinement() {
     let events = events.lock().unwrap().clone();
     let plain_at = events.iter().position(|e| e == "compress 9").unwrap();
     let steps_before = events[..plain_at].iter().filter(|e| *e == "step 5").count();
-    assert!(
-        steps_before <= 2,
+    assert_eq!(
+        steps_before, 1,
         "the plain job waited for {steps_before} steps: {events:?}"
     );
     assert_eq!(events.iter().filter(|e| *e == "step 5").count(), 20);
