@@ -6,6 +6,7 @@ mod backend;
 mod pipeline;
 mod scheduler;
 mod server;
+mod slot_reads;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ use icae_serving::{serve, Limits, Ports, ServiceArgs};
 use crate::pipeline::GeneratePipeline;
 use crate::scheduler::{Scheduler, StepLimits};
 use crate::server::DecoderService;
+use crate::slot_reads::SlotReader;
 
 #[derive(Debug, Parser)]
 // A flag given twice takes its last value (scripts add to a base command line).
@@ -48,7 +50,16 @@ pub struct Config {
     /// for long prompts.
     #[arg(long, env = "ICAE_MAX_PREFILL_TOKENS_PER_STEP", default_value_t = 256)]
     pub max_prefill_tokens_per_step: usize,
+    /// Most MiB of slot values read from Redis at once, over all requests. A request waits
+    /// up to --redis-timeout-ms for its share, then gets RESOURCE_EXHAUSTED; one whose slot
+    /// sets alone need more is refused at once.
+    #[arg(long, env = "ICAE_MAX_SLOT_READ_MIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SLOT_READ_MIB as i64))]
+    pub max_slot_read_mib: u32,
 }
+
+/// 1 TiB: the budget's KiB units then fit a u32.
+const MAX_SLOT_READ_MIB: u32 = 1 << 20;
 
 impl Config {
     /// Refuse zero limits, which would stop the scheduler from making progress.
@@ -97,11 +108,16 @@ async fn run(config: Config) -> Result<(), String> {
     );
     let limits = Limits {
         max_slot_sets: config.max_slot_sets,
+        max_slot_read_bytes: config.max_slot_read_mib as usize * 1024 * 1024,
         ..Limits::from_args(args)
     };
     let service = DecoderService {
         pipeline: GeneratePipeline {
-            store: parts.store.clone(),
+            slot_reader: SlotReader::new(
+                parts.store.clone(),
+                limits.max_slot_read_bytes,
+                args.redis_timeout(),
+            ),
             tokenizer: parts.tokenizer.clone(),
             scheduler,
             limits,

@@ -5,25 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use icae_core::slots::{decode_slots, SlotError};
 use icae_core::tokenizer::TextTokenizer;
-use icae_core::{check_token_ids, InputError, Mode, ModelSummary, SamplingParams};
-use icae_serving::store::{SlotKey, SlotStore};
-use icae_serving::telemetry::link_to;
+use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
 use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
-use tch::Tensor;
 use tokio::sync::mpsc;
-use tracing::{debug, Span};
 
 use crate::scheduler::{ContextSource, Deadline, Event, GenerationRequest, Scheduler};
-
-/// One slot set as the client named it.
-pub enum SlotSource {
-    Key(String),
-    Inline(Vec<u8>),
-    /// Neither a key nor inline slots.
-    Missing,
-}
+use crate::slot_reads::{SlotReader, SlotSource};
 
 /// What to generate from, as the client sent it.
 pub enum ContextInput {
@@ -60,7 +48,7 @@ pub struct Started {
 }
 
 pub struct GeneratePipeline {
-    pub store: Arc<SlotStore>,
+    pub slot_reader: SlotReader,
     pub tokenizer: Arc<TextTokenizer>,
     pub scheduler: Scheduler,
     pub limits: Limits,
@@ -90,7 +78,9 @@ impl GeneratePipeline {
                     .into());
                 }
                 let tenant = input.tenant.as_ref();
-                ContextSource::Slots(self.fetch_all(sources, &summary, tenant).await?)
+                let others = prompt_ids.as_ref().map_or(0, Vec::len) + params.max_new_tokens;
+                let reader = &self.slot_reader;
+                ContextSource::Slots(reader.read(sources, &summary, tenant, others).await?)
             }
             ContextInput::BaselineText(text) => {
                 check_text_bytes("baseline_text", &text, self.limits.max_input_bytes())?;
@@ -171,152 +161,4 @@ impl GeneratePipeline {
             .map_err(|e| ServiceError::Internal(format!("tokenizer task: {e}")))?
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
-
-    /// Every slot set, in order: from Redis (only keys of our schema, of the caller's
-    /// tenant) or inline, decoded and checked against our fingerprint and width. Stored data
-    /// that is unusable is DATA_LOSS; inline data that is unusable is the client's
-    /// INVALID_ARGUMENT.
-    ///
-    /// All keys are read in one round trip, yet the error is the one the first failing slot
-    /// set gives, as if they were read one by one: the sources are checked in order up to
-    /// the first one that is unusable without reading anything, only the keys before it are
-    /// read, and a failed read is reported at the first key.
-    async fn fetch_all(
-        &self,
-        sources: Vec<SlotSource>,
-        summary: &ModelSummary,
-        tenant: Option<&Tenant>,
-    ) -> Result<Vec<Tensor>, ServiceError> {
-        let mut plans = Vec::with_capacity(sources.len());
-        for (index, source) in sources.into_iter().enumerate() {
-            let plan = plan(index, source, &summary.fingerprint, tenant);
-            let refused = plan.is_err();
-            plans.push(plan);
-            if refused {
-                break;
-            }
-        }
-        let keys: Vec<String> = plans
-            .iter()
-            .filter_map(|plan| match plan {
-                Ok(Planned::Key(key)) => Some(key.key.clone()),
-                _ => None,
-            })
-            .collect();
-        // No keys (inline slots only): no round trip at all.
-        let mut values = self.store.get_many(&keys).await.map(Vec::into_iter);
-        let mut slot_sets = Vec::with_capacity(plans.len());
-        for (index, plan) in plans.into_iter().enumerate() {
-            let (value, key) = match plan? {
-                Planned::Key(key) => {
-                    let value = match &mut values {
-                        Ok(values) => values.next().ok_or_else(|| {
-                            ServiceError::Internal("Redis returned fewer replies than keys".into())
-                        })??,
-                        Err(e) => return Err(e.clone().into()),
-                    };
-                    let value = value.ok_or_else(|| ServiceError::NotFound {
-                        key: key.key.clone(),
-                    })?;
-                    (Fetched::Stored(value), key.key)
-                }
-                Planned::Inline(value) => {
-                    (Fetched::Inline(value), format!("inline slot set {index}"))
-                }
-            };
-            slot_sets.push(check(index, value, key, summary)?);
-        }
-        Ok(slot_sets)
-    }
-}
-
-/// A slot set checked as far as possible without reading Redis.
-enum Planned {
-    Key(SlotKey),
-    Inline(Vec<u8>),
-}
-
-/// Where a slot value came from: it decides whose fault an unusable value is.
-enum Fetched {
-    Stored(Vec<u8>),
-    Inline(Vec<u8>),
-}
-
-/// Check what can be checked before reading: the key's schema, tenant and model.
-fn plan(
-    index: usize,
-    source: SlotSource,
-    fingerprint: &str,
-    tenant: Option<&Tenant>,
-) -> Result<Planned, ServiceError> {
-    match source {
-        SlotSource::Key(raw) => {
-            let key = SlotKey::parse(&raw, tenant)?;
-            // The key names the model that made it: no need to read another model's.
-            if key.fingerprint != fingerprint {
-                return Err(ServiceError::WrongModel {
-                    key: key.key,
-                    found: key.fingerprint,
-                    expected: fingerprint.to_string(),
-                });
-            }
-            Ok(Planned::Key(key))
-        }
-        SlotSource::Inline(value) => Ok(Planned::Inline(value)),
-        SlotSource::Missing => Err(InputError::BadParameter {
-            name: "slots",
-            value: format!("item {index} is empty"),
-            expected: "each item needs a key or inline_slots".into(),
-        }
-        .into()),
-    }
-}
-
-/// Decode one slot set and check it against our fingerprint and width; `key` names it in
-/// errors.
-fn check(
-    index: usize,
-    value: Fetched,
-    key: String,
-    summary: &ModelSummary,
-) -> Result<Tensor, ServiceError> {
-    let (slots, meta) = match value {
-        Fetched::Stored(value) => {
-            let corrupt = |source| ServiceError::Corrupt {
-                key: key.clone(),
-                source,
-            };
-            let (slots, meta) = decode_slots(&value).map_err(corrupt)?;
-            check_width(&slots, summary.hidden_size).map_err(corrupt)?;
-            (slots, meta)
-        }
-        Fetched::Inline(value) => {
-            let invalid = |source| ServiceError::BadInlineSlots { index, source };
-            let (slots, meta) = decode_slots(&value).map_err(invalid)?;
-            check_width(&slots, summary.hidden_size).map_err(invalid)?;
-            (slots, meta)
-        }
-    };
-    if meta.fingerprint != summary.fingerprint {
-        return Err(ServiceError::WrongModel {
-            key,
-            found: meta.fingerprint,
-            expected: summary.fingerprint.clone(),
-        });
-    }
-    // Link this request's trace to the encoder request that made the slots.
-    if let Some(encoder_trace) = &meta.traceparent {
-        link_to(&Span::current(), encoder_trace);
-    }
-    debug!(key = %key, encoder_traceparent = meta.traceparent.as_deref().unwrap_or(""), "slots fetched");
-    Ok(slots)
-}
-
-/// Slots are `[n, hidden]` with this model's hidden size.
-fn check_width(slots: &Tensor, hidden: usize) -> Result<(), SlotError> {
-    let shape: Vec<usize> = slots.size().iter().map(|&d| d as usize).collect();
-    if shape.get(1) != Some(&hidden) {
-        return Err(SlotError::BadShape(shape));
-    }
-    Ok(())
 }

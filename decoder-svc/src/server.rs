@@ -21,10 +21,9 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info_span, Instrument};
 
-use crate::pipeline::{
-    ContextInput, GenerateInput, GeneratePipeline, SamplingInput, SlotSource, Started,
-};
+use crate::pipeline::{ContextInput, GenerateInput, GeneratePipeline, SamplingInput, Started};
 use crate::scheduler::{Event, Finished};
+use crate::slot_reads::SlotSource;
 
 pub struct DecoderService {
     pub pipeline: GeneratePipeline,

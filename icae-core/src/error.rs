@@ -88,6 +88,18 @@ pub enum InputError {
     },
     #[error("the decoder context would hold {actual} positions, the limit is {limit}")]
     ContextTooLong { actual: usize, limit: usize },
+    /// Found from the slot values' headers, before their data is read.
+    #[error(
+        "the slot sets hold {slots} slots; with {others} positions for the prompt and \
+         max_new_tokens the decoder context would hold at least {} positions, the limit is \
+         {limit}",
+        slots + others
+    )]
+    SlotsOverContext {
+        slots: usize,
+        others: usize,
+        limit: usize,
+    },
 }
 
 /// Errors of the ICAE operations (compress, generate).

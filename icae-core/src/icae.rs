@@ -123,6 +123,7 @@ impl IcaeModel {
             fingerprint: self.fingerprint.clone(),
             hidden_size: self.base.config.hidden_size,
             vocab_size: self.base.config.vocab_size,
+            context_length: self.base.config.max_position_embeddings,
             mem_size: self.adapter.config.mem_size,
             compression_rate: self.adapter.config.compression_rate,
             device: format!("{:?}", self.device()),
@@ -376,6 +377,8 @@ pub struct ModelSummary {
     pub fingerprint: String,
     pub hidden_size: usize,
     pub vocab_size: usize,
+    /// Positions the decoder can hold: slots, special tokens, prompt and new tokens.
+    pub context_length: usize,
     pub mem_size: usize,
     pub compression_rate: usize,
     pub device: String,

@@ -3,13 +3,19 @@
 
 use std::collections::HashMap;
 
-use safetensors::tensor::TensorView;
+use safetensors::tensor::{Metadata, TensorView};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 use thiserror::Error;
 
 pub const SLOT_FORMAT_VERSION: u32 = 1;
 pub const SLOTS_TENSOR: &str = "slots";
+/// Most bytes a slot value's header (its JSON: shape, dtype, metadata) may have. Ours take
+/// under 1 KiB; the bound lets a reader fetch a header before the data and refuse a value
+/// whose header alone would be large.
+pub const MAX_SLOT_HEADER_BYTES: usize = 64 * 1024;
+/// Bytes before the header: its length, little-endian u64 (the safetensors layout).
+const HEADER_LENGTH_BYTES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotMeta {
@@ -91,6 +97,8 @@ pub struct SlotHeader {
     /// The stored element type: f32, bf16 (`--slot-dtype`) or f16 (written elsewhere).
     pub kind: Kind,
     pub meta: SlotMeta,
+    /// Bytes of the whole value the header describes (length, header, data).
+    pub value_bytes: usize,
 }
 
 /// SHA-256 (hex) of token ids as little-endian u32: the content address of a document.
@@ -171,6 +179,41 @@ pub fn inspect_slots(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
     parse(bytes)
 }
 
+/// How many bytes from the start of a value hold its header, from the first 8 (or more) of
+/// them; refused when the header is over [`MAX_SLOT_HEADER_BYTES`].
+pub fn header_bytes(prefix: &[u8]) -> Result<usize, SlotError> {
+    let length: [u8; HEADER_LENGTH_BYTES] = prefix
+        .get(..HEADER_LENGTH_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            SlotError::Corrupt(format!(
+                "the value has {} bytes, fewer than the {HEADER_LENGTH_BYTES} of a header length",
+                prefix.len()
+            ))
+        })?;
+    let length = u64::from_le_bytes(length);
+    if length > MAX_SLOT_HEADER_BYTES as u64 {
+        return Err(SlotError::Corrupt(format!(
+            "the header has {length} bytes, more than the {MAX_SLOT_HEADER_BYTES} allowed"
+        )));
+    }
+    Ok(HEADER_LENGTH_BYTES + length as usize)
+}
+
+/// Read the header from the start of a value (at least [`header_bytes`] of it), without
+/// the data: what a reader checks before fetching the rest. `value_bytes` says how much to
+/// fetch; [`decode_slots`] checks the whole value again.
+pub fn inspect_slot_prefix(prefix: &[u8]) -> Result<SlotHeader, SlotError> {
+    let end = header_bytes(prefix)?;
+    let header = prefix.get(..end).ok_or_else(|| {
+        SlotError::Corrupt(format!(
+            "the value has {} bytes, its header needs {end}",
+            prefix.len()
+        ))
+    })?;
+    parse_header(header)
+}
+
 /// Parse a slot value into a CPU tensor (`[n, hidden]`, its stored dtype) and its metadata.
 pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
     let header = parse(bytes)?;
@@ -189,13 +232,35 @@ pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
 }
 
 fn parse(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
-    let (header_len, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| SlotError::Corrupt(format!("{e:?}")))?;
-    let info = header
-        .tensors()
-        .get(SLOTS_TENSOR)
-        .cloned()
-        .ok_or(SlotError::MissingTensor)?;
+    let header = parse_header(bytes)?;
+    if header.value_bytes != bytes.len() {
+        let data = header.value_bytes - header_bytes(bytes)?;
+        return Err(SlotError::Corrupt(format!(
+            "the header promises {data} data bytes, the value holds {}",
+            bytes.len().saturating_sub(header.value_bytes - data)
+        )));
+    }
+    Ok(header)
+}
+
+/// The header at the start of `bytes`; the data it promises need not follow.
+fn parse_header(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
+    let end_of_header = header_bytes(bytes)?;
+    let json = bytes
+        .get(HEADER_LENGTH_BYTES..end_of_header)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .filter(|json| json.starts_with('{'))
+        .ok_or_else(|| SlotError::Corrupt("the header is not a JSON object".into()))?;
+    let header: Metadata = serde_json::from_str(json)
+        .map_err(|e| SlotError::Corrupt(format!("the header does not parse: {e}")))?;
+    let tensors = header.tensors();
+    let info = tensors.get(SLOTS_TENSOR).ok_or(SlotError::MissingTensor)?;
+    if tensors.len() != 1 {
+        return Err(SlotError::Corrupt(format!(
+            "the value holds {} tensors, a slot value holds only {SLOTS_TENSOR:?}",
+            tensors.len()
+        )));
+    }
     let shape = info.shape.clone();
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
         return Err(SlotError::BadShape(shape));
@@ -206,13 +271,14 @@ fn parse(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
         Dtype::F16 => (Kind::Half, 2),
         other => return Err(SlotError::BadDtype(format!("{other:?}"))),
     };
-    // read_metadata checks offsets against the header, not against the bytes that follow.
     let (start, end) = info.data_offsets;
-    let available = bytes.len().saturating_sub(8 + header_len);
-    if end - start != shape[0] * shape[1] * elem || end > available {
+    let data_bytes = shape[0]
+        .checked_mul(shape[1])
+        .and_then(|n| n.checked_mul(elem));
+    if start != 0 || Some(end) != data_bytes {
         return Err(SlotError::Corrupt(format!(
-            "the header promises {} data bytes at {start}..{end}, the value holds {available}",
-            shape[0] * shape[1] * elem
+            "the header places the data at {start}..{end}, shape {shape:?} needs 0..{}",
+            data_bytes.map_or("(too large)".to_string(), |n| n.to_string())
         )));
     }
     let empty = HashMap::new();
@@ -251,6 +317,7 @@ fn parse(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
         shape: [shape[0], shape[1]],
         kind,
         meta,
+        value_bytes: end_of_header + end,
     })
 }
 
@@ -281,6 +348,43 @@ mod tests {
         let cut = &bytes[..bytes.len() - 4];
         assert!(matches!(inspect_slots(cut), Err(SlotError::Corrupt(_))));
         assert!(matches!(decode_slots(cut), Err(SlotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_header_is_read_from_the_start_of_a_value_and_bounded() {
+        let slots = Tensor::randn([8, 16], (Kind::Float, tch::Device::Cpu));
+        let bytes = encode_slots(&slots, &meta()).unwrap();
+        let end = header_bytes(&bytes[..8]).unwrap();
+        assert!(end < 1024 && end < bytes.len(), "{end}");
+        let header = inspect_slot_prefix(&bytes[..end]).unwrap();
+        assert_eq!(header, inspect_slots(&bytes).unwrap());
+        assert_eq!(header.value_bytes, bytes.len());
+        assert_eq!(header.value_bytes, end + 8 * 16 * 4);
+        // Too short to hold the header it announces, or the length itself.
+        assert!(matches!(
+            inspect_slot_prefix(&bytes[..end - 1]),
+            Err(SlotError::Corrupt(_))
+        ));
+        assert!(matches!(
+            header_bytes(&bytes[..7]),
+            Err(SlotError::Corrupt(_))
+        ));
+        // A header over the bound is refused from its length alone.
+        let mut huge = ((MAX_SLOT_HEADER_BYTES + 1) as u64).to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{");
+        let error = header_bytes(&huge).unwrap_err().to_string();
+        assert!(
+            error.contains(&(MAX_SLOT_HEADER_BYTES + 1).to_string()),
+            "{error}"
+        );
+        assert!(
+            error.contains(&MAX_SLOT_HEADER_BYTES.to_string()),
+            "{error}"
+        );
+        // Extra bytes after the data are not a slot value.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(inspect_slots(&longer), Err(SlotError::Corrupt(_))));
     }
 
     #[test]

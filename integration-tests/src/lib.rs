@@ -5,7 +5,9 @@ pub mod client;
 pub mod pki;
 pub mod ports;
 pub mod processes;
+pub mod values;
 
 pub use client::*;
 pub use pki::*;
 pub use processes::*;
+pub use values::*;

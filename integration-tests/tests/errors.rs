@@ -8,22 +8,6 @@ use icae_proto::v1::{
 use integration_tests::*;
 use tonic::Code;
 
-/// A slot value (safetensors, written out by hand) of `rows` x `width` f32 zeros made by
-/// the model `fingerprint`.
-fn slot_value(fingerprint: &str, rows: usize, width: usize) -> Vec<u8> {
-    let data_len = rows * width * 4;
-    let mut header = format!(
-        r#"{{"__metadata__":{{"format":"pt","icae_format_version":"1","fingerprint":"{fingerprint}","num_tokens":"4","num_segments":"1","created_at":"1"}},"slots":{{"dtype":"F32","shape":[{rows},{width}],"data_offsets":[0,{data_len}]}}}}"#
-    );
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut value = (header.len() as u64).to_le_bytes().to_vec();
-    value.extend_from_slice(header.as_bytes());
-    value.resize(value.len() + data_len, 0);
-    value
-}
-
 fn request(documents: Vec<Document>, options: CompressOptions) -> CompressRequest {
     CompressRequest {
         documents,

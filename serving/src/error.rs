@@ -33,6 +33,18 @@ pub enum ServiceError {
     BadInlineSlots { index: usize, source: SlotError },
     #[error("the request queue is full ({limit} requests in flight); retry later")]
     QueueFull { limit: usize },
+    /// One request's slot values are more than the decoder reads at once for everyone.
+    #[error(
+        "the slot sets take {bytes} bytes to read, more than the {limit} bytes the decoder \
+         reads from Redis at once (--max-slot-read-mib)"
+    )]
+    SlotReadTooLarge { bytes: usize, limit: usize },
+    /// Other requests' slot reads filled the read budget for longer than the Redis timeout.
+    #[error(
+        "the slot sets take {bytes} bytes to read and other requests' reads held the \
+         decoder's read budget for {waited_ms} ms; retry later"
+    )]
+    SlotReadsBusy { bytes: usize, waited_ms: u64 },
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("the model is not available: {0}")]
@@ -70,9 +82,10 @@ impl ServiceError {
             ServiceError::Corrupt { .. } | ServiceError::Store(StoreError::WrongType { .. }) => {
                 Code::DataLoss
             }
-            ServiceError::QueueFull { .. } | ServiceError::Store(StoreError::OutOfMemory(_)) => {
-                Code::ResourceExhausted
-            }
+            ServiceError::QueueFull { .. }
+            | ServiceError::SlotReadTooLarge { .. }
+            | ServiceError::SlotReadsBusy { .. }
+            | ServiceError::Store(StoreError::OutOfMemory(_)) => Code::ResourceExhausted,
             ServiceError::Store(_)
             | ServiceError::ModelUnavailable(_)
             | ServiceError::Draining
@@ -171,6 +184,20 @@ mod tests {
             ),
             (
                 ServiceError::Store(StoreError::OutOfMemory("OOM".into())),
+                Code::ResourceExhausted,
+            ),
+            (
+                ServiceError::SlotReadTooLarge {
+                    bytes: 10,
+                    limit: 5,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                ServiceError::SlotReadsBusy {
+                    bytes: 10,
+                    waited_ms: 3,
+                },
                 Code::ResourceExhausted,
             ),
             (ServiceError::DeadlineExceeded(1.0), Code::DeadlineExceeded),

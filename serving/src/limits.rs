@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_refine_steps: usize,
     /// Encoder only: tokens of all documents of one refining or scoring request.
     pub max_refine_tokens: usize,
+    /// Decoder only: bytes of slot values read from Redis at once, over all requests.
+    pub max_slot_read_bytes: usize,
 }
 
 impl Limits {
@@ -64,6 +66,7 @@ impl Limits {
             max_slot_sets: 0,
             max_refine_steps: 0,
             max_refine_tokens: 0,
+            max_slot_read_bytes: 0,
         }
     }
 
@@ -98,6 +101,7 @@ impl Limits {
             max_key_bytes: crate::store::MAX_KEY_BYTES as u32,
             max_refine_steps: self.max_refine_steps as u32,
             max_refine_tokens: self.max_refine_tokens as u32,
+            max_slot_read_bytes: self.max_slot_read_bytes as u64,
         }
     }
 }

@@ -97,16 +97,21 @@ impl<J> JobQueue<J> {
     /// Queue a job; UNAVAILABLE while the model loads, RESOURCE_EXHAUSTED when full.
     pub fn submit(&self, job: J) -> Result<(), ServiceError> {
         self.summary()?;
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServiceError::QueueFull {
-                limit: self.tx.max_capacity(),
-            },
-            mpsc::error::TrySendError::Closed(_) => {
-                ServiceError::ModelUnavailable("the model thread stopped".into())
-            }
-        })?;
-        let queued = self.state.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        self.state.record_queue(queued);
+        // Counted before it is sent: the model thread may take it (and count it out) before
+        // `try_send` returns.
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(job) {
+            self.state.dequeued(1);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => ServiceError::QueueFull {
+                    limit: self.tx.max_capacity(),
+                },
+                mpsc::error::TrySendError::Closed(_) => {
+                    ServiceError::ModelUnavailable("the model thread stopped".into())
+                }
+            });
+        }
+        self.state.record_queue(self.state.queued());
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub fn fake_summary() -> ModelSummary {
         fingerprint: "fp".into(),
         hidden_size: 2,
         vocab_size: 100,
+        context_length: 64,
         mem_size: 1,
         compression_rate: 4,
         device: "cpu".into(),

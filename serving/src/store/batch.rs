@@ -35,6 +35,23 @@ impl SlotStore {
         self.batch("get", commands.collect()).await
     }
 
+    /// The first `bytes` bytes (at least 1) of the value under each key, in order, in one
+    /// round trip (GETRANGE), recorded as `op`: a reader fetches a header first, then
+    /// exactly the bytes the header promised, and never more than it planned for. Empty
+    /// where the key is absent.
+    pub async fn get_prefixes(
+        &self,
+        op: &'static str,
+        reads: &[(String, usize)],
+    ) -> Result<Vec<KeyResult<Vec<u8>>>, StoreError> {
+        let commands = reads.iter().map(|(key, bytes)| {
+            let mut cmd = redis::cmd("GETRANGE");
+            cmd.arg(key).arg(0).arg(bytes.saturating_sub(1));
+            (key.clone(), cmd)
+        });
+        self.batch(op, commands.collect()).await
+    }
+
     /// The values under `keys` (None where absent), in order, each with its expiry reset to
     /// `ttl_seconds` (GETEX), in one round trip.
     pub async fn get_refresh_many(
