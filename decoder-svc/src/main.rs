@@ -3,12 +3,14 @@
 //! steps all active sequences together.
 
 mod backend;
+mod event_stream;
 mod pipeline;
 mod scheduler;
 mod server;
 mod slot_reads;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use icae_proto::v1::decoder_server::DecoderServer;
@@ -56,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "ICAE_MAX_SLOT_READ_MIB", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=MAX_SLOT_READ_MIB as i64))]
     pub max_slot_read_mib: u32,
+    /// Seconds a Generate stream waits on a client that reads nothing (its receive window
+    /// stays full) before the stream is ended: its generation is cancelled and its buffered
+    /// tokens dropped. The request's slot is freed when its work is done in any case.
+    #[arg(long, env = "ICAE_STREAM_SEND_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_send_timeout_seconds: u64,
 }
 
 /// 1 TiB: the budget's KiB units then fit a u32.
@@ -123,6 +131,7 @@ async fn run(config: Config) -> Result<(), String> {
             limits,
         },
         admission: parts.admission.clone(),
+        stream_send_timeout: Duration::from_secs(config.stream_send_timeout_seconds),
     };
     let server = DecoderServer::new(service)
         .max_decoding_message_size(args.max_message_bytes)

@@ -2,25 +2,21 @@
 //! trace context, and the response stream. Errors become statuses only through
 //! `ServiceError` (icae-serving).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use icae_proto::v1::decoder_server::Decoder;
 use icae_proto::v1::{
-    generate_request, generate_response, slot_ref, GenerateFinal, GenerateOnceResponse,
-    GenerateRequest, GenerateResponse, InfoRequest, InfoResponse, Timings, TokenDelta,
+    generate_request, slot_ref, GenerateOnceResponse, GenerateRequest, InfoRequest, InfoResponse,
+    Timings,
 };
 use icae_serving::convert::{finish_to_proto, mode_from_proto};
 use icae_serving::metrics::{record_outcome, record_request};
 use icae_serving::telemetry::continue_trace;
 use icae_serving::{deadline, info_response, tenant_of, Admission, Permit, ServiceError};
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
+use crate::event_stream::EventStream;
 use crate::pipeline::{ContextInput, GenerateInput, GeneratePipeline, SamplingInput, Started};
 use crate::scheduler::{Event, Finished};
 use crate::slot_reads::SlotSource;
@@ -28,6 +24,8 @@ use crate::slot_reads::SlotSource;
 pub struct DecoderService {
     pub pipeline: GeneratePipeline,
     pub admission: Admission,
+    /// How long a Generate stream waits on a client that reads nothing.
+    pub stream_send_timeout: Duration,
 }
 
 fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, ServiceError> {
@@ -66,7 +64,7 @@ fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, Se
     })
 }
 
-fn timings(finished: &Finished, store_seconds: f64, started: Instant) -> Timings {
+pub(crate) fn timings(finished: &Finished, store_seconds: f64, started: Instant) -> Timings {
     Timings {
         queue_seconds: finished.queue_seconds,
         store_seconds,
@@ -77,7 +75,7 @@ fn timings(finished: &Finished, store_seconds: f64, started: Instant) -> Timings
     }
 }
 
-fn dropped() -> ServiceError {
+pub(crate) fn dropped() -> ServiceError {
     ServiceError::ModelUnavailable("the model thread dropped the request".into())
 }
 
@@ -94,96 +92,6 @@ impl DecoderService {
             .instrument(span)
             .await?;
         Ok((started, permit))
-    }
-}
-
-/// The response stream: scheduler events as messages. Dropping it (client cancelled)
-/// closes the channel, and the scheduler frees the sequence at its next step. When the
-/// server's shutdown grace period is over, it ends with UNAVAILABLE.
-pub struct EventStream {
-    events: mpsc::UnboundedReceiver<Event>,
-    store_seconds: f64,
-    started: Instant,
-    done: bool,
-    cut_off: Pin<Box<dyn Future<Output = ServiceError> + Send>>,
-}
-
-impl EventStream {
-    fn new(generation: Started, permit: Permit, started: Instant) -> Self {
-        EventStream {
-            events: generation.events,
-            store_seconds: generation.store_seconds,
-            started,
-            done: false,
-            // The future owns the permit: the request counts as in flight until it ends.
-            cut_off: Box::pin(async move { permit.cut_off().await }),
-        }
-    }
-}
-
-impl EventStream {
-    /// The stream's last message: count the request with its outcome.
-    fn finish(&mut self, code: Code) {
-        self.done = true;
-        record_request("decoder", "Generate", self.started, code);
-    }
-}
-
-impl Drop for EventStream {
-    /// A stream dropped before its last message: the client went away.
-    fn drop(&mut self) {
-        if !self.done {
-            record_request("decoder", "Generate", self.started, Code::Cancelled);
-        }
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Result<GenerateResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(error) = self.cut_off.as_mut().poll(cx) {
-            let status = Status::from(error);
-            self.finish(status.code());
-            return Poll::Ready(Some(Err(status)));
-        }
-        let event = match self.events.poll_recv(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(event) => event,
-        };
-        let item = match event {
-            Some(Event::Token { token_id, text }) => Ok(GenerateResponse {
-                event: Some(generate_response::Event::Delta(TokenDelta {
-                    token_ids: token_id.into_iter().collect(),
-                    text,
-                })),
-            }),
-            Some(Event::Finished(finished)) => {
-                self.finish(Code::Ok);
-                Ok(GenerateResponse {
-                    event: Some(generate_response::Event::Final(GenerateFinal {
-                        finish_reason: finish_to_proto(finished.finish_reason),
-                        prompt_positions: finished.prompt_positions as u32,
-                        generated_tokens: finished.generated_tokens as u32,
-                        timings: Some(timings(&finished, self.store_seconds, self.started)),
-                    })),
-                })
-            }
-            Some(Event::Failed(e)) => {
-                let status = Status::from(e);
-                self.finish(status.code());
-                Err(status)
-            }
-            None => {
-                let status = Status::from(dropped());
-                self.finish(status.code());
-                Err(status)
-            }
-        };
-        Poll::Ready(Some(item))
     }
 }
 
@@ -204,7 +112,12 @@ impl Decoder for DecoderService {
                 return Err(status);
             }
         };
-        Ok(Response::new(EventStream::new(generation, permit, started)))
+        Ok(Response::new(EventStream::spawn(
+            generation,
+            permit,
+            started,
+            self.stream_send_timeout,
+        )))
     }
 
     async fn generate_once(

@@ -58,6 +58,12 @@ pub enum ServiceError {
     ShutDown(u64),
     #[error("the deadline of {0:.3}s passed before the request finished")]
     DeadlineExceeded(f64),
+    /// A streaming client read nothing of its response for the send timeout.
+    #[error(
+        "the client read nothing of the response for {0}s (--stream-send-timeout-seconds): \
+         the stream was ended and its buffered messages dropped"
+    )]
+    ClientStalled(u64),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{0}")]
@@ -90,7 +96,9 @@ impl ServiceError {
             | ServiceError::ModelUnavailable(_)
             | ServiceError::Draining
             | ServiceError::ShutDown(_) => Code::Unavailable,
-            ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServiceError::DeadlineExceeded(_) | ServiceError::ClientStalled(_) => {
+                Code::DeadlineExceeded
+            }
             ServiceError::Internal(_) => Code::Internal,
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
         }
@@ -201,6 +209,7 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (ServiceError::DeadlineExceeded(1.0), Code::DeadlineExceeded),
+            (ServiceError::ClientStalled(30), Code::DeadlineExceeded),
             (
                 ServiceError::Unauthenticated(AuthError::UnknownToken),
                 Code::Unauthenticated,
