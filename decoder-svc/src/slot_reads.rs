@@ -204,7 +204,7 @@ enum Sized {
 impl Sized {
     fn origin(&self) -> Origin<'_> {
         match self {
-            Sized::Stored { key, .. } => Origin::Stored(&key.key),
+            Sized::Stored { key, .. } => Origin::Stored(key),
             Sized::Inline { index, .. } => Origin::Inline(*index),
         }
     }
@@ -214,7 +214,7 @@ impl Sized {
 /// DATA_LOSS; inline: the client's INVALID_ARGUMENT) and how errors name it.
 #[derive(Clone, Copy)]
 enum Origin<'a> {
-    Stored(&'a str),
+    Stored(&'a SlotKey),
     Inline(usize),
 }
 
@@ -222,7 +222,7 @@ impl Origin<'_> {
     fn unusable(self, source: SlotError) -> ServiceError {
         match self {
             Origin::Stored(key) => ServiceError::Corrupt {
-                key: key.into(),
+                key: key.key.clone(),
                 source,
             },
             Origin::Inline(index) => ServiceError::BadInlineSlots { index, source },
@@ -231,7 +231,7 @@ impl Origin<'_> {
 
     fn name(self) -> String {
         match self {
-            Origin::Stored(key) => key.into(),
+            Origin::Stored(key) => key.key.clone(),
             Origin::Inline(index) => format!("inline slot set {index}"),
         }
     }
@@ -331,6 +331,15 @@ fn check_header(
     if header.shape[1] != summary.hidden_size {
         return Err(origin.unusable(SlotError::BadShape(header.shape.to_vec())));
     }
+    // Another document's valid value written under this key is not this key's slots.
+    if let (Origin::Stored(key), Some(found)) = (origin, &header.meta.token_digest) {
+        if *found != key.token_digest {
+            return Err(origin.unusable(SlotError::OtherDocument {
+                found: found.clone(),
+                expected: key.token_digest.clone(),
+            }));
+        }
+    }
     Ok(())
 }
 
@@ -344,7 +353,9 @@ fn decode(
 ) -> Result<Tensor, ServiceError> {
     if let Origin::Stored(key) = origin {
         if value.is_empty() {
-            return Err(ServiceError::NotFound { key: key.into() });
+            return Err(ServiceError::NotFound {
+                key: key.key.clone(),
+            });
         }
         let header = inspect_slots(value).map_err(|e| origin.unusable(e))?;
         check_header(&header, origin, summary)?;

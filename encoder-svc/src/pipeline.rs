@@ -356,7 +356,7 @@ impl CompressPipeline {
 }
 
 /// Check a cached value against the document it should hold; its metadata and slot count,
-/// or why it does not verify. Only the header is read, not the tensor.
+/// or why it does not verify: its header, then its data against the header's checksum.
 fn verify(
     value: &[u8],
     num_tokens: usize,
@@ -382,6 +382,10 @@ fn verify(
     let fidelity = &header.meta.fidelity;
     if fidelity.refine_steps != wanted.refine_steps || fidelity.target_loss != wanted.target_loss {
         return Err("refinement");
+    }
+    // The data too: a genuine header over other data (another document's, NaN) is no hit.
+    if header.data_digest.is_none() || decode_slots(value).is_err() {
+        return Err("data");
     }
     Ok((header.meta, slots))
 }

@@ -14,6 +14,8 @@ pub const SLOTS_TENSOR: &str = "slots";
 /// under 1 KiB; the bound lets a reader fetch a header before the data and refuse a value
 /// whose header alone would be large.
 pub const MAX_SLOT_HEADER_BYTES: usize = 64 * 1024;
+/// The header field holding [`SlotHeader::data_digest`].
+const DATA_DIGEST_FIELD: &str = "data_sha256";
 /// Bytes before the header: its length, little-endian u64 (the safetensors layout).
 const HEADER_LENGTH_BYTES: usize = 8;
 
@@ -99,6 +101,15 @@ pub struct SlotHeader {
     pub meta: SlotMeta,
     /// Bytes of the whole value the header describes (length, header, data).
     pub value_bytes: usize,
+    /// SHA-256 (hex) of the tensor's data bytes, checked wherever the data is read (absent
+    /// in values written before it was recorded).
+    pub data_digest: Option<String>,
+}
+
+/// SHA-256 (hex) of bytes.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// SHA-256 (hex) of token ids as little-endian u32: the content address of a document.
@@ -134,6 +145,13 @@ pub enum SlotError {
     Version(String),
     #[error("slot tensor contains NaN or infinite values")]
     NonFinite,
+    #[error("slot data does not match the checksum in its header (data_sha256)")]
+    Checksum,
+    #[error(
+        "the value holds the slots of another document (token digest {found}; the key names \
+         {expected})"
+    )]
+    OtherDocument { found: String, expected: String },
 }
 
 /// Serialize `slots` (any device; f32, bf16 or f16) in its own dtype with its metadata;
@@ -169,6 +187,7 @@ pub fn encode_slots(slots: &Tensor, meta: &SlotMeta) -> Result<Vec<u8>, SlotErro
         metadata.insert("token_sha256".to_string(), digest.clone());
     }
     meta.fidelity.write(&mut metadata);
+    metadata.insert(DATA_DIGEST_FIELD.to_string(), sha256_hex(&data));
     safetensors::serialize([(SLOTS_TENSOR, view)], &Some(metadata))
         .map_err(|e| SlotError::Corrupt(format!("{e:?}")))
 }
@@ -221,6 +240,11 @@ pub fn decode_slots(bytes: &[u8]) -> Result<(Tensor, SlotMeta), SlotError> {
     let view = st
         .tensor(SLOTS_TENSOR)
         .map_err(|_| SlotError::MissingTensor)?;
+    if let Some(expected) = &header.data_digest {
+        if sha256_hex(view.data()) != *expected {
+            return Err(SlotError::Checksum);
+        }
+    }
     let dims = [header.shape[0] as i64, header.shape[1] as i64];
     let tensor = Tensor::f_from_data_size(view.data(), &dims, header.kind)
         .map_err(|e| SlotError::Corrupt(e.to_string()))?;
@@ -318,6 +342,7 @@ fn parse_header(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
         kind,
         meta,
         value_bytes: end_of_header + end,
+        data_digest: field(DATA_DIGEST_FIELD),
     })
 }
 
@@ -385,6 +410,24 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(matches!(inspect_slots(&longer), Err(SlotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_data_is_checked_against_the_checksum_in_the_header() {
+        let slots = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu));
+        let mut bytes = encode_slots(&slots, &meta()).unwrap();
+        let header = inspect_slots(&bytes).unwrap();
+        let data_at = bytes.len() - 4 * 8 * 4;
+        let digest = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(&bytes[data_at..]))
+        };
+        assert_eq!(header.data_digest.as_deref(), Some(digest.as_str()));
+        assert!(decode_slots(&bytes).is_ok());
+        // Another finite value in place of one element: the header still parses.
+        bytes[data_at..data_at + 4].copy_from_slice(&7.5f32.to_le_bytes());
+        assert!(inspect_slots(&bytes).is_ok());
+        assert_eq!(decode_slots(&bytes).unwrap_err(), SlotError::Checksum);
     }
 
     #[test]

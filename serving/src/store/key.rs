@@ -124,6 +124,8 @@ fn is_content(content: &str) -> bool {
 pub struct SlotKey {
     pub key: String,
     pub fingerprint: String,
+    /// The document's token digest the key names (its 64 hex digits).
+    pub token_digest: String,
 }
 
 impl SlotKey {
@@ -179,6 +181,8 @@ impl SlotKey {
         Ok(SlotKey {
             key: raw.to_string(),
             fingerprint: fingerprint.to_string(),
+            // is_content checked that the content starts with the 64 hex digits.
+            token_digest: digest[..64].to_string(),
         })
     }
 }
