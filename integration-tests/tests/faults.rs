@@ -80,6 +80,25 @@ fn icae_json_ok(args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_first_request_after_a_redis_restart_succeeds() {
+    let mut redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let key = compress_key(&encoder.url(), "Stored before the restart.").await;
+    let url = decoder.url();
+    let read = || generate(&url, from_keys(&[&key], Mode::Continue, "", greedy(2)));
+    assert!(read().await.is_ok());
+
+    // Both services' connections break with the restart; no request sees it happen.
+    redis.restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let key_after = compress_key(&encoder.url(), "Stored before the restart.").await;
+    assert_eq!(key_after, key, "the same document, the same key");
+    let generated = read().await;
+    assert!(generated.is_ok(), "{:?}", generated.err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_is_unavailable_and_both_services_recover() {
     let mut redis = Redis::start();
     let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;

@@ -99,17 +99,20 @@ impl SlotStore {
         let keys: Vec<String> = commands.iter().map(|(key, _)| key.clone()).collect();
         let first = keys[0].clone();
         let results: Vec<RedisResult<T>> = self
-            .run(op, &first, move |conn: Conn| async move {
-                match conn {
-                    Conn::Standalone(mut c) => {
-                        let mut pipe = redis::pipe();
-                        pipe.ignore_errors();
-                        for (_, cmd) in commands {
-                            pipe.add_command(cmd);
+            .run(op, &first, |conn: Conn| {
+                let commands = commands.clone();
+                async move {
+                    match conn {
+                        Conn::Standalone(mut c) => {
+                            let mut pipe = redis::pipe();
+                            pipe.ignore_errors();
+                            for (_, cmd) in commands {
+                                pipe.add_command(cmd);
+                            }
+                            pipe.query_async::<Vec<RedisResult<T>>>(&mut c).await
                         }
-                        pipe.query_async::<Vec<RedisResult<T>>>(&mut c).await
+                        Conn::Cluster(c) => Ok(concurrently(c, commands).await),
                     }
-                    Conn::Cluster(c) => Ok(concurrently(c, commands).await),
                 }
             })
             .await?;

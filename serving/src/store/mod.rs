@@ -195,7 +195,9 @@ impl SlotStore {
             .map_err(unavailable)
     }
 
-    /// Run one command on `key` with the operation timeout, recording its duration.
+    /// Run one command on `key` with the operation timeout, recording its duration. A
+    /// connection found broken (Redis restarted since it was last used) is re-made and the
+    /// command sent once more within the same timeout: our commands are all idempotent.
     async fn run<T>(
         &self,
         op: &'static str,
@@ -203,18 +205,25 @@ impl SlotStore {
         f: impl AsyncOp<T>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let conn = self.connection().await?;
-        let result = tokio::time::timeout(self.timeout, f.call(conn)).await;
+        let attempts = async {
+            let conn = self.connection().await?;
+            match f.call(conn).await {
+                Err(e) if is_broken_connection(&e) => {
+                    let conn = self.connection().await?;
+                    f.call(conn).await.map_err(|e| classify(e, key))
+                }
+                result => result.map_err(|e| classify(e, key)),
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, attempts).await;
         metrics::histogram!(crate::metrics::REDIS_OP_DURATION, "op" => op)
             .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(classify(e, key)),
-            Err(_) => Err(StoreError::Unavailable(format!(
+        result.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
                 "{op} timed out after {:?}",
                 self.timeout
-            ))),
-        }
+            )))
+        })
     }
 
     /// Store `value` under `key` for `ttl` seconds (always with an expiry).
@@ -241,12 +250,14 @@ impl SlotStore {
 
     /// Seconds until `key` expires (None when it does not exist).
     pub async fn ttl(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        let owned = key.to_string();
         let ttl: i64 = self
-            .run("ttl", key, move |mut conn: Conn| async move {
-                match &mut conn {
-                    Conn::Standalone(c) => c.ttl::<_, i64>(owned).await,
-                    Conn::Cluster(c) => c.ttl::<_, i64>(owned).await,
+            .run("ttl", key, |mut conn: Conn| {
+                let owned = key.to_string();
+                async move {
+                    match &mut conn {
+                        Conn::Standalone(c) => c.ttl::<_, i64>(owned).await,
+                        Conn::Cluster(c) => c.ttl::<_, i64>(owned).await,
+                    }
                 }
             })
             .await?;
@@ -306,19 +317,26 @@ fn single<T>(results: Vec<KeyResult<T>>) -> Result<T, StoreError> {
         .unwrap_or_else(|| Err(StoreError::Unavailable("Redis returned no reply".into())))
 }
 
-/// An async closure over a cloned connection (a named trait keeps `run` readable).
+/// An async closure over a cloned connection, callable again for a retry (a named trait
+/// keeps `run` readable).
 trait AsyncOp<T> {
-    fn call(self, conn: Conn) -> impl std::future::Future<Output = RedisResult<T>> + Send;
+    fn call(&self, conn: Conn) -> impl std::future::Future<Output = RedisResult<T>> + Send;
 }
 
 impl<T, F, Fut> AsyncOp<T> for F
 where
-    F: FnOnce(Conn) -> Fut,
+    F: Fn(Conn) -> Fut,
     Fut: std::future::Future<Output = RedisResult<T>> + Send,
 {
-    fn call(self, conn: Conn) -> impl std::future::Future<Output = RedisResult<T>> + Send {
+    fn call(&self, conn: Conn) -> impl std::future::Future<Output = RedisResult<T>> + Send {
         self(conn)
     }
+}
+
+/// The connection broke under the command (a reset, a broken pipe, an end of stream): the
+/// connection manager re-makes it, and the command can be sent again.
+fn is_broken_connection(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error()
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
