@@ -117,6 +117,19 @@ impl TestCa {
         )
     }
 
+    /// A client certificate whose subjectAltName holds `names`, in order (`DNS:` added).
+    pub fn client_with_dns_names(&self, file: &str, names: &[&str]) -> CertFiles {
+        let names: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        self.sign(
+            file,
+            &format!("/CN={file}"),
+            &format!(
+                "subjectAltName={}\nextendedKeyUsage=clientAuth",
+                names.join(",")
+            ),
+        )
+    }
+
     /// A client certificate with a CN but no DNS name.
     pub fn client_without_dns_name(&self, file: &str) -> CertFiles {
         self.sign(file, &format!("/CN={file}"), "extendedKeyUsage=clientAuth")

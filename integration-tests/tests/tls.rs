@@ -243,6 +243,36 @@ async fn mtls_round_trip_and_refused_client_certificates() {
     .unwrap();
     assert!(!generated.token_ids.is_empty());
 
+    // DNS names are case-insensitive: a certificate for ALICE is alice's tenant.
+    let upper = ca.client_with_dns_names("alice-upper", &["ALICE"]);
+    let same_key =
+        icae_client::connect_encoder(&encoder.url(), &tls_options(ca.ca_path(), Some(&upper)))
+            .await
+            .unwrap()
+            .compress(compress_one(TEXT, CompressOptions::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .documents[0]
+            .handle
+            .as_ref()
+            .unwrap()
+            .key
+            .clone();
+    assert_eq!(same_key, key);
+
+    // The first DNS name names the tenant; one that is not a tenant name is refused, not
+    // skipped for the next.
+    let wildcard = ca.client_with_dns_names("wildcard", &["*.acme", "globex"]);
+    let err = info_over(&encoder.url(), &tls_options(ca.ca_path(), Some(&wildcard)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("Unauthenticated: the client certificate's DNS name is not a tenant name")
+            && err.contains("*.acme"),
+        "{err}"
+    );
+
     // The CLI presents a client certificate too.
     let ca_path = ca.ca.cert_str();
     let info = icae(&[

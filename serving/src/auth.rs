@@ -13,10 +13,11 @@ use tonic::{Request, Status};
 use tracing::{error, info};
 
 use crate::auth_tokens::{TokenFileError, TokenTable};
+use crate::cert_names::first_dns_name;
 use crate::file_stamp::FileStamp;
 use crate::identity::Tenant;
 use crate::security_args::SecurityArgs;
-use crate::ServiceError;
+use crate::{shown, ServiceError};
 
 /// Why a call was refused (UNAUTHENTICATED). No variant carries the token.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -169,14 +170,13 @@ fn bearer_token<T>(request: &Request<T>) -> Result<Option<&str>, AuthError> {
     Ok(Some(token))
 }
 
-/// The tenant a verified client certificate names: its first DNS subjectAltName.
+/// The tenant a verified client certificate names: the first DNS name of its
+/// subjectAltName, in lower case (DNS names are case-insensitive). A first name that is not
+/// a tenant name (`*.acme`) is refused, not skipped for a later one.
 pub fn certificate_tenant(cert: &CertificateDer<'_>) -> Result<Tenant, AuthError> {
-    let cert = webpki::EndEntityCert::try_from(cert).map_err(|_| AuthError::NoCertificateName)?;
-    let name = cert
-        .valid_dns_names()
-        .next()
-        .ok_or(AuthError::NoCertificateName)?;
-    Tenant::new(name).map_err(AuthError::BadCertificateName)
+    let name = first_dns_name(cert.as_ref()).ok_or(AuthError::NoCertificateName)?;
+    Tenant::new(&name.to_ascii_lowercase())
+        .map_err(|e| AuthError::BadCertificateName(format!("{}: {e}", shown(&name))))
 }
 
 #[cfg(test)]

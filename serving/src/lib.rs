@@ -8,6 +8,7 @@
 mod admission;
 pub mod auth;
 pub mod auth_tokens;
+mod cert_names;
 pub mod config;
 pub mod convert;
 mod error;
