@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use icae_core::{FinishReason, Mode, ModelSummary, SamplingParams};
 use icae_serving::metrics as names;
+use icae_serving::model_threads::spawn_model_thread;
 use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
 use tch::Tensor;
 use tokio::sync::mpsc;
@@ -100,21 +101,18 @@ impl Scheduler {
         let (queue, rx) = JobQueue::new("decoder", queue_capacity);
         let (startup, load_failure) = ModelStartup::new(queue.state.clone(), readiness);
         let state = queue.state.clone();
-        std::thread::Builder::new()
-            .name("icae-decoder-model".into())
-            .spawn(move || {
-                if let Some(backend) = startup.load(load) {
-                    Steps {
-                        backend: &backend,
-                        state: &state,
-                        limits,
-                        prefilling: VecDeque::new(),
-                        active: Vec::new(),
-                    }
-                    .run(rx);
+        spawn_model_thread("icae-decoder-model", move || {
+            if let Some(backend) = startup.load(load) {
+                Steps {
+                    backend: &backend,
+                    state: &state,
+                    limits,
+                    prefilling: VecDeque::new(),
+                    active: Vec::new(),
                 }
-            })
-            .expect("spawning the model thread");
+                .run(rx);
+            }
+        });
         (Scheduler { queue }, load_failure)
     }
 

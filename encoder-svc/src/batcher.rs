@@ -8,15 +8,15 @@
 //! two refinement steps the thread compresses whatever has been queued, so a plain Compress
 //! waits for at most one step of a refinement, never a whole one.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::collections::VecDeque;
-
 use icae_core::slots::SlotFidelity;
 use icae_core::{Compressed, ModelSummary, RefineOptions};
 use icae_serving::metrics as names;
+use icae_serving::model_threads::spawn_model_thread;
 use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info_span, Span};
@@ -81,14 +81,11 @@ impl Batcher {
         let (queue, rx) = JobQueue::new("encoder", queue_capacity);
         let (startup, load_failure) = ModelStartup::new(queue.state.clone(), readiness);
         let state = queue.state.clone();
-        std::thread::Builder::new()
-            .name("icae-encoder-model".into())
-            .spawn(move || {
-                if let Some(backend) = startup.load(load) {
-                    run_batches(&backend, rx, &state, limits);
-                }
-            })
-            .expect("spawning the model thread");
+        spawn_model_thread("icae-encoder-model", move || {
+            if let Some(backend) = startup.load(load) {
+                run_batches(&backend, rx, &state, limits);
+            }
+        });
         (Batcher { queue }, load_failure)
     }
 

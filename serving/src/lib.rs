@@ -20,6 +20,7 @@ mod limits;
 mod metadata;
 pub mod metrics;
 pub mod model_thread;
+pub mod model_threads;
 pub mod runtime;
 pub mod security_args;
 mod server;

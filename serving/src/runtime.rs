@@ -13,6 +13,7 @@ use tonic_health::server::HealthService;
 use tracing::{error, info};
 
 use crate::metrics::init_metrics;
+use crate::model_threads::{exit_now, model_threads_finished};
 use crate::store::SlotStore;
 use crate::tls::ReloadingTls;
 use crate::{telemetry, Admission, Authenticator, Ports, Readiness, ServiceArgs};
@@ -125,8 +126,20 @@ where
     });
     // A tokenizer task still running must not hold the exit: the grace period is over.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Every request is gone with the runtime, so the model thread's queue is closed: it
+    // stops after the model call it is in.
+    if !model_threads_finished(MODEL_THREAD_STOP_WAIT) {
+        eprintln!(
+            "{name}: the model thread did not stop within {}s; exiting without it",
+            MODEL_THREAD_STOP_WAIT.as_secs()
+        );
+        exit_now(if code == ExitCode::SUCCESS { 0 } else { 1 });
+    }
     code
 }
+
+/// How long the exit waits for the model thread to finish its current model call.
+const MODEL_THREAD_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// "encoder" for icae.v1.Encoder: the `service` label of the metrics.
 fn short_name(service: &'static str) -> &'static str {
