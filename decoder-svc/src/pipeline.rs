@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
-use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
+use icae_serving::{check_text_bytes, is_blank, Limits, ServiceError, Tenant};
 use tokio::sync::mpsc;
 
 use crate::scheduler::{ContextSource, Deadline, Event, GenerationRequest, Scheduler};
@@ -133,8 +133,8 @@ impl GeneratePipeline {
 
     /// The prompt's token ids (None when there is no prompt; ANSWER needs one).
     async fn prompt(&self, mode: Mode, prompt: String) -> Result<Option<Vec<u32>>, ServiceError> {
-        // A question of only whitespace is no question.
-        if mode == Mode::Answer && prompt.trim().is_empty() {
+        // A question of only whitespace (or invisible characters) is no question.
+        if mode == Mode::Answer && is_blank(&prompt) {
             return Err(InputError::MissingPrompt.into());
         }
         if prompt.is_empty() {

@@ -12,7 +12,7 @@ use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, ModelSummary, RefineOptions, SlotDtype};
 use icae_serving::metrics as names;
 use icae_serving::store::{slot_content, slot_key, KeyScope, Namespace, SlotStore, StoreError};
-use icae_serving::{check_text_bytes, Limits, ServiceError, Tenant};
+use icae_serving::{check_text_bytes, is_blank, Limits, ServiceError, Tenant};
 
 use crate::batcher::Batcher;
 
@@ -477,7 +477,7 @@ fn tokenize_all(
         .map(|(index, doc)| {
             let ids = match doc {
                 DocumentInput::Text(text) => {
-                    if text.trim().is_empty() {
+                    if is_blank(&text) {
                         return Err(document_error(index, InputError::EmptyText));
                     }
                     tokenizer

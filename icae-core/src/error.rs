@@ -55,7 +55,7 @@ pub enum AdapterError {
 /// A request the engine cannot serve as given. Each message names the limit and the value.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum InputError {
-    #[error("text is empty")]
+    #[error("text is empty (nothing but whitespace or invisible characters)")]
     EmptyText,
     #[error("input has {actual} tokens, the limit is {limit}")]
     TooManyTokens { actual: usize, limit: usize },

@@ -75,7 +75,7 @@ impl SlotFidelity {
                     Ok(v) if finite(&v) => Ok(Some(v)),
                     _ => Err(SlotError::BadMeta {
                         field: name,
-                        value: value.chars().take(64).collect(),
+                        value: quoted(value),
                         reason: "not a number this field can hold".into(),
                     }),
                 },
@@ -104,6 +104,15 @@ pub struct SlotHeader {
     /// SHA-256 (hex) of the tensor's data bytes, checked wherever the data is read (absent
     /// in values written before it was recorded).
     pub data_digest: Option<String>,
+}
+
+/// A metadata value as errors show it: at most 64 characters (a header may hold 64 KiB).
+fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}… ({} bytes)", &value[..end], value.len()),
+        None => value.to_string(),
+    }
 }
 
 /// SHA-256 (hex) of bytes.
@@ -310,13 +319,13 @@ fn parse_header(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
     let field = |name: &'static str| map.get(name).cloned();
     let version = field("icae_format_version").unwrap_or_default();
     if version != SLOT_FORMAT_VERSION.to_string() {
-        return Err(SlotError::Version(version));
+        return Err(SlotError::Version(quoted(&version)));
     }
     let number = |name: &'static str| -> Result<u64, SlotError> {
         let value = field(name).unwrap_or_default();
         value.parse().map_err(|_| SlotError::BadMeta {
             field: name,
-            value,
+            value: quoted(&value),
             reason: "not an unsigned integer".into(),
         })
     };
@@ -428,6 +437,29 @@ mod tests {
         bytes[data_at..data_at + 4].copy_from_slice(&7.5f32.to_le_bytes());
         assert!(inspect_slots(&bytes).is_ok());
         assert_eq!(decode_slots(&bytes).unwrap_err(), SlotError::Checksum);
+    }
+
+    #[test]
+    fn long_metadata_values_are_cut_in_errors() {
+        let slots = Tensor::randn([1, 2], (Kind::Float, tch::Device::Cpu));
+        let mut long = meta();
+        long.fidelity.reconstruction_loss = Some(1.0);
+        let bytes = encode_slots(&slots, &long).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+        let header = header.replace(
+            "\"created_at\":\"1700000000\"",
+            &format!("\"created_at\":\"{}\"", "9x".repeat(1000)),
+        );
+        let mut value = (header.len() as u64).to_le_bytes().to_vec();
+        value.extend_from_slice(header.as_bytes());
+        value.extend_from_slice(&bytes[8 + header_len..]);
+        let error = inspect_slots(&value).unwrap_err().to_string();
+        assert!(
+            error.contains("created_at") && error.contains("2000 bytes"),
+            "{error}"
+        );
+        assert!(error.len() < 200, "{} bytes: {error}", error.len());
     }
 
     #[test]

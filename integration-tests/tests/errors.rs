@@ -45,6 +45,13 @@ async fn encoder_errors() {
         &["text is empty"],
     );
     assert_status(
+        client
+            .compress(request(vec![text_doc("\u{200B}\u{FEFF} \u{200B}")], opts()))
+            .await,
+        Code::InvalidArgument,
+        &["text is empty"],
+    );
+    assert_status(
         client.compress(request(vec![], opts())).await,
         Code::InvalidArgument,
         &["0 documents", "1..=3"],
@@ -217,6 +224,15 @@ async fn decoder_errors() {
     );
     assert_status(
         generate(&url, from_keys(&[&key], Mode::Answer, "", greedy(4))).await,
+        Code::InvalidArgument,
+        &["ANSWER needs a prompt"],
+    );
+    assert_status(
+        generate(
+            &url,
+            from_keys(&[&key], Mode::Answer, "\u{200B}", greedy(4)),
+        )
+        .await,
         Code::InvalidArgument,
         &["ANSWER needs a prompt"],
     );

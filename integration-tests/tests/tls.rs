@@ -333,4 +333,19 @@ async fn mtls_round_trip_and_refused_client_certificates() {
         err.starts_with("Unauthenticated: the client certificate has no DNS name"),
         "{err}"
     );
+
+    // A flood of refused handshakes does not flood the log: a few lines, then a count.
+    let address = encoder.url().replace("https://", "");
+    for _ in 0..200 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+    }
+    let logged = encoder.logs().matches("TLS handshake refused").count();
+    assert!(
+        (1..=20).contains(&logged),
+        "{logged} lines for 200 refused handshakes"
+    );
 }

@@ -23,9 +23,32 @@ pub fn check_text_bytes(
     Ok(())
 }
 
+/// True when `text` shows nothing: only whitespace and invisible format characters (zero-width
+/// space and joiners, word joiner, byte-order mark, soft hyphen). Such a document or question
+/// is refused as empty rather than compressed or answered.
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
+            )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_text_is_blank() {
+        for blank in ["", " \n\t", "\u{200B}", "\u{200B}\u{FEFF} \u{2060}\u{00AD}"] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        for shown in ["a", "\u{200B}a", "\u{00E9}", "\u{4E2D}"] {
+            assert!(!is_blank(shown), "{shown:?}");
+        }
+    }
 
     #[test]
     fn the_size_and_the_limit_are_named() {

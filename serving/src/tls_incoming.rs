@@ -1,9 +1,10 @@
 //! Accepted TCP connections turned into TLS connections for tonic. Each handshake runs in its
 //! own task with a timeout, so a slow or silent client holds up no one else; a refused
-//! handshake (wrong CA, no or expired client certificate) is logged and dropped.
+//! handshake (wrong CA, no or expired client certificate) is dropped, and logged (at most 5
+//! lines per 10 s, with a count of those not logged).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -14,12 +15,15 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
+use crate::log_limit::LogLimit;
 use crate::tls::ReloadingTls;
 
 /// Longer than any honest handshake, short enough that idle sockets are not hoarded.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const BACKLOG: usize = 64;
+/// Refused handshakes logged: 5 per 10 s, then one line saying how many were left out.
+static REFUSALS_LOGGED: LogLimit = LogLimit::new(Duration::from_secs(10), 5);
 
 /// TLS connections over `tcp`, each with the configuration current when it arrived.
 /// (tonic's `tls-connect-info` gives the server the client's certificates per request.)
@@ -50,7 +54,11 @@ pub fn tls_incoming(
                     Ok(Ok(connection)) => {
                         let _ = tx.send(Ok(connection)).await;
                     }
-                    Ok(Err(e)) => info!(?peer, error = %e, "TLS handshake refused"),
+                    Ok(Err(e)) => {
+                        if let Some(left_out) = REFUSALS_LOGGED.allow(Instant::now()) {
+                            info!(?peer, error = %e, refusals_not_logged = left_out, "TLS handshake refused");
+                        }
+                    }
                     Err(_) => debug!(?peer, "TLS handshake timed out"),
                 }
             });

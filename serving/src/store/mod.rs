@@ -37,8 +37,9 @@ pub enum StoreError {
     WrongType { key: String },
     /// Redis is at maxmemory and evicts nothing: retrying soon will not help.
     #[error(
-        "Redis is out of memory (maxmemory reached, no eviction): {0}; free memory, raise \
-         maxmemory or use an eviction policy such as volatile-lru"
+        "Redis is out of memory (maxmemory reached and nothing could be evicted): {0}; free \
+         memory or raise maxmemory (under noeviction, an eviction policy such as volatile-lru \
+         also helps)"
     )]
     OutOfMemory(String),
 }
