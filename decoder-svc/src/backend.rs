@@ -5,7 +5,7 @@
 use icae_core::generate::{decode_batch, Step};
 use icae_core::{IcaeError, IcaeModel, Sequence};
 
-use crate::scheduler::{ContextSource, GenerationRequest};
+use crate::request::{ContextSource, GenerationRequest};
 
 pub trait DecodeBackend {
     type Sequence;

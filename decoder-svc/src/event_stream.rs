@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, TokenDelta};
+use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, Timings, TokenDelta};
 use icae_serving::convert::finish_to_proto;
 use icae_serving::metrics::record_request;
 use icae_serving::{Permit, ServiceError};
@@ -30,7 +30,6 @@ use tracing::warn;
 
 use crate::pipeline::Started;
 use crate::scheduler::{Event, Finished};
-use crate::server::{dropped, timings};
 
 /// Messages buffered between the scheduler and a client: enough that a reading client never
 /// holds up generation, few enough that a stalled one holds little.
@@ -241,4 +240,21 @@ async fn cut_off(permit: &Option<Permit>) -> ServiceError {
         Some(permit) => permit.cut_off().await,
         None => std::future::pending().await,
     }
+}
+
+/// The timings a response reports.
+pub(crate) fn timings(finished: &Finished, store_seconds: f64, started: Instant) -> Timings {
+    Timings {
+        queue_seconds: finished.queue_seconds,
+        store_seconds,
+        model_seconds: finished.model_seconds,
+        time_to_first_token_seconds: finished.time_to_first_token_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    }
+}
+
+/// The model thread dropped a request without its last event.
+pub(crate) fn dropped() -> ServiceError {
+    ServiceError::ModelUnavailable("the model thread dropped the request".into())
 }

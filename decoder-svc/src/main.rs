@@ -5,6 +5,7 @@
 mod backend;
 mod event_stream;
 mod pipeline;
+mod request;
 mod scheduler;
 mod server;
 mod slot_reads;

@@ -10,7 +10,8 @@ use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
 use icae_serving::{check_text_bytes, is_blank, Limits, ServiceError, Tenant};
 use tokio::sync::mpsc;
 
-use crate::scheduler::{ContextSource, Deadline, Event, GenerationRequest, Scheduler};
+use crate::request::{ContextSource, GenerationRequest};
+use crate::scheduler::{Deadline, Event, Scheduler};
 use crate::slot_reads::{SlotReader, SlotSource};
 
 /// What to generate from, as the client sent it.

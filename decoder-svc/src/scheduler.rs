@@ -11,29 +11,15 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use icae_core::{FinishReason, Mode, ModelSummary, SamplingParams};
+use icae_core::{FinishReason, ModelSummary};
 use icae_serving::metrics as names;
 use icae_serving::model_threads::spawn_model_thread;
 use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
-use tch::Tensor;
 use tokio::sync::mpsc;
 use tracing::{debug_span, error, info_span, Span};
 
 use crate::backend::DecodeBackend;
-
-/// What the decoder reads: slot sets (in order) or, for the baseline, the document's tokens.
-pub enum ContextSource {
-    Slots(Vec<Tensor>),
-    Baseline(Vec<u32>),
-}
-
-/// A validated request, ready for the model.
-pub struct GenerationRequest {
-    pub context: ContextSource,
-    pub mode: Mode,
-    pub prompt_ids: Option<Vec<u32>>,
-    pub params: SamplingParams,
-}
+use crate::request::GenerationRequest;
 
 /// The client's deadline: when it passes, and how long it was.
 #[derive(Debug, Clone, Copy)]

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use icae_core::generate::Step;
-use icae_core::{IcaeError, InputError, ModelSummary};
+use icae_core::{IcaeError, InputError, Mode, ModelSummary, SamplingParams};
 use icae_serving::testing::{fake_summary, unmounted_readiness, wait_until};
 
 use super::*;
+use crate::request::ContextSource;
 
 /// A sequence that emits tokens 100, 101, … until `max_new_tokens`.
 struct FakeSequence {

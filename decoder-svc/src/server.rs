@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use icae_proto::v1::decoder_server::Decoder;
 use icae_proto::v1::{
     generate_request, slot_ref, GenerateOnceResponse, GenerateRequest, InfoRequest, InfoResponse,
-    Timings,
 };
 use icae_serving::convert::{finish_to_proto, mode_from_proto};
 use icae_serving::metrics::{record_outcome, record_request};
@@ -16,9 +15,9 @@ use icae_serving::{deadline, info_response, tenant_of, Admission, Permit, Servic
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
-use crate::event_stream::EventStream;
+use crate::event_stream::{dropped, timings, EventStream};
 use crate::pipeline::{ContextInput, GenerateInput, GeneratePipeline, SamplingInput, Started};
-use crate::scheduler::{Event, Finished};
+use crate::scheduler::Event;
 use crate::slot_reads::SlotSource;
 
 pub struct DecoderService {
@@ -62,21 +61,6 @@ fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, Se
         deadline,
         tenant,
     })
-}
-
-pub(crate) fn timings(finished: &Finished, store_seconds: f64, started: Instant) -> Timings {
-    Timings {
-        queue_seconds: finished.queue_seconds,
-        store_seconds,
-        model_seconds: finished.model_seconds,
-        time_to_first_token_seconds: finished.time_to_first_token_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn dropped() -> ServiceError {
-    ServiceError::ModelUnavailable("the model thread dropped the request".into())
 }
 
 impl DecoderService {
