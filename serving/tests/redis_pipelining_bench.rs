@@ -157,3 +157,78 @@ async fn per_key_vs_pipelined() {
         );
     }
 }
+
+/// What verifying slot values costs against reading them (ignored: a measurement; run with
+/// `cargo test --release -p icae-serving --test redis_pipelining_bench -- --ignored
+/// --nocapture`): a Generate from 8 slot sets of the default model's size, read the way the
+/// decoder reads them (headers, then exactly the data), then decoded with the checks the
+/// decoder runs (header, SHA-256 of the data, finite values), alternating in one run.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: run explicitly"]
+async fn verifying_slot_values_against_reading_them() {
+    use icae_core::slots::{decode_slots, encode_slots, inspect_slot_prefix, SlotMeta};
+    use tch::{Kind, Tensor};
+
+    let redis = RedisServer::start();
+    let store = SlotStore::new(
+        &redis.url(),
+        StoreOptions::with_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let meta = SlotMeta {
+        fingerprint: "bench".into(),
+        num_tokens: 128,
+        num_segments: 1,
+        created_at: 1,
+        traceparent: None,
+        token_digest: Some("0".repeat(64)),
+        fidelity: Default::default(),
+    };
+    let keys: Vec<String> = (0..8).map(|i| format!("icae:v1:bench:{i:064}")).collect();
+    let values: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|_| {
+            encode_slots(
+                &Tensor::randn([32, 576], (Kind::Float, tch::Device::Cpu)),
+                &meta,
+            )
+            .unwrap()
+        })
+        .collect();
+    let entries: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    store.put_many(&entries, 3600).await.unwrap();
+
+    let (mut read_ms, mut verify_ms) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let probes: Vec<(String, usize)> = keys.iter().map(|k| (k.clone(), 4096)).collect();
+        let headers = store.get_prefixes("get_header", &probes).await.unwrap();
+        let reads: Vec<(String, usize)> = keys
+            .iter()
+            .zip(&headers)
+            .map(|(k, h)| {
+                let header = inspect_slot_prefix(h.as_ref().unwrap()).unwrap();
+                (k.clone(), header.value_bytes)
+            })
+            .collect();
+        let data = store.get_prefixes("get", &reads).await.unwrap();
+        read_ms.push(started.elapsed().as_secs_f64() * 1e3);
+
+        let started = Instant::now();
+        for value in &data {
+            let _slots = decode_slots(value.as_ref().unwrap()).unwrap();
+        }
+        verify_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let (read, verify) = (median(read_ms), median(verify_ms));
+    println!(
+        "generate 8 slot sets of {} bytes: read (headers, then data) {read:.3} ms; decode and \
+         verify (SHA-256, finite) {verify:.3} ms; verify/read {:.2}",
+        values[0].len(),
+        verify / read
+    );
+}
