@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("icae_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // A request that does not decode is INVALID_ARGUMENT (see src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ProtoCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -5,9 +5,11 @@ pub mod client;
 pub mod pki;
 pub mod ports;
 pub mod processes;
+pub mod raw_grpc;
 pub mod values;
 
 pub use client::*;
 pub use pki::*;
 pub use processes::*;
+pub use raw_grpc::*;
 pub use values::*;

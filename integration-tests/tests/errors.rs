@@ -51,6 +51,15 @@ async fn encoder_errors() {
         Code::InvalidArgument,
         &["text is empty"],
     );
+    // Bytes that are not a CompressRequest: the sender's fault.
+    let (code, message) = raw_call(
+        &encoder.url(),
+        "/icae.v1.Encoder/Compress",
+        &[0x0a, 0xff, 0xff],
+    )
+    .await;
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("protobuf"), "{message}");
     assert_status(
         client.compress(request(vec![], opts())).await,
         Code::InvalidArgument,

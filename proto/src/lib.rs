@@ -1,5 +1,7 @@
 //! Generated gRPC code for the `icae.v1` API (see `icae/v1/icae.proto`).
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("icae.v1");
 }
