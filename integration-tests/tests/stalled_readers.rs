@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use icae_proto::v1::{GenerateRequest, Mode};
 use integration_tests::*;
 use prost::Message;
@@ -47,18 +47,12 @@ impl StalledClient {
 
     /// Send a Generate; returns its response once the server answered with headers.
     async fn generate(&mut self, request: &GenerateRequest) -> http::Response<h2::RecvStream> {
-        let message = request.encode_to_vec();
-        let mut body = vec![0u8];
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(&message);
-        let head = http::Request::post("http://127.0.0.1/icae.v1.Decoder/Generate")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
         self.send = self.send.clone().ready().await.unwrap();
+        let head = grpc_head("/icae.v1.Decoder/Generate");
         let (response, mut stream) = self.send.send_request(head, false).unwrap();
-        stream.send_data(Bytes::from(body), true).unwrap();
+        stream
+            .send_data(grpc_frame(&request.encode_to_vec()), true)
+            .unwrap();
         let response = response.await.unwrap();
         assert!(
             response.headers().get("grpc-status").is_none(),
@@ -72,26 +66,6 @@ impl StalledClient {
     fn open_window(&mut self) {
         self.open.take().unwrap().send(()).unwrap();
     }
-}
-
-/// Read a response to its end: the gRPC messages' bytes and the trailers' status and message.
-async fn read_to_end(response: http::Response<h2::RecvStream>) -> (usize, Code, String) {
-    let mut body = response.into_body();
-    let mut bytes = 0;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        bytes += chunk.remaining();
-        let _ = body.flow_control().release_capacity(chunk.remaining());
-    }
-    let trailers = body.trailers().await.unwrap().unwrap_or_default();
-    let field = |name: &str| {
-        trailers
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    let code = Code::from_i32(field("grpc-status").parse().unwrap());
-    (bytes, code, field("grpc-message"))
 }
 
 async fn admitted_soon(url: &str, key: &str) -> bool {
@@ -133,7 +107,7 @@ async fn a_slot_is_free_once_the_work_is_done_and_a_slow_reader_gets_everything(
 
     client.open_window();
     for response in [first, second] {
-        let (bytes, code, message) = read_to_end(response).await;
+        let (bytes, code, message) = grpc_outcome(response).await;
         assert_eq!(code, Code::Ok, "{message}");
         assert!(bytes > 0);
     }
@@ -166,7 +140,7 @@ async fn a_client_that_reads_nothing_has_its_stream_ended_after_the_send_timeout
         "a stream nobody reads still holds the only request slot"
     );
     client.open_window();
-    let (_, code, message) = read_to_end(stalled).await;
+    let (_, code, message) = grpc_outcome(stalled).await;
     assert_eq!(code, Code::DeadlineExceeded, "{message}");
     assert!(message.contains("stream-send-timeout-seconds"), "{message}");
 }
