@@ -6,7 +6,7 @@
 
 use icae_core::{
     Compressed, EncodeOnlyModel, IcaeError, IcaeModel, ModelError, RefineOptions, Refined,
-    Refinement, SlotDtype,
+    Refinement, SlotDtype, ToCompress,
 };
 use tch::Tensor;
 
@@ -14,12 +14,12 @@ pub trait CompressBackend {
     /// A refinement in progress.
     type Refining;
 
-    /// Compress every document (token ids) into slots on the CPU, in order. Between model
-    /// calls the backend asks `wanted(document)`; documents no longer wanted may be left
-    /// out (`None`), so abandoned work stops early.
+    /// Compress every document (token ids, slots per segment) into slots on the CPU, in
+    /// order. Between model calls the backend asks `wanted(document)`; documents no longer
+    /// wanted may be left out (`None`), so abandoned work stops early.
     fn compress(
         &self,
-        documents: &[&[u32]],
+        documents: &[ToCompress],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError>;
 
@@ -86,7 +86,7 @@ impl CompressBackend for EncoderModel {
 
     fn compress(
         &self,
-        documents: &[&[u32]],
+        documents: &[ToCompress],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
         let compressed = match &self.model {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use icae_core::slots::SlotFidelity;
-use icae_core::{Compressed, ModelSummary, RefineOptions};
+use icae_core::{Compressed, ModelSummary, RefineOptions, ToCompress};
 use icae_serving::metrics as names;
 use icae_serving::model_threads::spawn_model_thread;
 use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
@@ -38,6 +38,8 @@ pub(crate) type Reply = Result<CompressedBatch, ServiceError>;
 
 pub(crate) struct Job {
     pub docs: Vec<Vec<u32>>,
+    /// Memory tokens each segment of these documents gets (the request's rate).
+    pub slots_per_segment: usize,
     /// Refine (or, with 0 steps, only score) the slots after compressing them.
     pub refine: Option<RefineOptions>,
     pub reply: oneshot::Sender<Reply>,
@@ -97,16 +99,19 @@ impl Batcher {
         &self.queue.state
     }
 
-    /// Compress `docs` (token ids) in the next batch, then refine or score them when
-    /// `refine` says so; the caller's span is carried along.
+    /// Compress `docs` (token ids) with `slots_per_segment` slots per segment in the next
+    /// batch, then refine or score them when `refine` says so; the caller's span is carried
+    /// along.
     pub async fn compress(
         &self,
         docs: Vec<Vec<u32>>,
+        slots_per_segment: usize,
         refine: Option<RefineOptions>,
     ) -> Result<CompressedBatch, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.queue.submit(Job {
             docs,
+            slots_per_segment,
             refine,
             reply,
             enqueued: Instant::now(),
@@ -186,9 +191,14 @@ fn compress_batch<B: CompressBackend>(
     for seconds in &queue_seconds {
         metrics::histogram!(names::QUEUE_SECONDS, "service" => "encoder").record(*seconds);
     }
-    let batch_docs: Vec<&[u32]> = jobs
+    let batch_docs: Vec<ToCompress> = jobs
         .iter()
-        .flat_map(|job| job.docs.iter().map(Vec::as_slice))
+        .flat_map(|job| {
+            job.docs.iter().map(|ids| ToCompress {
+                ids,
+                slots_per_segment: job.slots_per_segment,
+            })
+        })
         .collect();
     state.set_active(batch_docs.len());
     metrics::histogram!(names::BATCH_SIZE, "service" => "encoder").record(batch_docs.len() as f64);

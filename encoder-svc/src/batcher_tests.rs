@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use icae_core::{Compressed, IcaeError, ModelSummary, RefineOptions, Refined};
+use icae_core::{Compressed, IcaeError, ModelSummary, RefineOptions, Refined, ToCompress};
 use icae_serving::testing::{fake_summary, unmounted_readiness, wait_until};
 use icae_serving::ServiceError;
 use tch::{Device, Kind, Tensor};
 
 use super::*;
+
+/// The fake model's memory tokens per segment (fake_summary's mem_size).
+const PLAIN: usize = 1;
 
 /// Records the size of every batch; each call waits for a permit on `gate` when one is set,
 /// so a test can fill the queue while the "model" is busy.
@@ -55,7 +58,7 @@ impl CompressBackend for FakeBackend {
 
     fn compress(
         &self,
-        documents: &[&[u32]],
+        documents: &[ToCompress],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
         self.entered.fetch_add(1, Ordering::SeqCst);
@@ -66,29 +69,41 @@ impl CompressBackend for FakeBackend {
         self.events
             .lock()
             .unwrap()
-            .push(format!("compress {}", documents[0][0]));
+            .push(format!("compress {}", documents[0].ids[0]));
         if self.fail {
             return Err(IcaeError::Input(icae_core::InputError::EmptyText));
         }
-        // One slot per document whose value is the document's first token: the caller can
-        // check that it got its own documents back, in order.
+        // One slot per slot of a segment, whose value is the document's first token: the
+        // caller can check that it got its own documents back, in order, at its rate.
         Ok(documents
             .iter()
             .enumerate()
-            .map(|(i, doc)| {
-                if !wanted(i) {
-                    return None;
-                }
-                if self.gate_each_document {
-                    self.wait_at_gate();
-                }
-                self.compressed.lock().unwrap().push(doc[0]);
-                Some(Compressed {
-                    slots: Tensor::full([1, 2], f64::from(doc[0]), (Kind::Float, Device::Cpu)),
-                    num_tokens: doc.len(),
-                    num_segments: 1,
-                })
-            })
+            .map(
+                |(
+                    i,
+                    &ToCompress {
+                        ids: doc,
+                        slots_per_segment,
+                    },
+                )| {
+                    if !wanted(i) {
+                        return None;
+                    }
+                    if self.gate_each_document {
+                        self.wait_at_gate();
+                    }
+                    self.compressed.lock().unwrap().push(doc[0]);
+                    Some(Compressed {
+                        slots: Tensor::full(
+                            [slots_per_segment as i64, 2],
+                            f64::from(doc[0]),
+                            (Kind::Float, Device::Cpu),
+                        ),
+                        num_tokens: doc.len(),
+                        num_segments: 1,
+                    })
+                },
+            )
             .collect())
     }
 
@@ -220,14 +235,14 @@ async fn jobs_queued_while_busy_are_batched_up_to_the_limit() {
 
     let first = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1]], None).await }
+        async move { b.compress(vec![vec![1]], PLAIN, None).await }
     });
     wait_started(&entered, 1).await;
     let mut later = Vec::new();
     for first_token in [2u32, 3, 4, 5] {
         let b = batcher.clone();
         later.push(tokio::spawn(async move {
-            b.compress(vec![vec![first_token, 9]], None).await
+            b.compress(vec![vec![first_token, 9]], PLAIN, None).await
         }));
     }
     wait_queue_len(&batcher, 4).await;
@@ -259,13 +274,13 @@ async fn batches_stop_at_the_token_limit() {
     } = gated_with(limits, 8, backend).await;
     let mut tasks = vec![tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1; 9]], None).await }
+        async move { b.compress(vec![vec![1; 9]], PLAIN, None).await }
     })];
     wait_started(&entered, 1).await;
     for (n, tokens) in [3usize, 3, 2].into_iter().enumerate() {
         let b = batcher.clone();
         tasks.push(tokio::spawn(async move {
-            b.compress(vec![vec![2; tokens]], None).await
+            b.compress(vec![vec![2; tokens]], PLAIN, None).await
         }));
         wait_queue_len(&batcher, n + 1).await;
     }
@@ -293,7 +308,10 @@ async fn a_job_abandoned_mid_batch_stops_at_the_next_model_call() {
     } = gated(16, 8, backend).await;
     let abandoned = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1], vec![2], vec![3]], None).await }
+        async move {
+            b.compress(vec![vec![1], vec![2], vec![3]], PLAIN, None)
+                .await
+        }
     });
     wait_started(&entered, 1).await;
     abandoned.abort();
@@ -301,7 +319,7 @@ async fn a_job_abandoned_mid_batch_stops_at_the_next_model_call() {
     open.send(()).unwrap();
     let next = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![4]], None).await }
+        async move { b.compress(vec![vec![4]], PLAIN, None).await }
     });
     open.send(()).unwrap();
     assert_eq!(first_values(&next.await.unwrap().unwrap()), vec![4.0]);
@@ -318,12 +336,47 @@ async fn a_multi_document_job_gets_its_own_documents_in_order() {
     } = gated(16, 8, FakeBackend::default()).await;
     open.send(()).unwrap();
     let batch = batcher
-        .compress(vec![vec![7], vec![8, 1], vec![9, 1, 1]], None)
+        .compress(vec![vec![7], vec![8, 1], vec![9, 1, 1]], PLAIN, None)
         .await
         .unwrap();
     assert_eq!(first_values(&batch), vec![7.0, 8.0, 9.0]);
     let tokens: Vec<usize> = batch.docs.iter().map(|d| d.num_tokens).collect();
     assert_eq!(tokens, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_at_different_rates_share_a_batch_and_keep_their_rate() {
+    let backend = FakeBackend::default();
+    let batches = backend.batches.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    let busy = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1]], PLAIN, None).await }
+    });
+    wait_started(&entered, 1).await;
+    let mut queued = Vec::new();
+    for (first_token, slots_per_segment) in [(2u32, 3usize), (3, 1), (4, 2)] {
+        let b = batcher.clone();
+        queued.push(tokio::spawn(async move {
+            b.compress(vec![vec![first_token]], slots_per_segment, None)
+                .await
+        }));
+    }
+    wait_queue_len(&batcher, 3).await;
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    busy.await.unwrap().unwrap();
+    let mut rows = Vec::new();
+    for job in queued {
+        let batch = job.await.unwrap().unwrap();
+        rows.push((first_values(&batch)[0], batch.docs[0].slots.size()[0]));
+    }
+    assert_eq!(rows, vec![(2.0, 3), (3.0, 1), (4.0, 2)]);
+    assert_eq!(*batches.lock().unwrap(), vec![1, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,19 +390,19 @@ async fn a_cancelled_job_is_never_compressed() {
     } = gated(16, 8, backend).await;
     let busy = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1]], None).await }
+        async move { b.compress(vec![vec![1]], PLAIN, None).await }
     });
     wait_started(&entered, 1).await;
     let abandoned = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![2], vec![2]], None).await }
+        async move { b.compress(vec![vec![2], vec![2]], PLAIN, None).await }
     });
     wait_queue_len(&batcher, 1).await;
     abandoned.abort();
     let _ = abandoned.await;
     let kept = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![3]], None).await }
+        async move { b.compress(vec![vec![3]], PLAIN, None).await }
     });
     wait_queue_len(&batcher, 2).await;
     open.send(()).unwrap();
@@ -369,15 +422,15 @@ async fn a_full_queue_is_refused_with_its_limit() {
     } = gated(16, 1, FakeBackend::default()).await;
     let busy = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![1]], None).await }
+        async move { b.compress(vec![vec![1]], PLAIN, None).await }
     });
     wait_started(&entered, 1).await;
     let queued = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![2]], None).await }
+        async move { b.compress(vec![vec![2]], PLAIN, None).await }
     });
     wait_queue_len(&batcher, 1).await;
-    let refused = batcher.compress(vec![vec![3]], None).await;
+    let refused = batcher.compress(vec![vec![3]], PLAIN, None).await;
     assert!(
         matches!(refused, Err(ServiceError::QueueFull { limit: 1 })),
         "{:?}",
@@ -401,7 +454,7 @@ async fn a_failing_backend_fails_every_job_of_the_batch() {
         entered: _,
     } = gated(16, 8, backend).await;
     open.send(()).unwrap();
-    let result = batcher.compress(vec![vec![1], vec![2]], None).await;
+    let result = batcher.compress(vec![vec![1], vec![2]], PLAIN, None).await;
     assert!(matches!(result, Err(ServiceError::Internal(_))));
 }
 
@@ -421,7 +474,7 @@ async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
         .await
         .expect("the load failure is reported");
     assert_eq!(error.as_deref(), Some("no such model"));
-    let refused = batcher.compress(vec![vec![1]], None).await;
+    let refused = batcher.compress(vec![vec![1]], PLAIN, None).await;
     assert!(matches!(refused, Err(ServiceError::ModelUnavailable(_))));
 }
 
@@ -435,7 +488,7 @@ async fn queued_jobs_still_finish_when_the_last_handle_is_dropped() {
     let tasks: Vec<_> = (1..=3u32)
         .map(|t| {
             let b = batcher.clone();
-            tokio::spawn(async move { b.compress(vec![vec![t]], None).await })
+            tokio::spawn(async move { b.compress(vec![vec![t]], PLAIN, None).await })
         })
         .collect();
     wait_started(&entered, 1).await;
@@ -465,7 +518,10 @@ async fn a_plain_job_waits_for_one_refinement_step_not_the_whole_refinement() {
     } = gated(16, 8, backend).await;
     let refined = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![5, 1], vec![6]], refine(20)).await }
+        async move {
+            b.compress(vec![vec![5, 1], vec![6]], PLAIN, refine(20))
+                .await
+        }
     });
     wait_started(&entered, 1).await;
     open.send(()).unwrap(); // the compression
@@ -476,7 +532,7 @@ async fn a_plain_job_waits_for_one_refinement_step_not_the_whole_refinement() {
     .await;
     let plain = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![9]], None).await }
+        async move { b.compress(vec![vec![9]], PLAIN, None).await }
     });
     wait_queue_len(&batcher, 1).await;
     open.send(()).unwrap(); // step 1
@@ -523,7 +579,7 @@ async fn an_abandoned_refinement_stops_at_the_next_step_and_others_go_on() {
     } = gated(16, 8, backend).await;
     let abandoned = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![3]], refine(1000)).await }
+        async move { b.compress(vec![vec![3]], PLAIN, refine(1000)).await }
     });
     wait_started(&entered, 1).await;
     open.send(()).unwrap();
@@ -535,7 +591,7 @@ async fn an_abandoned_refinement_stops_at_the_next_step_and_others_go_on() {
     // A later job is served; at most the step already waiting at the gate ran meanwhile.
     let next = tokio::spawn({
         let b = batcher.clone();
-        async move { b.compress(vec![vec![4]], None).await }
+        async move { b.compress(vec![vec![4]], PLAIN, None).await }
     });
     open.send(()).unwrap();
     open.send(()).unwrap();
@@ -563,13 +619,13 @@ async fn a_failing_refinement_fails_its_own_job_only() {
     for _ in 0..2 {
         open.send(()).unwrap();
     }
-    let failed = batcher.compress(vec![vec![1]], refine(5)).await;
+    let failed = batcher.compress(vec![vec![1]], PLAIN, refine(5)).await;
     assert!(
         matches!(failed, Err(ServiceError::Internal(_))),
         "{:?}",
         failed.err()
     );
-    let plain = batcher.compress(vec![vec![2]], None).await.unwrap();
+    let plain = batcher.compress(vec![vec![2]], PLAIN, None).await.unwrap();
     assert_eq!(first_values(&plain), vec![2.0]);
 }
 
@@ -583,7 +639,10 @@ async fn a_score_only_job_takes_no_step_and_gets_its_loss() {
         entered: _,
     } = gated(16, 8, backend).await;
     open.send(()).unwrap();
-    let batch = batcher.compress(vec![vec![7]], refine(0)).await.unwrap();
+    let batch = batcher
+        .compress(vec![vec![7]], PLAIN, refine(0))
+        .await
+        .unwrap();
     assert_eq!(first_values(&batch), vec![7.0]);
     assert_eq!(batch.fidelity[0].steps_run, 0);
     assert_eq!(batch.fidelity[0].reconstruction_loss, Some(1.0));

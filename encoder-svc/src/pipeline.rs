@@ -9,7 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use icae_core::refine::DEFAULT_LEARNING_RATE;
 use icae_core::slots::{decode_slots, encode_slots, inspect_slots, token_digest, SlotMeta};
 use icae_core::tokenizer::TextTokenizer;
-use icae_core::{check_token_ids, InputError, ModelSummary, RefineOptions, SlotDtype};
+use icae_core::{
+    check_slots_per_segment, check_token_ids, InputError, ModelSummary, RefineOptions, SlotDtype,
+};
 use icae_serving::metrics as names;
 use icae_serving::store::{slot_content, slot_key, KeyScope, Namespace, SlotStore, StoreError};
 use icae_serving::{check_text_bytes, is_blank, Limits, ServiceError, Tenant};
@@ -39,6 +41,8 @@ pub struct CompressInput {
     pub target_loss: Option<f64>,
     /// Measure the reconstruction loss of plain slots too.
     pub reconstruction_loss: bool,
+    /// Slots per segment (0: the adapter's mem_size, the rate it was trained for).
+    pub slots_per_segment: u32,
 }
 
 /// Bytes a returned document adds besides its slot data (header, key, handle fields).
@@ -89,6 +93,16 @@ impl CompressPipeline {
         let summary = self.batcher.summary()?.clone();
         let ttl = self.ttl(input.ttl_seconds)?;
         let refine = self.refine_options(&input)?;
+        let slots_per_segment = match input.slots_per_segment as usize {
+            0 => summary.mem_size,
+            k => {
+                check_slots_per_segment(k, summary.mem_size)?;
+                k
+            }
+        };
+        // Fewer slots than the adapter's: a rate it was not trained for, stored under its
+        // own key (the suffix names the slots per segment).
+        let rate_suffix = (slots_per_segment != summary.mem_size).then_some(slots_per_segment);
         let scope = KeyScope {
             tenant: input.tenant,
             namespace: Namespace::parse(&input.namespace)?,
@@ -113,7 +127,7 @@ impl CompressPipeline {
             self.check_refine_tokens(&token_ids)?;
         }
         if input.return_slots {
-            self.check_response_size(&token_ids, &summary)?;
+            self.check_response_size(&token_ids, &summary, slots_per_segment)?;
         }
 
         let store_started = Instant::now();
@@ -124,11 +138,12 @@ impl CompressPipeline {
         let keys: Vec<String> = digests
             .iter()
             .map(|digest| {
-                let content = slot_content(digest, steps, target);
+                let content = slot_content(digest, rate_suffix, steps, target);
                 slot_key(&scope, &summary.fingerprint, &content)
             })
             .collect();
         let wanted = Wanted {
+            slots_per_segment,
             refine_steps: steps,
             target_loss: target,
             scored: refine.is_some(),
@@ -143,11 +158,14 @@ impl CompressPipeline {
             // Computing is the expensive part: refuse first when the result cannot be stored.
             let bytes: usize = misses
                 .iter()
-                .map(|&i| self.slot_value_bytes(&summary, token_ids[i].len()))
+                .map(|&i| self.slot_value_bytes(&summary, token_ids[i].len(), slots_per_segment))
                 .sum();
             self.store.check_writable(bytes as u64).await?;
             let docs = misses.iter().map(|&i| token_ids[i].clone()).collect();
-            let batch = self.batcher.compress(docs, refine).await?;
+            let batch = self
+                .batcher
+                .compress(docs, slots_per_segment, refine)
+                .await?;
             timings.queue_seconds = batch.queue_seconds;
             timings.model_seconds = batch.model_seconds;
             let put_started = Instant::now();
@@ -259,10 +277,14 @@ impl CompressPipeline {
         &self,
         token_ids: &[Vec<u32>],
         summary: &ModelSummary,
+        slots_per_segment: usize,
     ) -> Result<(), ServiceError> {
         let bytes: usize = token_ids
             .iter()
-            .map(|ids| self.slot_value_bytes(summary, ids.len()) + RETURNED_DOCUMENT_OVERHEAD)
+            .map(|ids| {
+                self.slot_value_bytes(summary, ids.len(), slots_per_segment)
+                    + RETURNED_DOCUMENT_OVERHEAD
+            })
             .sum();
         let max = self.limits.max_message_bytes;
         if bytes > max {
@@ -307,8 +329,15 @@ impl CompressPipeline {
     }
 
     /// Bytes of the slot data of a document of `num_tokens` tokens, in `--slot-dtype`.
-    fn slot_value_bytes(&self, summary: &ModelSummary, num_tokens: usize) -> usize {
-        expected_slots(summary, num_tokens) * summary.hidden_size * self.slot_dtype.element_bytes()
+    fn slot_value_bytes(
+        &self,
+        summary: &ModelSummary,
+        num_tokens: usize,
+        slots_per_segment: usize,
+    ) -> usize {
+        summary.num_slots(num_tokens, slots_per_segment)
+            * summary.hidden_size
+            * self.slot_dtype.element_bytes()
     }
 
     /// Cache lookup: a stored value is reused (and its TTL refreshed) only when its header
@@ -372,7 +401,7 @@ fn verify(
     if header.meta.num_tokens != num_tokens || header.meta.token_digest.as_deref() != Some(digest) {
         return Err("digest");
     }
-    let slots = expected_slots(summary, num_tokens);
+    let slots = summary.num_slots(num_tokens, wanted.slots_per_segment);
     if header.shape != [slots, summary.hidden_size] {
         return Err("shape");
     }
@@ -395,6 +424,7 @@ fn verify(
 /// whether it must carry a reconstruction loss.
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
+    slots_per_segment: usize,
     refine_steps: usize,
     target_loss: Option<f64>,
     scored: bool,
@@ -407,12 +437,6 @@ fn is_scored(meta: &SlotMeta) -> bool {
 fn repair(reason: &'static str) -> Option<StoredSlots> {
     metrics::counter!(names::CACHE_REPAIRS_TOTAL, "reason" => reason).increment(1);
     None
-}
-
-/// Slots the model makes of `num_tokens` tokens: mem_size per segment.
-fn expected_slots(summary: &ModelSummary, num_tokens: usize) -> usize {
-    let segment = (summary.mem_size * summary.compression_rate).max(1);
-    num_tokens.div_ceil(segment) * summary.mem_size
 }
 
 /// The value as returned to the client: without the storing request's trace context.

@@ -47,6 +47,7 @@ fn compress_input(
         refine_steps: options.refine_steps,
         target_loss: options.target_loss,
         reconstruction_loss: options.reconstruction_loss,
+        slots_per_segment: options.slots_per_segment,
     }
 }
 

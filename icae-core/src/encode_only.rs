@@ -40,7 +40,7 @@ use std::path::Path;
 use tch::{Device, Kind};
 
 use crate::error::{IcaeError, InputError};
-use crate::icae::{read_back_model, Compressed, IcaeModel, ModelSummary};
+use crate::icae::{read_back_model, Compressed, IcaeModel, ModelSummary, ToCompress};
 use crate::model::LlamaModel;
 use crate::refine::ReadBackModel;
 use crate::tokenizer::TextTokenizer;
@@ -87,14 +87,15 @@ impl EncodeOnlyModel {
 
     /// [`IcaeModel::compress_many`].
     pub fn compress_many(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
-        let all = self.compress_wanted(documents, &|_| true)?;
+        let documents = self.icae.at_trained_rate(documents);
+        let all = self.compress_wanted(&documents, &|_| true)?;
         Ok(all.into_iter().flatten().collect())
     }
 
     /// [`IcaeModel::compress_wanted`], on the merged weights.
     pub fn compress_wanted(
         &self,
-        documents: &[&[u32]],
+        documents: &[ToCompress],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
         self.icae.compress_with(documents, wanted, None)

@@ -45,9 +45,18 @@ impl FromStr for Mode {
     }
 }
 
+/// A document to compress: its token ids, and how many of the adapter's memory tokens each
+/// of its segments gets: `mem_size` for ICAE as trained, fewer for a higher compression rate
+/// (the segments stay `mem_size * compression_rate` tokens long; see docs/refinement.md).
+#[derive(Debug, Clone, Copy)]
+pub struct ToCompress<'a> {
+    pub ids: &'a [u32],
+    pub slots_per_segment: usize,
+}
+
 /// The result of compressing one document.
 pub struct Compressed {
-    /// `[num_segments * mem_size, hidden]`.
+    /// `[num_segments * slots_per_segment, hidden]`.
     pub slots: Tensor,
     pub num_tokens: usize,
     pub num_segments: usize,
@@ -154,8 +163,27 @@ impl IcaeModel {
     /// documents — run as one batch; each is computed exactly as alone (positions from 0,
     /// causal attention), as in the official `_compress`.
     pub fn compress_many(&self, documents: &[&[u32]]) -> Result<Vec<Compressed>, IcaeError> {
-        let all = self.compress_wanted(documents, &|_| true)?;
+        let documents = self.at_trained_rate(documents);
+        let all = self.compress_wanted(&documents, &|_| true)?;
         Ok(all.into_iter().flatten().collect())
+    }
+
+    /// `documents` with every segment given all `mem_size` memory tokens, as trained.
+    pub fn at_trained_rate<'a>(&self, documents: &[&'a [u32]]) -> Vec<ToCompress<'a>> {
+        let slots_per_segment = self.adapter.mem_size();
+        documents
+            .iter()
+            .map(|&ids| ToCompress {
+                ids,
+                slots_per_segment,
+            })
+            .collect()
+    }
+
+    /// Refuse a number of slots per segment the adapter cannot give: each slot is one of
+    /// its memory tokens.
+    pub fn check_slots_per_segment(&self, slots_per_segment: usize) -> Result<(), InputError> {
+        check_slots_per_segment(slots_per_segment, self.adapter.mem_size())
     }
 
     /// [`compress_many`](Self::compress_many), asking `wanted(document)` before each model
@@ -164,7 +192,7 @@ impl IcaeModel {
     /// within one batch of segments.
     pub fn compress_wanted(
         &self,
-        documents: &[&[u32]],
+        documents: &[ToCompress],
         wanted: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
         self.compress_with(documents, wanted, Some(&self.adapter.lora))
@@ -174,45 +202,51 @@ impl IcaeModel {
     /// (None once it is merged into them).
     pub(crate) fn compress_with(
         &self,
-        documents: &[&[u32]],
+        documents: &[ToCompress],
         wanted: &dyn Fn(usize) -> bool,
         lora: Option<&LoraWeights>,
     ) -> Result<Vec<Option<Compressed>>, IcaeError> {
-        if documents.iter().any(|d| d.is_empty()) {
-            return Err(InputError::EmptyText.into());
+        for doc in documents {
+            if doc.ids.is_empty() {
+                return Err(InputError::EmptyText.into());
+            }
+            self.check_slots_per_segment(doc.slots_per_segment)?;
         }
         let _guard = tch::no_grad_guard();
-        // (document, segment) pairs grouped by segment length.
-        let mut segments: Vec<(usize, usize, &[u32])> = Vec::new();
+        // (document, segment, memory tokens, ids) grouped by segment shape.
+        let mut segments: Vec<(usize, usize, usize, &[u32])> = Vec::new();
         let mut counts = Vec::with_capacity(documents.len());
-        for (doc, ids) in documents.iter().enumerate() {
+        for (doc, input) in documents.iter().enumerate() {
+            let ids = input.ids;
             let num_segments = self.num_segments(ids.len());
             let seg_len = ids.len().div_ceil(num_segments);
             for (seg, chunk) in ids.chunks(seg_len).enumerate() {
-                segments.push((doc, seg, chunk));
+                segments.push((doc, seg, input.slots_per_segment, chunk));
             }
             counts.push(num_segments);
         }
-        segments.sort_by_key(|&(doc, seg, chunk)| (chunk.len(), doc, seg));
+        segments.sort_by_key(|&(doc, seg, k, chunk)| (k, chunk.len(), doc, seg));
 
-        let k = self.adapter.mem_size() as i64;
-        let memory = self.adapter.memory_tokens();
         let mut outputs: Vec<Vec<Option<Tensor>>> = counts
             .iter()
             .map(|&n| (0..n).map(|_| None).collect())
             .collect();
-        for group in segments.chunk_by(|a, b| a.2.len() == b.2.len()) {
+        for group in segments.chunk_by(|a, b| (a.2, a.3.len()) == (b.2, b.3.len())) {
             for chunk in group.chunks(MAX_SEGMENTS_PER_BATCH) {
                 let batch_segments: Vec<_> =
                     chunk.iter().copied().filter(|s| wanted(s.0)).collect();
                 if batch_segments.is_empty() {
                     continue;
                 }
-                let len = batch_segments[0].2.len() as i64;
+                // The first k memory tokens: a segment read at a higher rate keeps the
+                // positions and embeddings its first k slots have at the trained rate.
+                let k = batch_segments[0].2 as i64;
+                let memory = self.adapter.memory_tokens().narrow(0, 0, k);
+                let len = batch_segments[0].3.len() as i64;
                 let batch = batch_segments.len() as i64;
                 let flat: Vec<i64> = batch_segments
                     .iter()
-                    .flat_map(|s| s.2.iter().map(|&t| t as i64))
+                    .flat_map(|s| s.3.iter().map(|&t| t as i64))
                     .collect();
                 let token_ids = Tensor::from_slice(&flat).view([batch, len]);
                 let embeds = Tensor::cat(
@@ -233,7 +267,7 @@ impl IcaeModel {
                     Some(projector) => projector.apply(&slots),
                     None => slots,
                 };
-                for (row, &(doc, seg, _)) in batch_segments.iter().enumerate() {
+                for (row, &(doc, seg, _, _)) in batch_segments.iter().enumerate() {
                     outputs[doc][seg] = Some(slots.get(row as i64));
                 }
             }
@@ -241,13 +275,13 @@ impl IcaeModel {
         Ok(outputs
             .into_iter()
             .zip(documents)
-            .map(|(parts, ids)| {
+            .map(|(parts, doc)| {
                 // A skipped segment leaves the whole document unfinished.
                 let parts: Vec<Tensor> = parts.into_iter().collect::<Option<_>>()?;
                 Some(Compressed {
                     num_segments: parts.len(),
                     slots: Tensor::cat(&parts, 0),
-                    num_tokens: ids.len(),
+                    num_tokens: doc.ids.len(),
                 })
             })
             .collect())
@@ -384,6 +418,33 @@ pub struct ModelSummary {
     pub device: String,
     pub dtype: String,
     pub kv_bytes_per_position: u64,
+}
+
+impl ModelSummary {
+    /// Slots of a document of `num_tokens` tokens with `slots_per_segment` slots in each of
+    /// its segments (`mem_size * compression_rate` tokens each).
+    pub fn num_slots(&self, num_tokens: usize, slots_per_segment: usize) -> usize {
+        let segment = (self.mem_size * self.compression_rate).max(1);
+        num_tokens.div_ceil(segment) * slots_per_segment
+    }
+}
+
+/// Slots per segment are the first of the adapter's `mem_size` memory tokens: 1 to all.
+pub fn check_slots_per_segment(
+    slots_per_segment: usize,
+    mem_size: usize,
+) -> Result<(), InputError> {
+    if (1..=mem_size).contains(&slots_per_segment) {
+        return Ok(());
+    }
+    Err(InputError::BadParameter {
+        name: "slots_per_segment",
+        value: slots_per_segment.to_string(),
+        expected: format!(
+            "must be 1..={mem_size}: each slot of a segment is one of the adapter's \
+             {mem_size} memory tokens"
+        ),
+    })
 }
 
 /// Refuse empty, too long, or out-of-vocabulary token ids.

@@ -23,6 +23,9 @@ pub use device::{DeviceSpec, DtypeSpec};
 pub use encode_only::EncodeOnlyModel;
 pub use error::{AdapterError, IcaeError, InputError, ModelError};
 pub use generate::{FinishReason, SamplingParams, Sequence};
-pub use icae::{check_token_ids, Compressed, Generation, IcaeModel, Mode, ModelSummary};
+pub use icae::{
+    check_slots_per_segment, check_token_ids, Compressed, Generation, IcaeModel, Mode,
+    ModelSummary, ToCompress,
+};
 pub use refine::{RefineOptions, Refined, Refinement};
 pub use slot_dtype::SlotDtype;

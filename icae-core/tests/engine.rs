@@ -5,7 +5,7 @@ mod common;
 
 use common::tiny_model::{tiny_icae, tiny_model};
 use icae_core::model::LlamaModel;
-use icae_core::{Mode, SamplingParams};
+use icae_core::{Mode, SamplingParams, ToCompress};
 use tch::{Device, Kind, Tensor};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -300,5 +300,47 @@ fn documents_compressed_together_equal_documents_compressed_alone() {
         assert_eq!(got.num_segments, alone.num_segments);
         assert_eq!(got.num_tokens, doc.len());
         assert!(max_abs_diff(&got.slots, &alone.slots) < 1e-5);
+    }
+}
+
+/// A segment read with its first k memory tokens is, under causal attention, the same
+/// computation as the full segment cut after its k-th memory token: its slots are the
+/// first k of that segment's slots at the trained rate, whatever else shares the batch.
+#[test]
+fn fewer_slots_per_segment_are_the_first_slots_of_each_segment() {
+    let (tiny, _dir, icae) = tiny_icae();
+    let vocab = tiny.config.vocab_size as u32;
+    let mem_size = icae.adapter.mem_size();
+    let doc: Vec<u32> = (0..40u32).map(|i| (i * 7 + 3) % vocab).collect();
+    let full = icae.compress(&doc).unwrap();
+    let hidden = full.slots.size()[1];
+    let per_segment = full
+        .slots
+        .view([full.num_segments as i64, mem_size as i64, hidden]);
+    let documents: Vec<ToCompress> = (1..=mem_size)
+        .map(|slots_per_segment| ToCompress {
+            ids: &doc,
+            slots_per_segment,
+        })
+        .collect();
+    let sparse = icae.compress_wanted(&documents, &|_| true).unwrap();
+    for (k, got) in (1..=mem_size).zip(sparse) {
+        let got = got.unwrap();
+        assert_eq!(got.num_segments, full.num_segments);
+        assert_eq!(got.slots.size(), [(full.num_segments * k) as i64, hidden]);
+        let expected = per_segment.narrow(1, 0, k as i64).reshape([-1, hidden]);
+        assert!(max_abs_diff(&got.slots, &expected) < 1e-5, "k = {k}");
+    }
+    for bad in [0, mem_size + 1] {
+        let document = ToCompress {
+            ids: &doc,
+            slots_per_segment: bad,
+        };
+        let err = icae.compress_wanted(&[document], &|_| true).err().unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains("slots_per_segment") && message.contains(&format!("1..={mem_size}")),
+            "{message}"
+        );
     }
 }

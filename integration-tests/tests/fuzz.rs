@@ -99,6 +99,7 @@ fn random_compress(rng: &mut Rng) -> CompressRequest {
             .chance(3)
             .then(|| *rng.pick(&[0.0, 0.5, -1.0, f64::NAN, f64::INFINITY])),
         reconstruction_loss: rng.chance(4),
+        slots_per_segment: *rng.pick(&[0, 0, 1, 16, 32, 33, u32::MAX]),
     });
     CompressRequest { documents, options }
 }

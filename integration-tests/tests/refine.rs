@@ -1,7 +1,8 @@
 //! Test-time refinement through the real encoder: refined slots under their own key with a
 //! fidelity score the in-process CLI agrees with, cache hits, the target loss, plain scores,
-//! every refusal with its limit, a plain Compress served between the steps of a long
-//! refinement, and a refinement abandoned by its client stopping at its next step.
+//! every refusal with its limit, fewer slots per segment under their own key, a plain
+//! Compress served between the steps of a long refinement, and a refinement abandoned by
+//! its client stopping at its next step.
 
 use std::time::Duration;
 
@@ -271,4 +272,75 @@ async fn a_plain_compress_runs_between_the_steps_of_a_long_refinement() {
     })
     .await;
     assert!(stopped, "the abandoned refinement kept the model busy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fewer_slots_per_segment_are_a_value_of_their_own_that_the_decoder_reads() {
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let url = encoder.url();
+    let at = |slots_per_segment: u32| CompressOptions {
+        slots_per_segment,
+        return_slots: true,
+        ..Default::default()
+    };
+
+    let plain_response = compress_with(&url, TEXT, at(0)).await.unwrap();
+    let plain = handle(&plain_response);
+    let mem_size = plain.num_slots / plain.num_segments;
+    let sparse_response = compress_with(&url, TEXT, at(8)).await.unwrap();
+    let sparse = handle(&sparse_response);
+    assert_eq!(sparse.key, format!("{}-s8", plain.key));
+    assert_eq!(
+        (sparse.num_slots, sparse.num_segments),
+        (8 * plain.num_segments, plain.num_segments)
+    );
+    assert!(!sparse.cache_hit);
+    // One segment here: its 8 slots are the first 8 of the plain value's.
+    assert_eq!(plain.num_segments, 1);
+    let full = f32_slots(&plain_response.documents[0].slots);
+    let first = f32_slots(&sparse_response.documents[0].slots);
+    let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = first
+        .iter()
+        .zip(&full[..first.len()])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-4 * scale, "{diff} of {scale}");
+
+    // Asking for the adapter's own count is the plain value.
+    let same = handle(&compress_with(&url, TEXT, at(mem_size)).await.unwrap());
+    assert!(same.cache_hit && same.key == plain.key);
+
+    // Refined at that rate: its own key again, scored, and a cache hit the second time.
+    let refined_at = || CompressOptions {
+        slots_per_segment: 8,
+        ..refining(3)
+    };
+    let refined = handle(&compress_with(&url, TEXT, refined_at()).await.unwrap());
+    assert_eq!(refined.key, format!("{}-s8-r3", plain.key));
+    assert_eq!((refined.num_slots, refined.refine_steps), (8, 3));
+    assert!(refined.reconstruction_loss.is_some());
+    let again = handle(&compress_with(&url, TEXT, refined_at()).await.unwrap());
+    assert!(again.cache_hit && again.key == refined.key);
+
+    for key in [&sparse.key, &refined.key] {
+        let generated = generate(
+            &decoder.url(),
+            from_keys(&[key], Mode::Autoencode, "", greedy(8)),
+        )
+        .await
+        .unwrap();
+        assert!(generated.finished(), "{key}");
+    }
+
+    assert_status(
+        compress_with(&url, TEXT, at(mem_size + 1)).await,
+        Code::InvalidArgument,
+        &[
+            "slots_per_segment",
+            &(mem_size + 1).to_string(),
+            &format!("1..={mem_size}"),
+        ],
+    );
 }

@@ -89,8 +89,10 @@ def oracle(hf_model, official_adapter):
     model.unload()  # leave the shared HF model without LoRA layers for other tests
 
 
-def oracle_compress(model, memory, ids):
-    """The official `_compress` (modeling_icae_multi_span.py), written out for a peft model."""
+def oracle_compress(model, memory, ids, k=MEM_SIZE):
+    """The official `_compress` (modeling_icae_multi_span.py), written out for a peft model;
+    with `k` < MEM_SIZE each segment (MEM_SIZE * RATE tokens, as trained) gets only the first
+    k memory tokens."""
     n_seg = math.ceil(len(ids) / (MEM_SIZE * RATE))
     seg_len = math.ceil(len(ids) / n_seg)
     embed = model.get_base_model().model.embed_tokens
@@ -98,9 +100,9 @@ def oracle_compress(model, memory, ids):
     with torch.no_grad():
         for s in range(n_seg):
             seg = torch.tensor([ids[s * seg_len : min((s + 1) * seg_len, len(ids))]])
-            x = torch.cat([embed(seg), memory[:MEM_SIZE].unsqueeze(0)], dim=1)
+            x = torch.cat([embed(seg), memory[:k].unsqueeze(0)], dim=1)
             hidden = model(inputs_embeds=x, output_hidden_states=True).hidden_states[-1]
-            slots.append(hidden[0, -MEM_SIZE:])
+            slots.append(hidden[0, -k:])
     return torch.cat(slots), n_seg
 
 
@@ -166,3 +168,64 @@ def test_slots_and_autoencode_tokens_match(segments, model_dir, official_adapter
     want = oracle_greedy(model, torch.cat([expected, ae_embed]).unsqueeze(0), 16)
     got = generated["token_ids"] + ([2] if generated["finish_reason"] == "eos" else [])
     assert got == want
+
+
+@pytest.mark.parametrize("slots_per_segment", [1, 3])
+def test_fewer_slots_per_segment_match(
+    slots_per_segment, model_dir, official_adapter, oracle, tmp_path
+):
+    """`--slots-per-segment k`: segments as long as at the trained rate, each read with the
+    first k memory tokens; the decoder reads the shorter slot sets back the same way."""
+    path, _ = official_adapter
+    model, memory = oracle
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(ARTICLE[:400])
+    ids = run_icae_json("tokenize", "--model", model_dir, "--text-file", text_file, "--json")[
+        "token_ids"
+    ]
+    slots_file = tmp_path / "slots.safetensors"
+    adapter_args = ["--adapter", path, "--lora-alpha", LORA_ALPHA, "--compression-rate", RATE]
+    # fmt: off
+    summary = run_icae_json(
+        "compress", "--model", model_dir, "--device", "cpu", *adapter_args,
+        "--text-file", text_file, "--out", slots_file,
+        "--slots-per-segment", slots_per_segment, "--json",
+    )
+    # fmt: on
+    ours = load_file(slots_file)["slots"]
+    expected, n_seg = oracle_compress(model, memory, ids, slots_per_segment)
+    assert n_seg >= 2
+    assert summary["num_segments"] == n_seg
+    assert summary["slots_per_segment"] == slots_per_segment
+    assert ours.shape == expected.shape == (n_seg * slots_per_segment, model.config.hidden_size)
+    diff = (ours - expected).abs().max().item()
+    assert diff <= 1e-3 * expected.abs().max().item(), diff
+
+    # fmt: off
+    generated = run_icae_json(
+        "generate", "--model", model_dir, "--device", "cpu", *adapter_args,
+        "--slots", slots_file, "--mode", "autoencode", "--greedy", "--max-new-tokens", 16, "--json",
+    )
+    # fmt: on
+    ae_embed = memory[MEM_SIZE : MEM_SIZE + 1]
+    want = oracle_greedy(model, torch.cat([expected, ae_embed]).unsqueeze(0), 16)
+    got = generated["token_ids"] + ([2] if generated["finish_reason"] == "eos" else [])
+    assert got == want
+
+
+def test_more_slots_per_segment_than_memory_tokens_are_refused(
+    model_dir, official_adapter, tmp_path
+):
+    path, _ = official_adapter
+    # fmt: off
+    result = run_icae(
+        "compress", "--model", model_dir, "--device", "cpu", "--adapter", path,
+        "--lora-alpha", LORA_ALPHA, "--compression-rate", RATE, "--text", "a short text",
+        "--out", tmp_path / "slots.safetensors", "--slots-per-segment", MEM_SIZE + 1,
+        check=False,
+    )
+    # fmt: on
+    assert result.returncode != 0
+    assert f"slots_per_segment is {MEM_SIZE + 1}" in result.stderr
+    assert f"1..={MEM_SIZE}" in result.stderr
+    assert not (tmp_path / "slots.safetensors").exists()

@@ -109,6 +109,10 @@ pub struct CompressArgs {
     /// Ask for the reconstruction loss of plain slots too (refined slots always have it).
     #[arg(long)]
     pub reconstruction_loss: bool,
+    /// Slots per segment (0: the adapter's mem_size); fewer for a higher rate, meant with
+    /// --refine-steps.
+    #[arg(long, default_value_t = 0)]
+    pub slots_per_segment: u32,
     #[command(flatten)]
     pub connect: ConnectArgs,
     #[arg(long)]
@@ -123,6 +127,7 @@ impl CompressArgs {
             refine_steps: self.refine_steps,
             target_loss: self.target_loss,
             reconstruction_loss: self.reconstruction_loss,
+            slots_per_segment: self.slots_per_segment,
             ..Default::default()
         }
     }

@@ -7,7 +7,7 @@ use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::refine::{reconstruction_losses, DEFAULT_LEARNING_RATE};
 use icae_core::slots::{encode_slots, token_digest, SlotFidelity, SlotMeta};
-use icae_core::{IcaeModel, RefineOptions, Refinement, SlotDtype};
+use icae_core::{IcaeModel, RefineOptions, Refinement, SlotDtype, ToCompress};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Tensor;
 
@@ -43,6 +43,10 @@ pub struct CompressArgs {
     /// slots always have it).
     #[arg(long)]
     pub reconstruction_loss: bool,
+    /// Slots per segment: the adapter's mem_size when absent (the rate it was trained for);
+    /// fewer for a higher rate, meant with --refine-steps (docs/refinement.md).
+    #[arg(long)]
+    pub slots_per_segment: Option<usize>,
     /// Refuse more refinement steps than this.
     #[arg(long, default_value_t = 200)]
     pub max_refine_steps: usize,
@@ -65,8 +69,19 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let text = args.text.read()?;
     let ids = icae.tokenizer.encode(&text)?;
     icae.check_token_ids(&ids, args.max_input_tokens)?;
+    let slots_per_segment = args
+        .slots_per_segment
+        .unwrap_or_else(|| icae.adapter.mem_size());
+    icae.check_slots_per_segment(slots_per_segment)?;
     let started = Instant::now();
-    let compressed = icae.compress(&ids)?;
+    let document = ToCompress {
+        ids: &ids,
+        slots_per_segment,
+    };
+    let compressed = icae
+        .compress_wanted(&[document], &|_| true)?
+        .remove(0)
+        .context("compression returned no slots")?;
     let compress_seconds = started.elapsed().as_secs_f64();
     let (slots, fidelity) = if options.steps > 0 {
         refine(&icae, &ids, compressed.slots, options, args.slot_dtype)?
@@ -98,7 +113,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     if args.json {
         print_json(&serde_json::json!({
             "num_tokens": compressed.num_tokens, "num_slots": num_slots, "num_segments": compressed.num_segments,
-            "ratio": ratio, "bytes": bytes.len(), "seconds": elapsed, "compress_seconds": compress_seconds,
+            "ratio": ratio, "slots_per_segment": slots_per_segment, "bytes": bytes.len(), "seconds": elapsed, "compress_seconds": compress_seconds,
             "refine_seconds": elapsed - compress_seconds, "refine_steps": fidelity.steps_run,
             "reconstruction_loss": fidelity.reconstruction_loss, "fingerprint": icae.fingerprint,
             "adapter_trained": icae.adapter.config.trained, "out": args.out,

@@ -78,20 +78,32 @@ pub fn slot_key(scope: &KeyScope, fingerprint: &str, token_digest: &str) -> Stri
     format!("{}{SCHEMA}:{fingerprint}:{token_digest}", scope.prefix())
 }
 
-/// The part of a key after the fingerprint: the document's digest, and for refined slots
-/// the refinement asked for (steps and target loss decide the value).
-pub fn slot_content(token_digest: &str, refine_steps: usize, target_loss: Option<f64>) -> String {
-    match (refine_steps, target_loss) {
-        (0, _) => token_digest.to_string(),
-        (steps, None) => format!("{token_digest}-r{steps}"),
-        (steps, Some(target)) => format!("{token_digest}-r{steps}-t{target}"),
+/// The part of a key after the fingerprint: the document's digest, the slots per segment
+/// when fewer than the adapter's (`slots_per_segment`), and for refined slots the
+/// refinement asked for (steps and target loss decide the value).
+pub fn slot_content(
+    token_digest: &str,
+    slots_per_segment: Option<usize>,
+    refine_steps: usize,
+    target_loss: Option<f64>,
+) -> String {
+    let mut content = token_digest.to_string();
+    if let Some(k) = slots_per_segment {
+        content.push_str(&format!("-s{k}"));
     }
+    match (refine_steps, target_loss) {
+        (0, _) => {}
+        (steps, None) => content.push_str(&format!("-r{steps}")),
+        (steps, Some(target)) => content.push_str(&format!("-r{steps}-t{target}")),
+    }
+    content
 }
 
 /// Whether `content` is what [`slot_content`] makes: 64 hex digits, then optionally
-/// `-r{steps}` (1 to 6 digits, not 0) and `-t{target}` (a number as Rust prints it).
+/// `-s{slots}` (1 to 4 digits, not 0), then optionally `-r{steps}` (1 to 6 digits, not 0)
+/// and `-t{target}` (a number as Rust prints it).
 fn is_content(content: &str) -> bool {
-    let (digest, refinement) = content.split_at(content.len().min(64));
+    let (digest, mut rest) = content.split_at(content.len().min(64));
     let hex = digest.len() == 64
         && digest
             .bytes()
@@ -99,24 +111,36 @@ fn is_content(content: &str) -> bool {
     if !hex {
         return false;
     }
-    if refinement.is_empty() {
+    if let Some(after) = rest.strip_prefix("-s") {
+        let end = after.find('-').unwrap_or(after.len());
+        if !is_count(&after[..end], 4) {
+            return false;
+        }
+        rest = &after[end..];
+    }
+    if rest.is_empty() {
         return true;
     }
-    let Some(rest) = refinement.strip_prefix("-r") else {
+    let Some(rest) = rest.strip_prefix("-r") else {
         return false;
     };
     let (steps, target) = match rest.split_once("-t") {
         Some((steps, target)) => (steps, Some(target)),
         None => (rest, None),
     };
-    let steps_ok = (1..=6).contains(&steps.len())
-        && steps.bytes().all(|b| b.is_ascii_digit())
-        && !steps.starts_with('0');
+    let steps_ok = is_count(steps, 6);
     let target_ok = target.is_none_or(|t| {
         t.parse::<f64>()
             .is_ok_and(|v| v.is_finite() && v >= 0.0 && v.to_string() == t)
     });
     steps_ok && target_ok
+}
+
+/// 1 to `max_digits` decimal digits, without a leading 0 (so never 0).
+fn is_count(digits: &str, max_digits: usize) -> bool {
+    (1..=max_digits).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
 }
 
 /// A key a client named, checked against the schema and the caller's tenant.
@@ -139,7 +163,8 @@ impl SlotKey {
                 value: shown(raw),
                 expected: format!(
                     "must be an ICAE slot key of at most {MAX_KEY_BYTES} bytes, \
-                     [namespace:]{SCHEMA}:<fingerprint>:<64 hex digits>[-r<steps>[-t<loss>]], \
+                     [namespace:]{SCHEMA}:<fingerprint>:<64 hex digits>[-s<slots>]\
+                     [-r<steps>[-t<loss>]], \
                      as Compress returns it"
                 ),
             })
@@ -262,20 +287,37 @@ mod tests {
     #[test]
     fn refined_keys_name_their_refinement_and_parse_back() {
         let digest = token_digest(&[9]);
-        let plain = super::slot_key(&scope(None, ""), "0f", &slot_content(&digest, 0, Some(0.5)));
-        let refined = super::slot_key(&scope(None, ""), "0f", &slot_content(&digest, 50, None));
-        let targeted = super::slot_key(
-            &scope(None, ""),
-            "0f",
-            &slot_content(&digest, 50, Some(0.05)),
-        );
+        let key = |rate, steps, target| {
+            super::slot_key(
+                &scope(None, ""),
+                "0f",
+                &slot_content(&digest, rate, steps, target),
+            )
+        };
+        let plain = key(None, 0, Some(0.5));
+        let refined = key(None, 50, None);
+        let targeted = key(None, 50, Some(0.05));
+        let sparse = key(Some(16), 0, None);
+        let sparse_refined = key(Some(16), 50, Some(0.05));
         assert_eq!(plain, format!("icae:v1:0f:{digest}"));
         assert_eq!(refined, format!("{plain}-r50"));
         assert_eq!(targeted, format!("{plain}-r50-t0.05"));
-        for key in [&plain, &refined, &targeted] {
-            assert_eq!(&SlotKey::parse(key, None).unwrap().key, key);
+        assert_eq!(sparse, format!("{plain}-s16"));
+        assert_eq!(sparse_refined, format!("{plain}-s16-r50-t0.05"));
+        for key in [&plain, &refined, &targeted, &sparse, &sparse_refined] {
+            let parsed = SlotKey::parse(key, None).unwrap();
+            assert_eq!(&parsed.key, key);
+            assert_eq!(parsed.token_digest, digest);
         }
         for bad in [
+            "-s",
+            "-s0",
+            "-s016",
+            "-s12345",
+            "-sx",
+            "-s16-",
+            "-s16-s16",
+            "-r5-s16",
             "-r",
             "-r0",
             "-r07",
