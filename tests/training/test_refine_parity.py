@@ -80,6 +80,27 @@ def test_refined_slots_match_the_oracle(name, model_dir, oracle, tokenizer, tmp_
     assert want.reconstruction_loss < reconstruction_loss(oracle, start, ids)
 
 
+def test_refined_slots_at_a_higher_rate_match_the_oracle(model_dir, oracle, tokenizer, tmp_path):
+    """`--slots-per-segment 16`: the encoder's first 16 slots of each segment (the oracle's
+    `compress(ids, 16)`), refined, as the oracle refines them."""
+    text = TEXTS["two-segments"]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    plain, start, _ = compress(model_dir, tmp_path, text, "--slots-per-segment", 16)
+    expected = oracle.compress(ids, 16).detach()
+    assert plain["num_segments"] == 2 and start.shape == expected.shape == (32, 576)
+    assert (start - expected).abs().max().item() <= 1e-3 * expected.abs().max().item()
+    summary, ours, _ = compress(
+        model_dir, tmp_path, text, "--slots-per-segment", 16, "--refine-steps", STEPS,
+        "--refine-lr", LR,
+    )  # fmt: skip
+    want = refine(oracle, ids, start, RefineOptions(STEPS, LR))
+    ours_update, want_update = ours - start, want.slots - start
+    scale = want_update.abs().max().item()
+    assert scale > 0.05
+    assert (ours_update - want_update).abs().max().item() <= UPDATE_TOLERANCE * scale
+    assert summary["reconstruction_loss"] == pytest.approx(want.reconstruction_loss, rel=2e-3)
+
+
 def test_plain_scores_and_early_stops_match_the_oracle(model_dir, oracle, tokenizer, tmp_path):
     text = TEXTS["one-segment"]
     ids = tokenizer.encode(text, add_special_tokens=False)

@@ -438,7 +438,12 @@ def cmd_eval(args):
         records = [r for path in args.pwc for r in read_jsonl(path)][: args.questions]
         refine = RefineOptions(args.refine_steps, args.refine_lr) if args.refine_steps else None
         report["answers"] = answer_eval(
-            model, tokenizer, records, args.max_new_tokens, refine=refine
+            model,
+            tokenizer,
+            records,
+            args.max_new_tokens,
+            refine=refine,
+            refine_slots_per_segment=args.refine_slots_per_segment,
         )
     text = json.dumps(report, indent=2)
     if args.out:
@@ -724,6 +729,12 @@ def main(argv=None):
         help="also answer every question from its context's slots refined this many steps",
     )
     p.add_argument("--refine-lr", type=float, default=0.1)
+    p.add_argument(
+        "--refine-slots-per-segment",
+        type=_positive_int,
+        help="compress the contexts to refine with this many slots per segment (default: "
+        "the adapter's mem_size), as CompressOptions.slots_per_segment",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
     p.set_defaults(func=cmd_eval)

@@ -156,12 +156,14 @@ def answer_eval(
     max_new_tokens: int = 64,
     max_context_tokens: int = 4096,
     refine: RefineOptions | None = None,
+    refine_slots_per_segment: int | None = None,
 ) -> dict:
     """ROUGE-L (rouge-score) of answers from slots and from the full context, and, as a
     control, from the slots of another record's context: an adapter that answers from
     what it learned rather than from its slots scores the same on both (the teacher-forced
     read-back's `slot_gain`, for answers). The control needs two different contexts. With
-    `refine`, each question is also answered from its context's refined slots."""
+    `refine`, each question is also answered from its context's refined slots (compressed
+    with `refine_slots_per_segment` slots per segment when given)."""
     model.eval()
     pieces = chat_pieces(tokenizer)
     if pieces is None:
@@ -199,8 +201,11 @@ def answer_eval(
         }
         if refine is not None:
             if refined is None or refined[0] != context:
+                start = slots
+                if refine_slots_per_segment is not None:
+                    start = model.compress(context, refine_slots_per_segment)
                 with torch.enable_grad():
-                    refined = (context, refine_slots(model, context, slots, refine).slots)
+                    refined = (context, refine_slots(model, context, start, refine).slots)
             refined_text = answer_from(refined[1], prompt)
             row |= {
                 "from_refined_slots": refined_text,

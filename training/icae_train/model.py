@@ -152,12 +152,14 @@ class ICAE(nn.Module):
     def num_segments(self, length: int) -> int:
         return math.ceil(length / (self.config.mem_size * self.config.compression_rate))
 
-    def compress(self, ids: list[int]) -> torch.Tensor:
-        """Slots `[n_seg * mem_size, hidden]`, segment by segment as the official `_compress`:
+    def compress(self, ids: list[int], memory_tokens: int | None = None) -> torch.Tensor:
+        """Slots `[n_seg * k, hidden]`, segment by segment as the official `_compress`:
         each segment is [tokens ++ memory tokens] through the LoRA model, and the final hidden
-        states (after the last norm) at the memory positions are kept."""
+        states (after the last norm) at the memory positions are kept. `k` is `memory_tokens`
+        (the first ones of the table, segments as long as at the trained rate: a higher
+        rate, as `--slots-per-segment` in the services) or `mem_size`."""
         assert ids, "cannot compress an empty text"
-        k = self.config.mem_size
+        k = memory_tokens or self.config.mem_size
         n_seg = self.num_segments(len(ids))
         seg_len = math.ceil(len(ids) / n_seg)
         memory = self.memory_token_embed.weight[:k]

@@ -33,8 +33,13 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 48)]
     pub max_answer_tokens: u32,
     /// Refinement steps for the refined compression (0: show plain slots only).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     pub refine_steps: u32,
+    /// Slots per segment of the refined compression (0: the adapter's mem_size). At 16 of
+    /// the default adapter's 32, refinement reads the article back exactly, in half the
+    /// bytes (docs/refinement.md).
+    #[arg(long, default_value_t = 16)]
+    pub refine_slots_per_segment: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,7 +109,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         println!("WARNING: {}", untrained_warning(Path::new(&info.adapter)));
     }
 
-    let plain = compress_article(&mut encoder, &article, 0).await?;
+    let plain = compress_article(&mut encoder, &article, 0, 0).await?;
     let handle = &plain.handle;
     let kv_bytes = info.kv_bytes_per_position * u64::from(handle.num_tokens);
     println!(
@@ -127,9 +132,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let refined = match args.refine_steps {
         0 => None,
         steps => {
-            let refined = compress_article(&mut encoder, &article, steps).await?;
+            let slots_per_segment = args.refine_slots_per_segment;
+            let refined =
+                compress_article(&mut encoder, &article, steps, slots_per_segment).await?;
             println!(
-                "refined the slots: {} steps in {:.1}s (cache hit: {}), reconstruction loss {} -> {}, stored as {}",
+                "refined the slots: {} slots ({} per segment, {} bytes), {} steps in {:.1}s (cache hit: {}), reconstruction loss {} -> {}, stored as {}",
+                refined.handle.num_slots,
+                refined.handle.num_slots / refined.handle.num_segments.max(1),
+                refined.bytes,
                 refined.handle.refine_steps,
                 refined.seconds,
                 refined.handle.cache_hit,
@@ -209,11 +219,13 @@ async fn compress_article(
     encoder: &mut Encoder,
     article: &str,
     refine_steps: u32,
+    slots_per_segment: u32,
 ) -> Result<ArticleSlots> {
     let started = Instant::now();
     let options = CompressOptions {
         return_slots: true,
         refine_steps,
+        slots_per_segment,
         reconstruction_loss: true,
         ..Default::default()
     };
