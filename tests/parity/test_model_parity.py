@@ -127,7 +127,6 @@ def oracle_greedy(model, embeds, steps):
 @pytest.mark.parametrize("segments", [1, 2, 3, 4, 5])
 def test_slots_and_autoencode_tokens_match(segments, model_dir, official_adapter, oracle, tmp_path):
     path, _ = official_adapter
-    model, memory = oracle
     # Cut the article to a length that needs exactly `segments` segments.
     capacity = MEM_SIZE * RATE
     target_len = (segments - 1) * capacity + capacity // 2 + 3
@@ -143,48 +142,17 @@ def test_slots_and_autoencode_tokens_match(segments, model_dir, official_adapter
     ]
     assert len(ids) in range(target_len - 2, target_len + 3)
 
-    slots_file = tmp_path / "slots.safetensors"
-    adapter_args = ["--adapter", path, "--lora-alpha", LORA_ALPHA, "--compression-rate", RATE]
-    # fmt: off
-    summary = run_icae_json(
-        "compress", "--model", model_dir, "--device", "cpu", *adapter_args,
-        "--text-file", token_file, "--out", slots_file, "--json",
-    )
-    # fmt: on
-    ours = load_file(slots_file)["slots"]
-    expected, n_seg = oracle_compress(model, memory, ids)
-    assert summary["num_segments"] == n_seg == segments
-    assert ours.shape == expected.shape == (segments * MEM_SIZE, model.config.hidden_size)
-    diff = (ours - expected).abs().max().item()
-    assert diff <= 1e-3 * expected.abs().max().item(), diff
-
-    # fmt: off
-    generated = run_icae_json(
-        "generate", "--model", model_dir, "--device", "cpu", *adapter_args,
-        "--slots", slots_file, "--mode", "autoencode", "--greedy", "--max-new-tokens", 16, "--json",
-    )
-    # fmt: on
-    ae_embed = memory[MEM_SIZE : MEM_SIZE + 1]
-    want = oracle_greedy(model, torch.cat([expected, ae_embed]).unsqueeze(0), 16)
-    got = generated["token_ids"] + ([2] if generated["finish_reason"] == "eos" else [])
-    assert got == want
+    summary = assert_matches_the_oracle(model_dir, path, oracle, ids, token_file, MEM_SIZE)
+    assert summary["num_segments"] == segments
 
 
-@pytest.mark.parametrize("slots_per_segment", [1, 3])
-def test_fewer_slots_per_segment_match(
-    slots_per_segment, model_dir, official_adapter, oracle, tmp_path
-):
-    """`--slots-per-segment k`: segments as long as at the trained rate, each read with the
-    first k memory tokens; the decoder reads the shorter slot sets back the same way."""
-    path, _ = official_adapter
+def assert_matches_the_oracle(model_dir, adapter, oracle, ids, text_file, slots_per_segment):
+    """`icae compress` of `text_file` (whose tokens are `ids`) at `slots_per_segment` gives
+    the oracle's slots, and `icae generate` from them the oracle's greedy reconstruction
+    tokens; returns the compress summary."""
     model, memory = oracle
-    text_file = tmp_path / "text.txt"
-    text_file.write_text(ARTICLE[:400])
-    ids = run_icae_json("tokenize", "--model", model_dir, "--text-file", text_file, "--json")[
-        "token_ids"
-    ]
-    slots_file = tmp_path / "slots.safetensors"
-    adapter_args = ["--adapter", path, "--lora-alpha", LORA_ALPHA, "--compression-rate", RATE]
+    slots_file = text_file.with_suffix(".safetensors")
+    adapter_args = ["--adapter", adapter, "--lora-alpha", LORA_ALPHA, "--compression-rate", RATE]
     # fmt: off
     summary = run_icae_json(
         "compress", "--model", model_dir, "--device", "cpu", *adapter_args,
@@ -194,7 +162,6 @@ def test_fewer_slots_per_segment_match(
     # fmt: on
     ours = load_file(slots_file)["slots"]
     expected, n_seg = oracle_compress(model, memory, ids, slots_per_segment)
-    assert n_seg >= 2
     assert summary["num_segments"] == n_seg
     assert summary["slots_per_segment"] == slots_per_segment
     assert ours.shape == expected.shape == (n_seg * slots_per_segment, model.config.hidden_size)
@@ -211,6 +178,23 @@ def test_fewer_slots_per_segment_match(
     want = oracle_greedy(model, torch.cat([expected, ae_embed]).unsqueeze(0), 16)
     got = generated["token_ids"] + ([2] if generated["finish_reason"] == "eos" else [])
     assert got == want
+    return summary
+
+
+@pytest.mark.parametrize("slots_per_segment", [1, 3])
+def test_fewer_slots_per_segment_match(
+    slots_per_segment, model_dir, official_adapter, oracle, tmp_path
+):
+    """`--slots-per-segment k`: segments as long as at the trained rate, each read with the
+    first k memory tokens; the decoder reads the shorter slot sets back the same way."""
+    path, _ = official_adapter
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(ARTICLE[:400])
+    ids = run_icae_json("tokenize", "--model", model_dir, "--text-file", text_file, "--json")[
+        "token_ids"
+    ]
+    summary = assert_matches_the_oracle(model_dir, path, oracle, ids, text_file, slots_per_segment)
+    assert summary["num_segments"] >= 2
 
 
 def test_more_slots_per_segment_than_memory_tokens_are_refused(
