@@ -1,12 +1,14 @@
 //! Cancellation, overload, SIGTERM draining, health and reflection (v1 and v1alpha).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use icae_proto::v1::Mode;
 use integration_tests::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 const DOC: &str =
     "A document the tests reconstruct, again and again, to keep the decoder busy for a while.";
@@ -102,55 +104,90 @@ async fn overload_is_refused_not_queued_without_bound() {
     assert!(idle, "sequences left active after every request finished");
 }
 
+/// Tokens of the stream that runs through the shutdown: long enough to still be running
+/// when the GOAWAY reaches the other connection (that takes milliseconds; the tokens take
+/// seconds, a minute on a loaded machine, which the grace period below allows).
+const LONG_STREAM_TOKENS: u32 = 60;
+
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+async fn sigterm_sends_goaway_at_once_lets_running_streams_finish_then_exits_zero() {
     let redis = Redis::start();
     let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let health_port = free_port();
     let mut decoder = Service::start(
         Kind::Decoder,
         &redis.url(),
-        &["--shutdown-grace-seconds", "60"],
+        &[
+            "--shutdown-grace-seconds",
+            "600",
+            "--health-port",
+            &health_port.to_string(),
+        ],
     )
     .await;
     let key = compress_key(&encoder.url(), DOC).await;
+    // A long stream on one connection ...
     let mut client = integration_tests::decoder(&decoder.url()).await;
     let mut stream = client
-        .generate(from_keys(&[&key], Mode::Autoencode, "", greedy(40)))
+        .generate(from_keys(
+            &[&key],
+            Mode::Continue,
+            "",
+            greedy(LONG_STREAM_TOKENS),
+        ))
         .await
         .unwrap()
         .into_inner();
     stream.next().await.unwrap().unwrap();
+    // ... and another connection, open and idle: the GOAWAY closes it.
+    let address = decoder.url().trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (_send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let idle_closed = tokio::spawn(async move {
+        let _ = connection.await;
+        Instant::now()
+    });
+    let reader = tokio::spawn(async move {
+        let mut tokens = 1;
+        let mut generated = None;
+        while let Some(message) = stream.next().await {
+            match message.unwrap().event {
+                Some(icae_proto::v1::generate_response::Event::Delta(_)) => tokens += 1,
+                Some(icae_proto::v1::generate_response::Event::Final(f)) => {
+                    generated = Some(f.generated_tokens)
+                }
+                None => {}
+            }
+        }
+        (tokens, generated, Instant::now())
+    });
 
     decoder.sigterm();
-    let not_ready = eventually(Duration::from_secs(5), || async {
-        decoder.health(icae_proto::DECODER_SERVICE).await == Some(ServingStatus::NotServing)
+    let idle_closed = tokio::time::timeout(Duration::from_secs(10), idle_closed)
+        .await
+        .expect("the idle connection got no GOAWAY")
+        .unwrap();
+    let refused = eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(&address).await.is_err()
     })
     .await;
-    assert!(not_ready, "readiness did not flip to NOT_SERVING");
-    // New requests are refused while draining.
-    let refused = generate(
-        &decoder.url(),
-        from_keys(&[&key], Mode::Autoencode, "", greedy(2)),
-    )
-    .await;
-    assert_status(refused, Code::Unavailable, &["shutting down"]);
+    assert!(refused, "new connections are still accepted while draining");
+    assert_eq!(
+        probe_health(health_port).await,
+        ServingStatus::NotServing,
+        "readiness did not flip to NOT_SERVING"
+    );
 
-    // The in-flight stream still completes.
-    let mut tokens = 1;
-    let mut finished = false;
-    while let Some(message) = stream.next().await {
-        match message.unwrap().event {
-            Some(icae_proto::v1::generate_response::Event::Delta(_)) => tokens += 1,
-            Some(icae_proto::v1::generate_response::Event::Final(f)) => {
-                finished = true;
-                assert_eq!(f.generated_tokens, 40);
-            }
-            None => {}
-        }
-    }
+    // The running stream was not cut: it finishes, after the GOAWAY went out.
+    let (tokens, generated, finished_at) = reader.await.unwrap();
+    let generated = generated.expect("the running stream ended without its final message");
     assert!(
-        finished && tokens >= 40,
-        "the in-flight request did not complete ({tokens} tokens)"
+        tokens >= generated as usize && generated > 0,
+        "{tokens} messages for {generated} tokens"
+    );
+    assert!(
+        idle_closed < finished_at,
+        "the GOAWAY waited for the running stream to end"
     );
     let status = decoder
         .wait_exit(Duration::from_secs(30))
@@ -161,6 +198,24 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "exit status {status}:\n{}",
         decoder.logs()
     );
+}
+
+/// The status of the decoder service on the plaintext `--health-port`.
+async fn probe_health(port: u16) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: icae_proto::DECODER_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

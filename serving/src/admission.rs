@@ -1,6 +1,6 @@
 //! Admission control: at most N requests in flight, refused at once beyond that (never
-//! queued without bound), no new requests once the server drains, and every request still
-//! running cut off when the shutdown grace period is over.
+//! queued without bound), and every request still running cut off when the shutdown grace
+//! period is over (and none admitted after that).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,8 +76,11 @@ impl Admission {
             .set(self.in_flight() as f64);
     }
 
+    /// A request that reaches a draining server is still served: it came on a connection
+    /// opened before the GOAWAY, in the moment before the client heard of it, and the grace
+    /// period covers it. Once the grace period is over nothing is admitted.
     pub fn admit(&self) -> Result<Permit, ServiceError> {
-        if self.draining.load(Ordering::SeqCst) {
+        if *self.cut_off.borrow() {
             return Err(ServiceError::Draining);
         }
         let permit = self
@@ -100,7 +103,7 @@ impl Admission {
         self.limit
     }
 
-    /// Refuse new requests from now on.
+    /// The server drains: readiness stays NOT_SERVING (see health.rs).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -121,7 +124,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn refuses_beyond_the_limit_and_while_draining() {
+    async fn refuses_beyond_the_limit_and_after_the_grace_period() {
         let admission = Admission::new(2, "test");
         let a = admission.admit().unwrap();
         let _b = admission.admit().unwrap();
@@ -131,8 +134,12 @@ mod tests {
         ));
         assert_eq!(admission.in_flight(), 2);
         drop(a);
-        let _c = admission.admit().unwrap();
+        let c = admission.admit().unwrap();
+        drop(c);
         admission.drain();
+        // Draining still serves what reaches it; the grace period's end does not.
+        let _d = admission.admit().unwrap();
+        admission.cut_off();
         assert!(matches!(admission.admit(), Err(ServiceError::Draining)));
         assert!(!admission.wait_idle(Duration::from_millis(20)).await);
     }

@@ -49,7 +49,10 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("the model is not available: {0}")]
     ModelUnavailable(String),
-    #[error("the server is shutting down and takes no new requests")]
+    #[error(
+        "the server is shutting down and takes no new requests; retry, another replica will \
+         serve it"
+    )]
     Draining,
     #[error(
         "the server shut down before the request finished (its shutdown grace period of \

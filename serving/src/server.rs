@@ -25,9 +25,12 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// then connections to close, before the process exits anyway.
 const CUT_OFF_WAIT: Duration = Duration::from_secs(2);
 
-/// Serve `service` next to health and reflection. On SIGTERM/SIGINT: refuse new requests,
-/// mark the service NOT_SERVING, let in-flight requests finish up to the grace period, end
-/// the rest with UNAVAILABLE and return Ok (the process exits 0). When the model fails to load, return that error (the binary exits non-zero).
+/// Serve `service` next to health and reflection. On SIGTERM/SIGINT: mark the service
+/// NOT_SERVING, stop accepting connections and send every open connection an HTTP/2 GOAWAY
+/// at once (clients move their new calls to other replicas; a call the GOAWAY overtakes is
+/// refused with REFUSED_STREAM, which gRPC clients retry), let the calls already running
+/// finish up to the grace period, end the rest with UNAVAILABLE and return Ok (the process
+/// exits 0). When the model fails to load, return that error (the binary exits non-zero).
 pub async fn serve<S>(
     args: &ServiceArgs,
     parts: ServiceParts,
@@ -95,6 +98,9 @@ where
         info!("shutdown signal: draining");
         admission.drain();
         readiness.set_not_ready().await;
+        // The GOAWAY goes out now, not when the work has ended: until clients get it they
+        // keep sending new calls here.
+        let _ = stop_tx.send(());
         if admission.wait_idle(grace).await {
             info!("in-flight requests finished");
         } else {
@@ -111,7 +117,6 @@ where
                 );
             }
         }
-        let _ = stop_tx.send(());
         // Connections that do not close after the GOAWAY must not hold the exit either.
         tokio::time::sleep(CUT_OFF_WAIT).await;
         let _ = exit_tx.send(());
