@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long pretraining run of issue 13 (item 3), continued whenever there is machine time.
+# A long pretraining run on the CPU, continued whenever there is machine time.
 #
 #   scripts/long-run.sh [--sessions N] [--segment-minutes M] [--eval-passages P]
 #                       [--long-passages L] [--long-passage-tokens T]

@@ -1,4 +1,4 @@
-//! The optional slot projector (issue 13): loaded with shape checks, recorded in
+//! The optional slot projector: loaded with shape checks, recorded in
 //! `icae_config.json`, applied by the encoder so that the slots it returns (and services
 //! store) are the projected ones; adapters without it behave exactly as before.
 

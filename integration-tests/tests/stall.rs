@@ -18,7 +18,7 @@ weather over the strait and the birds that rested on the gallery rail.";
 /// The tests here measure time: one at a time, so they do not slow each other down.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Positions the long request must have: the size issue 11 names.
+/// Positions the long request must have: a long document, as a user sends one.
 const LONG_TOKENS: u32 = 2048;
 
 /// A text of well over `LONG_TOKENS` tokens, varied so it does not collapse into repeats.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Greedy agreement of bf16-stored slots with f32-stored slots (issue 11): compress each
+# Greedy agreement of bf16-stored slots with f32-stored slots: compress each
 # distinct document of a PwC jsonl file twice (--slot-dtype f32 and bf16, same f32 model),
 # decode greedily from each (autoencode, continue, and answer for every question), and print
 # per output the tokens identical up to the first divergence out of the f32 output's length.

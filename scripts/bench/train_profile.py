@@ -1,4 +1,4 @@
-"""Where a training step's time goes (issue 13 item 1, "whatever the profile shows"): one
+"""Where a training step's time goes: one
 batched AE step at the fresh long run's shape (LONG_RUN_RECIPE: 4 windows of 128 tokens ->
 32 slots, LoRA r16 on q and v, the slot projector, f32) under torch.profiler, grouped into
 matrix products, attention and everything else, with the matrix products' achieved GFLOP/s

@@ -1,4 +1,4 @@
-"""Training throughput on the CPU (issue 13 item 1): one AE step on a batch of equal-length
+"""Training throughput on the CPU: one AE step on a batch of equal-length
 windows, alternating in one run between
   one_by_one          texts one by one (forward + backward each),
   batched             the whole batch in one forward (`ICAE.autoencode_batch_scores`),

@@ -12,12 +12,12 @@ LONG_RUN_SCHEDULE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-l
 # CONTINUE_RECIPE continues an adapter (`--init-adapter`, whose mem_size / rate / LoRA shape
 # wins): scripts/long-run.sh's default and train-gpu.sh's `continue` arms. One lr, 1e-4, for
 # LoRA, memory tokens and projector alike: the current default ended its GPU schedule at
-# 1e-4 for all three, and side by side on the same windows from it (stop 27, batches of 4)
+# 1e-4 for all three, and side by side on the same windows from it (batches of 4)
 # memory tokens and projector back at the schedule's 1e-3 cost 0.07-0.14 nats of training
-# loss within 50 steps, and everything at 2e-4 stayed 0.03 behind 1e-4 over 280 steps (at
-# stop 24, continuing the step-8,000 adapter, LoRA 1e-4 also beat 2e-4 and 6e-4). No slot
+# loss within 50 steps, and everything at 2e-4 stayed 0.03 behind 1e-4 over 280 steps
+# (continuing an earlier step-8,000 adapter, LoRA 1e-4 also beat 2e-4 and 6e-4). No slot
 # projector added to an adapter that has none (an identity projector gave no held-out gain),
-# one segment a window (at stop 25, 1-4 segments read 512-token passages better and
+# one segment a window (1-4 segments read 512-token passages better and
 # 128-token ones worse). A new run from an adapter needs a seed that adapter was not trained
 # on, or it repeats its windows: the seed comes last on the command line (argparse keeps the
 # last value), see docs/training.md for the seeds each default was trained with.

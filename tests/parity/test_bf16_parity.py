@@ -1,4 +1,4 @@
-"""`--dtype bf16` against the oracle (issue 11): the Rust engine in bf16 against HF transformers
+"""`--dtype bf16` against the oracle: the Rust engine in bf16 against HF transformers
 + peft loaded in torch.bfloat16 on the same inputs — base logits, slots for 1 to 5 segments,
 greedy tokens — on a tiny random Llama (fast), plus base logits of the real default model.
 The CPU bf16 path runs the same code as CUDA bf16.

@@ -1,4 +1,4 @@
-"""The overfit check (issue 13): the training path must memorise one fixed batch. 8 short
+"""The overfit check: the training path must memorise one fixed batch. 8 short
 texts, each compressed 2x into 4 slots, must reach teacher-forced AE token accuracy >= 0.95
 within a bounded number of steps. CI-sized: a tiny randomly initialised Llama built with
 transformers (the real 135M model takes minutes per step on the CI CPU; `icae-train overfit`

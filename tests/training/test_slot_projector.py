@@ -1,4 +1,4 @@
-"""The slot projector (issue 13): a trainable linear map on the slots, recorded in
+"""The slot projector: a trainable linear map on the slots, recorded in
 icae_config.json and stored as `slot_projector.weight` / `.bias`. The Python model, an
 independent transformers + peft oracle and the Rust engine give the same projected slots and
 greedy tokens; adapters without it are written exactly as before."""

@@ -41,7 +41,7 @@ def _icae_args(p: argparse.ArgumentParser, mem_size: int, lora_r: int, targets: 
         "--slot-projector",
         action="store_true",
         help="train a linear map on the slots (hidden x hidden + bias, starts at the token "
-        "embeddings' scale; issue 13's strongest lever); recorded in icae_config.json",
+        "embeddings' scale; the recipe search's strongest lever); recorded in icae_config.json",
     )
 
 
@@ -101,13 +101,13 @@ def _train_args(p: argparse.ArgumentParser):
         "--stop-after",
         type=int,
         default=None,
-        help="run at most this many steps in this session (resumable)",
+        help="run at most this many steps in this invocation (resumable)",
     )
     p.add_argument(
         "--max-minutes",
         type=float,
         default=None,
-        help="end this session with a checkpoint after this much wall time (resumable)",
+        help="end this invocation with a checkpoint after this much wall time (resumable)",
     )
     p.add_argument(
         "--cpu-autocast",
@@ -553,7 +553,7 @@ def main(argv=None):
     p = sub.add_parser(
         "overfit",
         help="the overfit check: train on one fixed batch until its teacher-forced AE "
-        "accuracy reaches a target (issue 13)",
+        "accuracy reaches a target",
     )
     _model_args(p)
     p.add_argument("--corpus", type=Path, help="texts from this corpus (default: docs/*.md)")

@@ -59,8 +59,8 @@ def autoencode_eval(
         "passage_tokens": passage_tokens,
         "seed": seed,
         "slots": model.num_segments(passage_tokens) * model.config.mem_size,
-        # sacrebleu on text, 0-1 scale (the paper's BLEU); earlier EVAL.json files (before
-        # issue 13) held a hand-written BLEU over token ids instead, and no "bleu" entry.
+        # sacrebleu on text, 0-1 scale (the paper's BLEU); older EVAL.json files held a
+        # hand-written BLEU over token ids instead, and no "bleu" entry.
         "bleu": "sacrebleu",
         "bleu4": corpus_bleu(list(map(detokenize, passages)), list(map(detokenize, hypotheses))),
         "exact_prefix": sum(prefix_match(p, h) for p, h in zip(passages, hypotheses, strict=True))

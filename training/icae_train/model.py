@@ -7,7 +7,7 @@ official keys (`icae.base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.d
 The decoder is the same base model with the adapter disabled (the official code keeps a
 second frozen copy for training; the computation is the same).
 
-Optionally (`IcaeConfig.slot_projector`, our extension, issue 13) a trainable linear map
+Optionally (`IcaeConfig.slot_projector`, our extension) a trainable linear map
 `self.slot_projector` (hidden x hidden + bias) is applied to the slots before the decoder
 reads them; its tensors are `slot_projector.weight` / `slot_projector.bias`. Without it the
 module is exactly the official one."""

@@ -1,4 +1,4 @@
-"""The overfit check (issue 13): can the training path memorise one fixed batch? A recipe
+"""The overfit check: can the training path memorise one fixed batch? A recipe
 that cannot reproduce 8 short texts it sees at every step will not learn to compress a
 stream of fresh ones, and the check takes minutes instead of days, so it comes first.
 

@@ -1,4 +1,4 @@
-"""Promotion of a long run's adapter (issue 13, item 3): a new adapter replaces the committed
+"""Promotion of a long run's adapter: a new adapter replaces the committed
 default only when it reads held-out passages back better from its slots, measured the same
 way: a lower teacher-forced AE loss (`autoencode.teacher_forced.loss` of `icae-train eval`)
 on the same passages — the same number of passages, passage length and seed, and the same

@@ -1,4 +1,4 @@
-"""The recipe search of issue 13, with a fixed protocol so that candidates differ only in
+"""The recipe search, with a fixed protocol so that candidates differ only in
 their recipe: every candidate starts from the same seed, trains on the same stream of
 short windows (equal examples seen, the same windows in the same order for candidates that
 draw them the same way), and is measured at the same steps on the same held-out windows by

@@ -201,7 +201,7 @@ def train(
 ) -> list[dict]:
     """Run steps [start, cfg.steps). `example_for(step, index)` gives example `index` of a
     step, typed by its objective (see `ICAE.forward`). `stop_after` (steps) and `max_seconds`
-    (wall time of this session) end it early with a checkpoint (the run stays resumable),
+    (wall time of this invocation) end it early with a checkpoint (the run stays resumable),
     e.g. to fit a rented machine's time."""
     from accelerate import Accelerator
 

@@ -1,6 +1,6 @@
 //! The slot projector: an optional trainable affine map (`hidden x hidden` + bias) that the
 //! encoder applies to the slots (the final-norm hidden states at the memory positions)
-//! before anything reads them. It is our extension of ICAE (issue 13): the slots come out of
+//! before anything reads them. It is our extension of ICAE: the slots come out of
 //! the final norm ~15x larger than token embeddings, and the encoder can only turn their
 //! direction slowly through all its layers; a linear map gives them a direct,
 //! well-conditioned gradient. Official v2 files hold no projector, which is the identity.
