@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::adapter::{DEFAULT_COMPRESSION_RATE, DEFAULT_LORA_ALPHA};
+use crate::cpu_quota::cgroup_cpu_limit;
 use crate::{DeviceSpec, DtypeSpec, LoadOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -20,19 +21,26 @@ pub struct ModelArgs {
     /// CUDA and on CPUs with AMX-BF16 or AVX512-BF16, f32 elsewhere).
     #[arg(long, env = "ICAE_DTYPE", default_value = "auto")]
     pub dtype: DtypeSpec,
-    /// libtorch's intra-op CPU threads; 0 keeps its default (one per core of the machine).
-    /// In a container with a CPU limit, set it to that limit: more threads than CPUs only
-    /// contend.
+    /// libtorch's intra-op CPU threads. 0: the container's CPU limit (its cgroup quota,
+    /// rounded up) when it has one, else libtorch's default (one per core of the machine):
+    /// more threads than CPUs only contend.
     #[arg(long, env = "ICAE_THREADS", default_value_t = 0)]
     pub threads: usize,
 }
 
 impl ModelArgs {
-    /// Apply --threads to this process (libtorch's thread pool is process-wide).
-    pub fn apply_threads(&self) {
-        if self.threads > 0 {
-            tch::set_num_threads(self.threads.min(i32::MAX as usize) as i32);
-        }
+    /// Size libtorch's thread pool (process-wide) as --threads says; returns the threads it
+    /// has and why, for the log.
+    pub fn apply_threads(&self) -> (usize, &'static str) {
+        let (threads, source) = match self.threads {
+            0 => match cgroup_cpu_limit() {
+                Some(limit) => (limit, "the container's CPU limit"),
+                None => return (tch::get_num_threads() as usize, "libtorch's default"),
+            },
+            n => (n, "--threads"),
+        };
+        tch::set_num_threads(threads.min(i32::MAX as usize) as i32);
+        (threads, source)
     }
 }
 
@@ -73,15 +81,18 @@ mod tests {
     }
 
     #[test]
-    fn threads_set_libtorchs_pool_and_zero_keeps_its_default() {
+    fn threads_set_libtorchs_pool_and_zero_follows_the_cpu_limit() {
         let default = tch::get_num_threads();
-        let keep = Command::parse_from(["x", "--model", "m"]).model;
-        assert_eq!(keep.threads, 0);
-        keep.apply_threads();
-        assert_eq!(tch::get_num_threads(), default);
-        Command::parse_from(["x", "--model", "m", "--threads", "1"])
-            .model
-            .apply_threads();
+        let auto = Command::parse_from(["x", "--model", "m"]).model;
+        assert_eq!(auto.threads, 0);
+        let (threads, source) = auto.apply_threads();
+        match cgroup_cpu_limit() {
+            Some(limit) => assert_eq!((threads, source), (limit, "the container's CPU limit")),
+            None => assert_eq!((threads, source), (default as usize, "libtorch's default")),
+        }
+        assert_eq!(tch::get_num_threads() as usize, threads);
+        let given = Command::parse_from(["x", "--model", "m", "--threads", "1"]).model;
+        assert_eq!(given.apply_threads(), (1, "--threads"));
         assert_eq!(tch::get_num_threads(), 1);
         tch::set_num_threads(default);
     }

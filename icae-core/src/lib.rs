@@ -5,6 +5,7 @@
 pub mod adapter;
 #[cfg(feature = "clap")]
 pub mod args;
+pub mod cpu_quota;
 pub mod device;
 pub mod encode_only;
 pub mod error;

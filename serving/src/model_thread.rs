@@ -176,7 +176,8 @@ pub fn load_icae(
     model: &ModelArgs,
     adapter: &AdapterArgs,
 ) -> Result<(IcaeModel, ModelSummary), String> {
-    model.apply_threads();
+    let (threads, source) = model.apply_threads();
+    info!(threads, source, "libtorch CPU threads");
     let icae = IcaeModel::load(
         &model.model,
         &adapter.adapter,
