@@ -8,7 +8,7 @@ use icae_proto::v1::decoder_client::DecoderClient;
 use icae_proto::v1::encoder_client::EncoderClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::credentials::{BearerToken, ClientTls};
@@ -70,6 +70,18 @@ pub type Decoder = DecoderClient<InterceptedService<Channel, PerCall>>;
 
 /// A connection to `url`: TLS for `https://` (with `options.tls`, or the web PKI roots).
 pub async fn channel(url: &str, options: &ConnectOptions) -> Result<Channel> {
+    endpoint(url, options)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// [`channel`], connected on first use (and again after the connection is lost).
+pub fn lazy_channel(url: &str, options: &ConnectOptions) -> Result<Channel> {
+    Ok(endpoint(url, options)?.connect_lazy())
+}
+
+fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint> {
     let mut endpoint = Channel::from_shared(url.to_string())
         .with_context(|| format!("invalid address {url}"))?
         .connect_timeout(CONNECT_TIMEOUT);
@@ -86,30 +98,35 @@ pub async fn channel(url: &str, options: &ConnectOptions) -> Result<Channel> {
         }
         (None, false) => {}
     }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))
+    Ok(endpoint)
 }
 
 /// Connect to encoder-svc at `url`, e.g. `http://127.0.0.1:50051`.
 pub async fn connect_encoder(url: &str, options: &ConnectOptions) -> Result<Encoder> {
-    let client =
-        EncoderClient::with_interceptor(channel(url, options).await?, PerCall::of(options));
-    Ok(match options.max_message_bytes {
-        Some(limit) => client.max_decoding_message_size(limit),
-        None => client,
-    })
+    Ok(encoder_on(channel(url, options).await?, options))
 }
 
 /// Connect to decoder-svc at `url`, e.g. `http://127.0.0.1:50052`.
 pub async fn connect_decoder(url: &str, options: &ConnectOptions) -> Result<Decoder> {
-    let client =
-        DecoderClient::with_interceptor(channel(url, options).await?, PerCall::of(options));
-    Ok(match options.max_message_bytes {
+    Ok(decoder_on(channel(url, options).await?, options))
+}
+
+/// An encoder client on `channel` with the options' per-call settings and message limit.
+pub(crate) fn encoder_on(channel: Channel, options: &ConnectOptions) -> Encoder {
+    let client = EncoderClient::with_interceptor(channel, PerCall::of(options));
+    match options.max_message_bytes {
         Some(limit) => client.max_decoding_message_size(limit),
         None => client,
-    })
+    }
+}
+
+/// A decoder client on `channel`, as [`encoder_on`].
+pub(crate) fn decoder_on(channel: Channel, options: &ConnectOptions) -> Decoder {
+    let client = DecoderClient::with_interceptor(channel, PerCall::of(options));
+    match options.max_message_bytes {
+        Some(limit) => client.max_decoding_message_size(limit),
+        None => client,
+    }
 }
 
 #[cfg(test)]

@@ -5,15 +5,18 @@
 mod connect;
 mod credentials;
 mod names;
+mod replicas;
 mod requests;
 mod status;
 mod stream;
 
 pub use connect::{
-    channel, connect_decoder, connect_encoder, ConnectOptions, Decoder, Encoder, PerCall,
+    channel, connect_decoder, connect_encoder, lazy_channel, ConnectOptions, Decoder, Encoder,
+    PerCall,
 };
 pub use credentials::{BearerToken, ClientTls};
 pub use names::{finish_reason, finish_reason_name, parse_mode};
+pub use replicas::{decoder_replicas, encoder_replicas, is_retryable, Replicas, RetryPolicy};
 pub use requests::{
     baseline_text, compress_one, generate_request, greedy, slot_keys, text_document,
 };
