@@ -171,12 +171,17 @@ def test_each_component_has_its_own_autoscaler(case):
             assert spec["minReplicas"] == autoscaling["minReplicas"]
             assert spec["maxReplicas"] == autoscaling["maxReplicas"]
             pods = [m["pods"] for m in spec["metrics"] if m["type"] == "Pods"]
-            assert len(pods) == 1, spec["metrics"]
-            assert pods[0]["metric"]["name"] == metric
-            assert pods[0]["target"] == {"type": "AverageValue", "averageValue": target}
+            if autoscaling["metric"]["enabled"]:
+                assert len(pods) == 1, spec["metrics"]
+                assert pods[0]["metric"]["name"] == metric
+                assert pods[0]["target"] == {"type": "AverageValue", "averageValue": target}
+            else:
+                # Without prometheus-adapter a custom metric would never be read.
+                assert pods == [], spec["metrics"]
             resources = {m["resource"]["name"] for m in spec["metrics"] if m["type"] == "Resource"}
             if autoscaling["targetCPUUtilizationPercentage"] is not None:
                 assert "cpu" in resources
+            assert spec["metrics"], f"{name}: {cname} scales on nothing"
         else:
             assert cname not in hpas
             spec = scaled[cname]["spec"]
@@ -190,11 +195,18 @@ def test_each_component_has_its_own_autoscaler(case):
             assert trigger["metadata"]["threshold"] == target
             query = trigger["metadata"]["query"]
             assert metric in query, query
+            fallback = autoscaling["keda"]["fallback"]
+            assert spec["fallback"] == fallback, spec.get("fallback")
             if not autoscaling["keda"]["query"]:
                 # The default query reads this component's pods only.
                 assert f'pod=~"{cname}-' in query and f'namespace="{NAMESPACE}"' in query
-    # The defaults: each component on its own gauge.
+    # The defaults: an HPA on CPU, which works on any cluster; each component's own gauge
+    # is one flag away.
     defaults = chart().values
+    for component in COMPONENTS:
+        autoscaling = defaults[component]["autoscaling"]
+        assert autoscaling["kind"] == "hpa" and not autoscaling["metric"]["enabled"]
+        assert autoscaling["targetCPUUtilizationPercentage"] is not None
     assert defaults["encoder"]["autoscaling"]["metric"]["name"] == "icae_queue_size"
     assert defaults["decoder"]["autoscaling"]["metric"]["name"] == "icae_active_sequences"
 
@@ -573,6 +585,15 @@ def _rejects(values: dict, message: str):
     with pytest.raises((helm.HelmValuesError, helm.HelmRenderError)) as err:
         render(values)
     assert message in str(err.value), str(err.value)
+
+
+def test_an_hpa_without_any_signal_is_refused():
+    for component in COMPONENTS:
+        autoscaling = {"metric": {"enabled": False}, "targetCPUUtilizationPercentage": None}
+        _rejects(
+            {component: {"autoscaling": autoscaling}},
+            f"{component}.autoscaling: the HPA needs a signal",
+        )
 
 
 def test_schema_rejects_a_wrong_type():
