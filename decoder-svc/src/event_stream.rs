@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, Timings, TokenDelta};
 use icae_serving::convert::finish_to_proto;
 use icae_serving::metrics::record_request;
-use icae_serving::{Permit, ServiceError};
+use icae_serving::{Permit, QueuePlace, ServiceError};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Code, Status};
@@ -83,7 +83,7 @@ impl EventStream {
             store_seconds: generation.store_seconds,
             send_timeout,
         };
-        tokio::spawn(feeder.run(generation.events, permit));
+        tokio::spawn(feeder.run(generation.events, generation.queue_place, permit));
         EventStream {
             shared,
             done: false,
@@ -136,7 +136,14 @@ struct Feeder {
 }
 
 impl Feeder {
-    async fn run(self, mut events: mpsc::UnboundedReceiver<Event>, permit: Permit) {
+    /// `_queue_place` is held until the feeder ends: a client that leaves while its request
+    /// is still queued takes it out of the queue count.
+    async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        _queue_place: QueuePlace,
+        permit: Permit,
+    ) {
         let mut permit = Some(permit);
         loop {
             let event = tokio::select! {

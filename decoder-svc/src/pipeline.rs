@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
-use icae_serving::{check_text_bytes, is_blank, Limits, ServiceError, Tenant};
+use icae_serving::{check_text_bytes, is_blank, Limits, QueuePlace, ServiceError, Tenant};
 use tokio::sync::mpsc;
 
 use crate::request::{ContextSource, GenerationRequest};
@@ -42,9 +42,11 @@ pub struct GenerateInput {
     pub tenant: Option<Tenant>,
 }
 
-/// A generation handed to the scheduler: its events, and the time spent fetching slots.
+/// A generation handed to the scheduler: its events, its place in the queue (held while
+/// it waits there), and the time spent fetching slots.
 pub struct Started {
     pub events: mpsc::UnboundedReceiver<Event>,
+    pub queue_place: QueuePlace,
     pub store_seconds: f64,
 }
 
@@ -105,9 +107,10 @@ impl GeneratePipeline {
             prompt_ids,
             params,
         };
-        let events = self.scheduler.generate(request, deadline)?;
+        let (events, queue_place) = self.scheduler.generate(request, deadline)?;
         Ok(Started {
             events,
+            queue_place,
             store_seconds,
         })
     }

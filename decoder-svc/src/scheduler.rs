@@ -14,7 +14,9 @@ use std::time::Instant;
 use icae_core::{FinishReason, ModelSummary};
 use icae_serving::metrics as names;
 use icae_serving::model_threads::spawn_model_thread;
-use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
+use icae_serving::{
+    JobQueue, LoadFailure, ModelStartup, ModelState, QueuePlace, Queued, Readiness, ServiceError,
+};
 use tokio::sync::mpsc;
 use tracing::{debug_span, error, info_span, Span};
 
@@ -111,21 +113,22 @@ impl Scheduler {
     }
 
     /// Queue `request`; its tokens arrive on the returned channel, which ends with
-    /// `Finished` or `Failed`. Dropping the receiver cancels the generation.
+    /// `Finished` or `Failed`. Dropping the receiver cancels the generation; dropping the
+    /// queue place while the request waits takes it out of the queue count.
     pub fn generate(
         &self,
         request: GenerationRequest,
         deadline: Option<Deadline>,
-    ) -> Result<mpsc::UnboundedReceiver<Event>, ServiceError> {
+    ) -> Result<(mpsc::UnboundedReceiver<Event>, QueuePlace), ServiceError> {
         let (events, rx) = mpsc::unbounded_channel();
-        self.queue.submit(Job {
+        let place = self.queue.submit(Job {
             request,
             deadline,
             events,
             enqueued: Instant::now(),
             span: Span::current(),
         })?;
-        Ok(rx)
+        Ok((rx, place))
     }
 }
 
@@ -151,18 +154,18 @@ struct Steps<'a, B: DecodeBackend> {
 }
 
 impl<B: DecodeBackend> Steps<'_, B> {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Queued<Job>>) {
         let _guard = tch::no_grad_guard();
         loop {
             if self.in_flight() == 0 {
                 match rx.blocking_recv() {
-                    Some(job) => self.admit(job),
+                    Some(job) => self.admit(job.take()),
                     None => return,
                 }
             }
             while self.in_flight() < self.limits.max_batch_sequences {
                 match rx.try_recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => self.admit(job.take()),
                     Err(_) => break,
                 }
             }
@@ -180,7 +183,6 @@ impl<B: DecodeBackend> Steps<'_, B> {
 
     /// Build a new request's input; its prompt waits for `prefill`.
     fn admit(&mut self, job: Job) {
-        self.state.dequeued(1);
         if job.events.is_closed() {
             return;
         }

@@ -187,15 +187,18 @@ async fn sequences_are_decoded_together_up_to_the_batch_limit() {
     let scheduler = start(2, backend).await;
     let first = scheduler
         .generate(request(Mode::Continue, 5, 3), None)
-        .unwrap();
+        .unwrap()
+        .0;
     // The first sequence is now waiting in its first decoding step: queue two more.
     wait_until("the first step started", || scheduler.state().active() == 1).await;
     let second = scheduler
         .generate(request(Mode::Autoencode, 7, 3), None)
-        .unwrap();
+        .unwrap()
+        .0;
     let third = scheduler
         .generate(request(Mode::Continue, 2, 3), None)
-        .unwrap();
+        .unwrap()
+        .0;
     let opener = std::thread::spawn(move || while open.send(()).is_ok() {});
     for (events, prompt) in [(first, 5), (second, 7), (third, 2)] {
         let (tokens, finished) = collect(events).await;
@@ -227,7 +230,8 @@ async fn a_cancelled_sequence_is_freed_at_the_next_step() {
     let scheduler = start(4, backend).await;
     let mut events = scheduler
         .generate(request(Mode::Continue, 3, 1000), None)
-        .unwrap();
+        .unwrap()
+        .0;
     assert!(matches!(
         events.recv().await,
         Some(Event::Token {
@@ -251,7 +255,8 @@ async fn a_passed_deadline_fails_the_sequence_with_its_length() {
     };
     let events = scheduler
         .generate(request(Mode::Continue, 3, 1000), Some(deadline))
-        .unwrap();
+        .unwrap()
+        .0;
     let (_, result) = collect(events).await;
     match result {
         Err(ServiceError::DeadlineExceeded(seconds)) => assert_eq!(seconds, 0.25),
@@ -264,10 +269,12 @@ async fn a_failed_prefill_fails_only_its_own_request() {
     let scheduler = start(4, FakeBackend::default()).await;
     let bad = scheduler
         .generate(request(Mode::Answer, 3, 4), None)
-        .unwrap();
+        .unwrap()
+        .0;
     let good = scheduler
         .generate(request(Mode::Continue, 3, 4), None)
-        .unwrap();
+        .unwrap()
+        .0;
     let (tokens, result) = collect(bad).await;
     assert!(tokens.is_empty());
     assert!(matches!(
@@ -305,11 +312,13 @@ async fn queued_requests_still_finish_when_the_last_handle_is_dropped() {
     let scheduler = start(1, backend).await;
     let first = scheduler
         .generate(request(Mode::Continue, 1, 2), None)
-        .unwrap();
+        .unwrap()
+        .0;
     wait_until("the first step started", || scheduler.state().active() == 1).await;
     let second = scheduler
         .generate(request(Mode::Continue, 1, 2), None)
-        .unwrap();
+        .unwrap()
+        .0;
     drop(scheduler);
     let opener = std::thread::spawn(move || while open.send(()).is_ok() {});
     for events in [first, second] {
@@ -334,7 +343,8 @@ async fn one_running(chunk: usize) -> (Scheduler, Arc<Mutex<Vec<Op>>>, SyncSende
     let scheduler = start_chunked(8, chunk, backend).await;
     let mut running = scheduler
         .generate(request(Mode::Continue, 1, 1000), None)
-        .unwrap();
+        .unwrap()
+        .0;
     first_token(&mut running).await;
     (scheduler, ops, open, running)
 }
@@ -345,7 +355,8 @@ async fn a_long_prompt_is_prefilled_in_chunks_between_decoding_steps() {
     // The running sequence waits in a decoding step: the long request arrives meanwhile.
     let long = scheduler
         .generate(request(Mode::Continue, 10, 2), None)
-        .unwrap();
+        .unwrap()
+        .0;
     let opener = std::thread::spawn(move || while open.send(()).is_ok() {});
     let (tokens, finished) = collect(long).await;
     assert_eq!(tokens, vec![100, 101]);
@@ -382,6 +393,7 @@ async fn several_small_prompts_are_prefilled_in_one_iteration() {
             scheduler
                 .generate(request(Mode::Continue, prompt, 1), None)
                 .unwrap()
+                .0
         })
         .into_iter()
         .collect();
@@ -440,7 +452,8 @@ async fn a_deadline_that_passes_during_the_prefill_ends_it_between_chunks() {
     let sent = Instant::now();
     let events = scheduler
         .generate(request(Mode::Continue, 1000, 5), Some(deadline))
-        .unwrap();
+        .unwrap()
+        .0;
     let (tokens, result) = collect(events).await;
     let waited = sent.elapsed();
     assert!(tokens.is_empty());
@@ -462,7 +475,8 @@ async fn a_client_gone_during_the_prefill_frees_the_scheduler_between_chunks() {
     let (scheduler, ops) = slow_prefill(Duration::from_millis(20)).await;
     let events = scheduler
         .generate(request(Mode::Continue, 1000, 5), None)
-        .unwrap();
+        .unwrap()
+        .0;
     wait_until("the prefill started", || prefill_chunks(&ops) >= 2).await;
     drop(events);
     wait_until("the sequence is freed", || scheduler.state().active() == 0).await;
@@ -472,10 +486,39 @@ async fn a_client_gone_during_the_prefill_frees_the_scheduler_between_chunks() {
     let (tokens, result) = collect(
         scheduler
             .generate(request(Mode::Continue, 3, 2), None)
-            .unwrap(),
+            .unwrap()
+            .0,
     )
     .await;
     assert_eq!(tokens, vec![100, 101]);
     assert!(result.is_ok());
     assert_eq!(prefill_chunks(&ops), chunks + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_abandoned_in_the_queue_leaves_the_queue_count() {
+    let (backend, open) = gated();
+    let scheduler = start(1, backend).await;
+    let (running, _running_place) = scheduler
+        .generate(request(Mode::Continue, 3, 2), None)
+        .unwrap();
+    wait_until("the first step started", || scheduler.state().active() == 1).await;
+    // The batch is full: the next request waits in the queue.
+    let waiting = scheduler
+        .generate(request(Mode::Continue, 4, 2), None)
+        .unwrap();
+    assert_eq!(scheduler.state().queued(), 1);
+    drop(waiting);
+    assert_eq!(scheduler.state().queued(), 0);
+    let opener = std::thread::spawn(move || while open.send(()).is_ok() {});
+    let (tokens, finished) = collect(running).await;
+    assert_eq!((tokens.len(), finished.unwrap().generated_tokens), (2, 2));
+    // The abandoned request is taken off the channel without counting out twice.
+    wait_until("the abandoned request is drained", || {
+        scheduler.state().active() == 0
+    })
+    .await;
+    assert_eq!(scheduler.state().queued(), 0);
+    drop(scheduler);
+    drop(opener);
 }

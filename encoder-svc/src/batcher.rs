@@ -17,7 +17,9 @@ use icae_core::slots::SlotFidelity;
 use icae_core::{Compressed, ModelSummary, RefineOptions, ToCompress};
 use icae_serving::metrics as names;
 use icae_serving::model_threads::spawn_model_thread;
-use icae_serving::{JobQueue, LoadFailure, ModelStartup, ModelState, Readiness, ServiceError};
+use icae_serving::{
+    JobQueue, LoadFailure, ModelStartup, ModelState, Queued, Readiness, ServiceError,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info_span, Span};
 
@@ -109,7 +111,9 @@ impl Batcher {
         refine: Option<RefineOptions>,
     ) -> Result<CompressedBatch, ServiceError> {
         let (reply, rx) = oneshot::channel();
-        self.queue.submit(Job {
+        // Held while this request waits: if it is dropped (the client went away), the job
+        // leaves the queue count at once.
+        let _place = self.queue.submit(Job {
             docs,
             slots_per_segment,
             refine,
@@ -125,7 +129,7 @@ impl Batcher {
 
 fn run_batches<B: CompressBackend>(
     backend: &B,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Queued<Job>>,
     state: &Arc<ModelState>,
     limits: BatchLimits,
 ) {
@@ -137,17 +141,19 @@ fn run_batches<B: CompressBackend>(
         let next = match held.take() {
             Some(job) => Some(job),
             None if refining.is_empty() => match rx.blocking_recv() {
-                Some(job) => Some(job),
+                Some(job) => Some(job.take()),
                 None => break,
             },
             // Nothing queued (or no handle left): go on with the refinements.
-            None => rx.try_recv().ok(),
+            None => rx.try_recv().ok().map(Queued::take),
         };
         if let Some(first) = next {
             let mut jobs = vec![first];
             let (mut docs, mut tokens) = (jobs[0].docs.len(), jobs[0].tokens());
             while docs < limits.max_documents {
-                let Ok(job) = rx.try_recv() else { break };
+                let Ok(job) = rx.try_recv().map(Queued::take) else {
+                    break;
+                };
                 if docs + job.docs.len() > limits.max_documents
                     || tokens + job.tokens() > limits.max_tokens
                 {
@@ -158,7 +164,6 @@ fn run_batches<B: CompressBackend>(
                 tokens += job.tokens();
                 jobs.push(job);
             }
-            state.dequeued(jobs.len());
             // A client that went away does not need its documents compressed.
             jobs.retain(|job| !job.reply.is_closed());
             if !jobs.is_empty() {

@@ -170,7 +170,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_under_load_fails_no_compress() {
     let redis = Redis::start();
-    let encoders = vec![
+    let encoders = [
         Service::start(Kind::Encoder, &redis.url(), &[]).await,
         Service::start(Kind::Encoder, &redis.url(), &[]).await,
     ];

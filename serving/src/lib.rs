@@ -42,7 +42,7 @@ pub use identity::{tenant_of, Tenant};
 pub use info::info_response;
 pub use limits::{Limits, BYTES_PER_TOKEN};
 pub use metadata::{deadline, traceparent};
-pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState};
+pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState, QueuePlace, Queued};
 pub use security_args::SecurityArgs;
 pub use server::serve;
 pub use text::{check_text_bytes, is_blank};

@@ -4,7 +4,7 @@
 //! [`ModelStartup::load`] on it: nothing here calls back into a service.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -48,10 +48,10 @@ impl ModelState {
         metrics::gauge!(crate::metrics::ACTIVE_SEQUENCES, "service" => self.service).set(n as f64);
     }
 
-    /// The model thread took `n` jobs off the queue.
-    pub fn dequeued(&self, n: usize) {
-        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
-        self.record_queue(before.saturating_sub(n));
+    /// A job left the queue: the model thread took it, or its caller gave up waiting.
+    fn dequeued(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.record_queue(before.saturating_sub(1));
     }
 
     /// The loaded model's summary, or UNAVAILABLE while it loads.
@@ -66,9 +66,51 @@ impl ModelState {
     }
 }
 
+/// A queued job's place in the queue count, shared by the job and its caller. It is
+/// counted out once, by whichever comes first: the model thread taking the job, or the
+/// caller giving up while it waits. So the queue gauge counts the jobs someone waits for,
+/// not the abandoned ones still in the channel.
+#[derive(Clone)]
+struct Counted {
+    in_count: Arc<AtomicBool>,
+    state: Arc<ModelState>,
+}
+
+impl Counted {
+    fn leave(&self) {
+        if self.in_count.swap(false, Ordering::AcqRel) {
+            self.state.dequeued();
+        }
+    }
+}
+
+/// What the caller keeps while its job waits: dropping it (the request abandoned) takes
+/// the job out of the queue count.
+pub struct QueuePlace(Counted);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// A job as the model thread receives it.
+pub struct Queued<J> {
+    job: J,
+    counted: Counted,
+}
+
+impl<J> Queued<J> {
+    /// The job, counted out of the queue.
+    pub fn take(self) -> J {
+        self.counted.leave();
+        self.job
+    }
+}
+
 /// The transport's handle on the model thread: its state and the sending end of its queue.
 pub struct JobQueue<J> {
-    tx: mpsc::Sender<J>,
+    tx: mpsc::Sender<Queued<J>>,
     pub state: Arc<ModelState>,
 }
 
@@ -84,7 +126,7 @@ impl<J> Clone for JobQueue<J> {
 impl<J> JobQueue<J> {
     /// A queue of `capacity` jobs; the receiver goes to the model thread. `service` labels
     /// the metrics.
-    pub fn new(service: &'static str, capacity: usize) -> (Self, mpsc::Receiver<J>) {
+    pub fn new(service: &'static str, capacity: usize) -> (Self, mpsc::Receiver<Queued<J>>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let state = Arc::new(ModelState::new(service));
         (JobQueue { tx, state }, rx)
@@ -94,14 +136,20 @@ impl<J> JobQueue<J> {
         self.state.summary()
     }
 
-    /// Queue a job; UNAVAILABLE while the model loads, RESOURCE_EXHAUSTED when full.
-    pub fn submit(&self, job: J) -> Result<(), ServiceError> {
+    /// Queue a job; UNAVAILABLE while the model loads, RESOURCE_EXHAUSTED when full. The
+    /// caller keeps the returned place for as long as it waits for the job.
+    pub fn submit(&self, job: J) -> Result<QueuePlace, ServiceError> {
         self.summary()?;
         // Counted before it is sent: the model thread may take it (and count it out) before
         // `try_send` returns.
         self.state.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.tx.try_send(job) {
-            self.state.dequeued(1);
+        let counted = Counted {
+            in_count: Arc::new(AtomicBool::new(true)),
+            state: self.state.clone(),
+        };
+        let place = QueuePlace(counted.clone());
+        if let Err(e) = self.tx.try_send(Queued { job, counted }) {
+            drop(place);
             return Err(match e {
                 mpsc::error::TrySendError::Full(_) => ServiceError::QueueFull {
                     limit: self.tx.max_capacity(),
@@ -112,7 +160,7 @@ impl<J> JobQueue<J> {
             });
         }
         self.state.record_queue(self.state.queued());
-        Ok(())
+        Ok(place)
     }
 }
 
