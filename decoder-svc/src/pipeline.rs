@@ -3,11 +3,13 @@
 //! and from these types.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
-use icae_serving::{check_text_bytes, is_blank, Limits, QueuePlace, ServiceError, Tenant};
+use icae_serving::{
+    check_text_bytes, is_blank, Limits, QueuePlace, RequestDeadline, ServiceError, Tenant,
+};
 use tokio::sync::mpsc;
 
 use crate::request::{ContextSource, GenerationRequest};
@@ -37,7 +39,7 @@ pub struct GenerateInput {
     pub prompt: String,
     pub sampling: SamplingInput,
     pub context: ContextInput,
-    pub deadline: Option<Duration>,
+    pub deadline: Option<RequestDeadline>,
     /// The authenticated caller: it reads only its own tenant's keys.
     pub tenant: Option<Tenant>,
 }
@@ -62,8 +64,8 @@ impl GeneratePipeline {
     pub async fn start(&self, input: GenerateInput) -> Result<Started, ServiceError> {
         let summary = self.scheduler.summary()?.clone();
         let deadline = input.deadline.map(|d| Deadline {
-            at: Instant::now() + d,
-            seconds: d.as_secs_f64(),
+            at: d.at,
+            seconds: d.seconds,
         });
         let params = self.sampling(input.sampling)?;
         let prompt_ids = self.prompt(input.mode, input.prompt).await?;

@@ -11,7 +11,7 @@ use icae_proto::v1::{
 use icae_serving::convert::{finish_to_proto, mode_from_proto};
 use icae_serving::metrics::{record_outcome, record_request};
 use icae_serving::telemetry::continue_trace;
-use icae_serving::{deadline, info_response, tenant_of, Admission, Permit, ServiceError};
+use icae_serving::{info_response, tenant_of, Admission, Permit, RequestDeadline, ServiceError};
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
@@ -28,7 +28,7 @@ pub struct DecoderService {
 }
 
 fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, ServiceError> {
-    let deadline = deadline(request.metadata());
+    let deadline = RequestDeadline::of(&request);
     let tenant = tenant_of(&request);
     let request = request.into_inner();
     let sampling = request.sampling.unwrap_or_default();

@@ -10,9 +10,7 @@ use icae_proto::v1::{
 };
 use icae_serving::metrics::record_outcome;
 use icae_serving::telemetry::{continue_trace, traceparent_of};
-use icae_serving::{
-    deadline, info_response, tenant_of, traceparent, Admission, ServiceError, Tenant,
-};
+use icae_serving::{info_response, tenant_of, traceparent, Admission, Tenant};
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
@@ -115,24 +113,15 @@ impl EncoderService {
         request: Request<CompressRequest>,
     ) -> Result<Response<CompressResponse>, Status> {
         let permit = self.admission.admit()?;
-        let deadline = deadline(request.metadata());
         let span = info_span!("compress", documents = request.get_ref().documents.len());
         continue_trace(&span, request.metadata());
         // Stored with the slots: this request's span when tracing is on, else the caller's.
         let traceparent = traceparent_of(&span).or_else(|| traceparent(request.metadata()));
         let tenant = tenant_of(&request);
         let input = compress_input(request.into_inner(), traceparent, tenant);
-        let work = async {
-            match deadline {
-                Some(limit) => tokio::time::timeout(limit, self.pipeline.run(input))
-                    .await
-                    .unwrap_or(Err(ServiceError::DeadlineExceeded(limit.as_secs_f64()))),
-                None => self.pipeline.run(input).await,
-            }
-        }
-        .instrument(span);
-        // Dropping `work` (deadline, cut-off or a client gone) tells the batcher to skip or
-        // stop this request's documents.
+        let work = self.pipeline.run(input).instrument(span);
+        // Dropping `work` (the deadline, see request_deadline.rs; a cut-off or a client gone)
+        // tells the batcher to skip or stop this request's documents.
         let output = tokio::select! {
             output = work => output,
             error = permit.cut_off() => Err(error),

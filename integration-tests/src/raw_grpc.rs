@@ -49,12 +49,18 @@ pub async fn grpc_outcome(response: http::Response<h2::RecvStream>) -> (usize, C
 /// Call `path` with `message` as the one request message, framed but otherwise as given;
 /// returns the call's status and message.
 pub async fn raw_call(url: &str, path: &str, message: &[u8]) -> (Code, String) {
+    raw_call_with(url, grpc_head(path), message).await
+}
+
+/// [`raw_call`] with the request head as given (e.g. with a `grpc-timeout` header that no
+/// client-side timer shadows).
+pub async fn raw_call_with(url: &str, head: http::Request<()>, message: &[u8]) -> (Code, String) {
     let address = url.trim_start_matches("http://");
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut send = send.ready().await.unwrap();
-    let (response, mut stream) = send.send_request(grpc_head(path), false).unwrap();
+    let (response, mut stream) = send.send_request(head, false).unwrap();
     stream.send_data(grpc_frame(message), true).unwrap();
     let (_, code, message) = grpc_outcome(response.await.unwrap()).await;
     (code, message)

@@ -410,3 +410,46 @@ async fn decoder_errors() {
         .await
     );
 }
+
+/// Deadlines of a few milliseconds, sent by a client without a timer of its own: the
+/// service answers DEADLINE_EXCEEDED with its message, before the gRPC library's own timer
+/// would end the call with CANCELLED "Timeout expired".
+#[tokio::test(flavor = "multi_thread")]
+async fn short_deadlines_are_deadline_exceeded() {
+    use prost::Message;
+
+    let redis = Redis::start();
+    let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
+    let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let key = compress_key(&encoder.url(), "A document to continue for a long while.").await;
+    // Long enough that no deadline below is met: hundreds of tokens to compress or generate.
+    let long_text = "Every sentence here is new work for the encoder. ".repeat(60);
+    let compress = request(vec![text_doc(&long_text)], CompressOptions::default());
+    let generate = from_keys(&[&key], Mode::Continue, "", greedy(200));
+    for timeout in ["1m", "2m", "5m", "20m", "50m"] {
+        for (url, path, message) in [
+            (
+                encoder.url(),
+                "/icae.v1.Encoder/Compress",
+                compress.encode_to_vec(),
+            ),
+            (
+                decoder.url(),
+                "/icae.v1.Decoder/GenerateOnce",
+                generate.encode_to_vec(),
+            ),
+            (
+                decoder.url(),
+                "/icae.v1.Decoder/Generate",
+                generate.encode_to_vec(),
+            ),
+        ] {
+            let mut head = grpc_head(path);
+            head.headers_mut()
+                .insert("grpc-timeout", timeout.parse().unwrap());
+            let (code, message) = raw_call_with(&url, head, &message).await;
+            assert_eq!(code, Code::DeadlineExceeded, "{path} {timeout}: {message}");
+            assert!(message.contains("deadline"), "{path} {timeout}: {message}");
+        }
+    }
+}

@@ -7,7 +7,11 @@ use tonic::metadata::MetadataMap;
 /// The client's deadline from the `grpc-timeout` header (`<digits><unit>`, unit one of
 /// H M S m u n), if any.
 pub fn deadline(metadata: &MetadataMap) -> Option<Duration> {
-    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value.
+pub fn grpc_timeout(raw: &str) -> Option<Duration> {
     if raw.len() < 2 || raw.len() > 9 {
         return None;
     }

@@ -13,6 +13,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 
+use crate::request_deadline::ReceivedAtLayer;
 use crate::runtime::ServiceParts;
 use crate::tls_incoming::tls_incoming;
 use crate::{Authenticator, LoadFailure, ServiceArgs};
@@ -133,8 +134,10 @@ where
         builder = builder.max_connection_age(Duration::from_secs(args.max_connection_age_seconds));
     }
     // Health and reflection stay outside authentication: probes carry no identity, and
-    // reflection describes the public API only (--reflection false turns it off).
+    // reflection describes the public API only (--reflection false turns it off). Every
+    // request is stamped with its arrival, where its deadline starts (request_deadline.rs).
     let router = builder
+        .layer(ReceivedAtLayer)
         .add_service(parts.health)
         .add_optional_service(security.reflection.then_some(reflection_v1))
         .add_optional_service(security.reflection.then_some(reflection_v1alpha))
