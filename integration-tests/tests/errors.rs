@@ -26,6 +26,8 @@ async fn encoder_errors() {
             "64",
             "--max-documents-per-request",
             "3",
+            "--max-message-bytes",
+            "1048576",
         ],
     )
     .await;
@@ -51,6 +53,17 @@ async fn encoder_errors() {
         Code::InvalidArgument,
         &["text is empty"],
     );
+    // A message over --max-message-bytes: RESOURCE_EXHAUSTED, as gRPC documents message
+    // size limits, with the size and the limit.
+    let oversize = request(vec![text_doc(&"x".repeat(2 << 20))], opts());
+    let (code, message) = raw_call(
+        &encoder.url(),
+        "/icae.v1.Encoder/Compress",
+        &prost::Message::encode_to_vec(&oversize),
+    )
+    .await;
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("1048576"), "{message}");
     // Bytes that are not a CompressRequest: the sender's fault.
     let (code, message) = raw_call(
         &encoder.url(),

@@ -13,6 +13,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 
+use crate::oversize_status::OversizeStatusLayer;
 use crate::request_deadline::ReceivedAtLayer;
 use crate::runtime::ServiceParts;
 use crate::tls_incoming::tls_incoming;
@@ -135,8 +136,10 @@ where
     }
     // Health and reflection stay outside authentication: probes carry no identity, and
     // reflection describes the public API only (--reflection false turns it off). Every
-    // request is stamped with its arrival, where its deadline starts (request_deadline.rs).
+    // request is stamped with its arrival, where its deadline starts (request_deadline.rs),
+    // and an oversize message is RESOURCE_EXHAUSTED (oversize_status.rs).
     let router = builder
+        .layer(OversizeStatusLayer)
         .layer(ReceivedAtLayer)
         .add_service(parts.health)
         .add_optional_service(security.reflection.then_some(reflection_v1))
