@@ -55,7 +55,7 @@ async fn encoder_errors() {
     );
     // A message over --max-message-bytes: RESOURCE_EXHAUSTED, as gRPC documents message
     // size limits, with the size and the limit.
-    let oversize = request(vec![text_doc(&"x".repeat(2 << 20))], opts());
+    let oversize = request(vec![text_doc("x".repeat(2 << 20))], opts());
     let (code, message) = raw_call(
         &encoder.url(),
         "/icae.v1.Encoder/Compress",
