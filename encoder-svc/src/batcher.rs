@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info_span, Span};
 
 use crate::backend::CompressBackend;
+use crate::compressing::{CompressingJob, Progress, SEGMENTS_PER_CALL};
 use crate::refining::{RefiningJob, Stepped};
 
 /// The documents of one request, with the time they waited and the model's time.
@@ -135,16 +136,18 @@ fn run_batches<B: CompressBackend>(
 ) {
     // A job that did not fit the previous batch starts the next one.
     let mut held: Option<Job> = None;
-    // Refinements take one step each in turn, behind any newly queued job.
+    // Long compressions take one model call each in turn, then refinements one step each,
+    // behind any newly queued job.
+    let mut compressing: VecDeque<CompressingJob> = VecDeque::new();
     let mut refining: VecDeque<RefiningJob<B::Refining>> = VecDeque::new();
     loop {
         let next = match held.take() {
             Some(job) => Some(job),
-            None if refining.is_empty() => match rx.blocking_recv() {
+            None if refining.is_empty() && compressing.is_empty() => match rx.blocking_recv() {
                 Some(job) => Some(job.take()),
                 None => break,
             },
-            // Nothing queued (or no handle left): go on with the refinements.
+            // Nothing queued (or no handle left): go on with the long work.
             None => rx.try_recv().ok().map(Queued::take),
         };
         if let Some(first) = next {
@@ -166,8 +169,36 @@ fn run_batches<B: CompressBackend>(
             }
             // A client that went away does not need its documents compressed.
             jobs.retain(|job| !job.reply.is_closed());
-            if !jobs.is_empty() {
-                refining.extend(compress_batch(backend, jobs, state));
+            let segment_tokens = state
+                .summary()
+                .map_or(usize::MAX, |s| s.mem_size * s.compression_rate);
+            let (long, short): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|job| segments(job, segment_tokens) > SEGMENTS_PER_CALL);
+            for job in long {
+                let queue_seconds = queued_for(&job);
+                compressing.push_back(CompressingJob::new(job, segment_tokens, queue_seconds));
+            }
+            if !short.is_empty() {
+                refining.extend(compress_batch(backend, short, state));
+            }
+        } else if let Some(mut long) = compressing.pop_front() {
+            match long.step(backend, state) {
+                Progress::More => compressing.push_back(long),
+                Progress::Done(docs) => {
+                    let (queue_seconds, model_seconds) = (long.queue_seconds, long.model_seconds);
+                    refining.extend(deliver(
+                        backend,
+                        long.job,
+                        Ok(docs),
+                        queue_seconds,
+                        model_seconds,
+                    ));
+                }
+                Progress::Abandoned => {}
+                Progress::Failed(message) => {
+                    let _ = long.job.reply.send(Err(ServiceError::Internal(message)));
+                }
             }
         } else if let Some(mut job) = refining.pop_front() {
             match job.step(backend, state) {
@@ -189,20 +220,13 @@ fn compress_batch<B: CompressBackend>(
 ) -> Vec<RefiningJob<B::Refining>> {
     let _guard = tch::no_grad_guard();
     let model_started = Instant::now();
-    let queue_seconds: Vec<f64> = jobs
-        .iter()
-        .map(|job| job.enqueued.elapsed().as_secs_f64())
-        .collect();
-    for seconds in &queue_seconds {
-        metrics::histogram!(names::QUEUE_SECONDS, "service" => "encoder").record(*seconds);
-    }
+    let queue_seconds: Vec<f64> = jobs.iter().map(queued_for).collect();
     let batch_docs: Vec<ToCompress> = jobs
         .iter()
         .flat_map(|job| {
-            job.docs.iter().map(|ids| ToCompress {
-                ids,
-                slots_per_segment: job.slots_per_segment,
-            })
+            job.docs
+                .iter()
+                .map(|ids| ToCompress::whole(ids, job.slots_per_segment))
         })
         .collect();
     state.set_active(batch_docs.len());
@@ -245,31 +269,63 @@ fn compress_batch<B: CompressBackend>(
     for (job, queue_seconds) in jobs.into_iter().zip(queue_seconds) {
         let job_docs: Result<Vec<Compressed>, String> =
             results.by_ref().take(job.docs.len()).collect();
-        match (job_docs, job.refine) {
-            (Ok(docs), Some(options)) => {
-                refining.push(RefiningJob::start(
-                    backend,
-                    job,
-                    docs,
-                    options,
-                    queue_seconds,
-                    model_seconds,
-                ));
-            }
-            (docs, _) => {
-                let reply = docs
-                    .map(|docs| CompressedBatch {
-                        fidelity: vec![SlotFidelity::default(); docs.len()],
-                        docs,
-                        queue_seconds,
-                        model_seconds,
-                    })
-                    .map_err(ServiceError::Internal);
-                let _ = job.reply.send(reply);
-            }
-        }
+        refining.extend(deliver(
+            backend,
+            job,
+            job_docs,
+            queue_seconds,
+            model_seconds,
+        ));
     }
     refining
+}
+
+/// Seconds `job` waited in the queue, recorded as the queue-time metric.
+fn queued_for(job: &Job) -> f64 {
+    let seconds = job.enqueued.elapsed().as_secs_f64();
+    metrics::histogram!(names::QUEUE_SECONDS, "service" => "encoder").record(seconds);
+    seconds
+}
+
+/// Segments of all of `job`'s documents.
+fn segments(job: &Job, segment_tokens: usize) -> usize {
+    job.docs
+        .iter()
+        .map(|ids| ids.len().div_ceil(segment_tokens.max(1)))
+        .sum()
+}
+
+/// Hand a job its compressed documents: the reply, or, when it refines, its refinement
+/// (returned, to be stepped).
+fn deliver<B: CompressBackend>(
+    backend: &B,
+    job: Job,
+    docs: Result<Vec<Compressed>, String>,
+    queue_seconds: f64,
+    model_seconds: f64,
+) -> Option<RefiningJob<B::Refining>> {
+    match (docs, job.refine) {
+        (Ok(docs), Some(options)) => Some(RefiningJob::start(
+            backend,
+            job,
+            docs,
+            options,
+            queue_seconds,
+            model_seconds,
+        )),
+        (docs, _) => {
+            let reply = docs
+                .map(|docs| CompressedBatch {
+                    fidelity: vec![SlotFidelity::default(); docs.len()],
+                    docs,
+                    queue_seconds,
+                    model_seconds,
+                })
+                .map_err(ServiceError::Internal);
+            let _ = job.reply.send(reply);
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ impl CompressBackend for FakeBackend {
                     &ToCompress {
                         ids: doc,
                         slots_per_segment,
+                        ..
                     },
                 )| {
                     if !wanted(i) {
@@ -377,6 +378,72 @@ async fn jobs_at_different_rates_share_a_batch_and_keep_their_rate() {
     }
     assert_eq!(rows, vec![(2.0, 3), (3.0, 1), (4.0, 2)]);
     assert_eq!(*batches.lock().unwrap(), vec![1, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_job_runs_between_the_calls_of_a_long_one() {
+    let backend = FakeBackend::default();
+    let events = backend.events.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    // 100 tokens: 25 segments of fake_summary's 4 tokens, more than one call holds.
+    let long = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1; 100]], PLAIN, None).await }
+    });
+    wait_started(&entered, 1).await;
+    let short = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![2]], PLAIN, None).await }
+    });
+    wait_queue_len(&batcher, 1).await;
+    for _ in 0..3 {
+        open.send(()).unwrap();
+    }
+    let short = short.await.unwrap().unwrap();
+    assert_eq!(first_values(&short), vec![2.0]);
+    let long = long.await.unwrap().unwrap();
+    // Its parts, one row per segment range here, come back as one document.
+    assert_eq!(long.docs.len(), 1);
+    assert_eq!(
+        (long.docs[0].num_segments, long.docs[0].num_tokens),
+        (25, 100)
+    );
+    assert_eq!(long.docs[0].slots.size()[0], 2);
+    assert_eq!(
+        *events.lock().unwrap(),
+        ["compress 1", "compress 2", "compress 1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_long_job_stops_after_its_current_call() {
+    let backend = FakeBackend::default();
+    let events = backend.events.clone();
+    let Gated {
+        batcher,
+        open,
+        entered,
+    } = gated(16, 8, backend).await;
+    // 200 tokens: 50 segments, four calls.
+    let long = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![1; 200]], PLAIN, None).await }
+    });
+    wait_started(&entered, 1).await;
+    long.abort();
+    let _ = long.await;
+    open.send(()).unwrap();
+    let next = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compress(vec![vec![3]], PLAIN, None).await }
+    });
+    open.send(()).unwrap();
+    assert_eq!(first_values(&next.await.unwrap().unwrap()), vec![3.0]);
+    assert_eq!(*events.lock().unwrap(), ["compress 1", "compress 3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 mod backend;
 mod batcher;
+mod compressing;
 mod pipeline;
 mod refining;
 mod server;

@@ -1,6 +1,7 @@
 //! The In-context Autoencoder on top of the engine: compression by segments exactly as the
 //! official `_compress`, and the decoder input layouts of each mode.
 
+use std::ops::Range;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -48,10 +49,24 @@ impl FromStr for Mode {
 /// A document to compress: its token ids, and how many of the adapter's memory tokens each
 /// of its segments gets: `mem_size` for ICAE as trained, fewer for a higher compression rate
 /// (the segments stay `mem_size * compression_rate` tokens long; see docs/refinement.md).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ToCompress<'a> {
     pub ids: &'a [u32],
     pub slots_per_segment: usize,
+    /// The segments to compress, all when None: a long document can be compressed a few
+    /// segments at a time (its slots are then the concatenation of the parts, in order).
+    pub segments: Option<Range<usize>>,
+}
+
+impl<'a> ToCompress<'a> {
+    /// All of `ids`, `slots_per_segment` slots per segment.
+    pub fn whole(ids: &'a [u32], slots_per_segment: usize) -> Self {
+        ToCompress {
+            ids,
+            slots_per_segment,
+            segments: None,
+        }
+    }
 }
 
 /// The result of compressing one document.
@@ -173,10 +188,7 @@ impl IcaeModel {
         let slots_per_segment = self.adapter.mem_size();
         documents
             .iter()
-            .map(|&ids| ToCompress {
-                ids,
-                slots_per_segment,
-            })
+            .map(|&ids| ToCompress::whole(ids, slots_per_segment))
             .collect()
     }
 
@@ -219,11 +231,21 @@ impl IcaeModel {
         for (doc, input) in documents.iter().enumerate() {
             let ids = input.ids;
             let num_segments = self.num_segments(ids.len());
-            let seg_len = ids.len().div_ceil(num_segments);
-            for (seg, chunk) in ids.chunks(seg_len).enumerate() {
-                segments.push((doc, seg, input.slots_per_segment, chunk));
+            let wanted = input.segments.clone().unwrap_or(0..num_segments);
+            if wanted.is_empty() || wanted.end > num_segments {
+                return Err(InputError::BadParameter {
+                    name: "segments",
+                    value: format!("{wanted:?}"),
+                    expected: format!("must be a non-empty range within 0..{num_segments}"),
+                }
+                .into());
             }
-            counts.push(num_segments);
+            let seg_len = ids.len().div_ceil(num_segments);
+            let chosen = ids.chunks(seg_len).enumerate().skip(wanted.start);
+            for (seg, chunk) in chosen.take(wanted.len()) {
+                segments.push((doc, seg - wanted.start, input.slots_per_segment, chunk));
+            }
+            counts.push(wanted.len());
         }
         segments.sort_by_key(|&(doc, seg, k, chunk)| (k, chunk.len(), doc, seg));
 

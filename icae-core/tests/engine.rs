@@ -318,10 +318,7 @@ fn fewer_slots_per_segment_are_the_first_slots_of_each_segment() {
         .slots
         .view([full.num_segments as i64, mem_size as i64, hidden]);
     let documents: Vec<ToCompress> = (1..=mem_size)
-        .map(|slots_per_segment| ToCompress {
-            ids: &doc,
-            slots_per_segment,
-        })
+        .map(|slots_per_segment| ToCompress::whole(&doc, slots_per_segment))
         .collect();
     let sparse = icae.compress_wanted(&documents, &|_| true).unwrap();
     for (k, got) in (1..=mem_size).zip(sparse) {
@@ -332,15 +329,47 @@ fn fewer_slots_per_segment_are_the_first_slots_of_each_segment() {
         assert!(max_abs_diff(&got.slots, &expected) < 1e-5, "k = {k}");
     }
     for bad in [0, mem_size + 1] {
-        let document = ToCompress {
-            ids: &doc,
-            slots_per_segment: bad,
-        };
+        let document = ToCompress::whole(&doc, bad);
         let err = icae.compress_wanted(&[document], &|_| true).err().unwrap();
         let message = err.to_string();
         assert!(
             message.contains("slots_per_segment") && message.contains(&format!("1..={mem_size}")),
             "{message}"
         );
+    }
+}
+
+/// A long document compressed a few segments at a time gives, concatenated, the slots it
+/// gets in one call; a range outside the document is refused.
+#[test]
+fn segments_compressed_in_parts_equal_the_whole() {
+    let (tiny, _dir, icae) = tiny_icae();
+    let vocab = tiny.config.vocab_size as u32;
+    let mem_size = icae.adapter.mem_size();
+    let doc: Vec<u32> = (0..70u32).map(|i| (i * 5 + 1) % vocab).collect();
+    let whole = icae.compress(&doc).unwrap();
+    let n = whole.num_segments;
+    assert!(n >= 4, "{n} segments");
+    let parts: Vec<ToCompress> = [0..1, 1..3, 3..n]
+        .into_iter()
+        .map(|range| ToCompress {
+            segments: Some(range),
+            ..ToCompress::whole(&doc, mem_size)
+        })
+        .collect();
+    let parts: Vec<Tensor> = icae
+        .compress_wanted(&parts, &|_| true)
+        .unwrap()
+        .into_iter()
+        .map(|part| part.unwrap().slots)
+        .collect();
+    assert!(max_abs_diff(&Tensor::cat(&parts, 0), &whole.slots) < 1e-5);
+    for bad in [n..n + 1, 2..2] {
+        let document = ToCompress {
+            segments: Some(bad.clone()),
+            ..ToCompress::whole(&doc, mem_size)
+        };
+        let err = icae.compress_wanted(&[document], &|_| true).err().unwrap();
+        assert!(err.to_string().contains("segments"), "{bad:?}: {err}");
     }
 }

@@ -74,10 +74,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         .unwrap_or_else(|| icae.adapter.mem_size());
     icae.check_slots_per_segment(slots_per_segment)?;
     let started = Instant::now();
-    let document = ToCompress {
-        ids: &ids,
-        slots_per_segment,
-    };
+    let document = ToCompress::whole(&ids, slots_per_segment);
     let compressed = icae
         .compress_wanted(&[document], &|_| true)?
         .remove(0)
