@@ -90,3 +90,27 @@ where
     }
     false
 }
+
+/// The status of `service` on a plaintext `--health-port` (what a kubelet probe sees).
+pub async fn plaintext_health(
+    port: u16,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    status.try_into().unwrap()
+}

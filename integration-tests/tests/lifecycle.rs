@@ -7,8 +7,6 @@ use integration_tests::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 const DOC: &str =
     "A document the tests reconstruct, again and again, to keep the decoder busy for a while.";
@@ -173,7 +171,7 @@ async fn sigterm_sends_goaway_at_once_lets_running_streams_finish_then_exits_zer
     .await;
     assert!(refused, "new connections are still accepted while draining");
     assert_eq!(
-        probe_health(health_port).await,
+        plaintext_health(health_port, icae_proto::DECODER_SERVICE).await,
         ServingStatus::NotServing,
         "readiness did not flip to NOT_SERVING"
     );
@@ -198,24 +196,6 @@ async fn sigterm_sends_goaway_at_once_lets_running_streams_finish_then_exits_zer
         "exit status {status}:\n{}",
         decoder.logs()
     );
-}
-
-/// The status of the decoder service on the plaintext `--health-port`.
-async fn probe_health(port: u16) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: icae_proto::DECODER_SERVICE.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    ServingStatus::try_from(status).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

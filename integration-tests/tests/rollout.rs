@@ -27,6 +27,15 @@ struct Tally {
 }
 
 impl Tally {
+    fn calls(&self) -> usize {
+        self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the load reaches `n` calls within two minutes.
+    async fn reaches(&self, n: usize) -> bool {
+        eventually(Duration::from_secs(120), || async { self.calls() >= n }).await
+    }
+
     fn record<T, E: std::fmt::Display>(&self, outcome: Result<T, E>) {
         match outcome {
             Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
@@ -120,16 +129,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
     let mut load = compress_load(&encoder_pool, &tally, &stop);
     load.extend(generate_load(&decoder_pool, &key, &tally, &stop));
-    let calls_before = |n: usize| {
-        let tally = tally.clone();
-        async move {
-            eventually(Duration::from_secs(120), || async {
-                tally.ok.load(Ordering::Relaxed) + tally.failed.load(Ordering::Relaxed) >= n
-            })
-            .await
-        }
-    };
-    assert!(calls_before(10).await, "the load made no progress");
+    assert!(tally.reaches(10).await, "the load made no progress");
 
     // The rollout: one replica of each service is told to stop, mid-load.
     encoders[0].sigterm();
@@ -144,7 +144,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
     // Calls go on after the replicas are gone: those that still pick them are retried.
     let after = tally.ok.load(Ordering::Relaxed) + 2 * LOAD_TASKS * 3;
     assert!(
-        calls_before(after).await,
+        tally.reaches(after).await,
         "the load stopped after the rollout"
     );
     stop.store(true, Ordering::Relaxed);
@@ -180,20 +180,14 @@ async fn a_replica_killed_under_load_fails_no_compress() {
     );
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
     let load = compress_load(&pool, &tally, &stop);
-    let calls = |n: usize| {
-        let tally = tally.clone();
-        async move {
-            eventually(Duration::from_secs(120), || async {
-                tally.ok.load(Ordering::Relaxed) + tally.failed.load(Ordering::Relaxed) >= n
-            })
-            .await
-        }
-    };
-    assert!(calls(10).await, "the load made no progress");
+    assert!(tally.reaches(10).await, "the load made no progress");
     // No drain: the process is gone at once, with calls in flight on it.
     unsafe { libc::kill(encoders[0].pid(), libc::SIGKILL) };
     let after = tally.ok.load(Ordering::Relaxed) + 4 * LOAD_TASKS;
-    assert!(calls(after).await, "the load stopped after the kill");
+    assert!(
+        tally.reaches(after).await,
+        "the load stopped after the kill"
+    );
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();

@@ -12,8 +12,6 @@ use icae_proto::v1::{CompressOptions, InfoRequest, Mode};
 use integration_tests::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -152,20 +150,11 @@ async fn tls_round_trip_refusals_probes_and_certificate_reload() {
         encoder.health(icae_proto::ENCODER_SERVICE).await,
         Some(ServingStatus::Serving)
     );
-    let probe = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{health_port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let status = HealthClient::new(probe)
-        .check(HealthCheckRequest {
-            service: icae_proto::ENCODER_SERVICE.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::Serving as i32);
+    let port = health_port.parse().unwrap();
+    assert_eq!(
+        plaintext_health(port, icae_proto::ENCODER_SERVICE).await,
+        ServingStatus::Serving
+    );
 
     // Reload without restart: a connection opened before keeps working; after the files
     // are replaced by a certificate of another CA, new connections get the new one.

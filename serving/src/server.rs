@@ -13,8 +13,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 
-use crate::oversize_status::OversizeStatusLayer;
-use crate::request_deadline::ReceivedAtLayer;
+use crate::grpc_edge::GrpcEdgeLayer;
 use crate::runtime::ServiceParts;
 use crate::tls_incoming::tls_incoming;
 use crate::{Authenticator, LoadFailure, ServiceArgs};
@@ -135,12 +134,10 @@ where
         builder = builder.max_connection_age(Duration::from_secs(args.max_connection_age_seconds));
     }
     // Health and reflection stay outside authentication: probes carry no identity, and
-    // reflection describes the public API only (--reflection false turns it off). Every
-    // request is stamped with its arrival, where its deadline starts (request_deadline.rs),
-    // and an oversize message is RESOURCE_EXHAUSTED (oversize_status.rs).
+    // reflection describes the public API only (--reflection false turns it off). The edge
+    // layer gives the services' own status where the gRPC library would answer first.
     let router = builder
-        .layer(OversizeStatusLayer)
-        .layer(ReceivedAtLayer)
+        .layer(GrpcEdgeLayer)
         .add_service(parts.health)
         .add_optional_service(security.reflection.then_some(reflection_v1))
         .add_optional_service(security.reflection.then_some(reflection_v1alpha))
