@@ -85,10 +85,9 @@ impl<C: Clone> Replicas<C> {
         self.clients.is_empty()
     }
 
-    /// The next replica's client, round robin.
-    fn pick(&self) -> C {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        self.clients[index].clone()
+    /// The replica a new call starts on, round robin over all calls.
+    fn first_replica(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()
     }
 
     /// Run `call` on one replica after another until it succeeds, fails in a way that is
@@ -118,13 +117,18 @@ impl<C: Clone> Replicas<C> {
     {
         let mut backoff = self.policy.initial_backoff;
         let mut attempt = 1;
+        // A retry goes to the replica after the one that failed, not to the next one of
+        // the shared rotation: other calls move that on meanwhile, and could send every
+        // attempt of this one to the same replica that is down.
+        let mut replica = self.first_replica();
         loop {
-            match call(self.pick()).await {
+            match call(self.clients[replica].clone()).await {
                 Ok(value) => return Ok(value),
                 Err((_, true)) if attempt < self.policy.attempts => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.policy.max_backoff);
                     attempt += 1;
+                    replica = (replica + 1) % self.clients.len();
                 }
                 Err((status, _)) => return Err(status),
             }
@@ -250,6 +254,28 @@ mod tests {
             .await;
         assert_eq!(answer.unwrap(), "served");
         assert_eq!(*tried.lock().unwrap(), ["draining", "up"]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_to_the_replica_after_the_failed_one_whatever_other_calls_do() {
+        let replicas = Replicas::new(vec!["down", "up", "down-too"], quick(2));
+        let tried = Mutex::new(Vec::new());
+        let answer = replicas
+            .call(|r| {
+                tried.lock().unwrap().push(r);
+                // Other calls start meanwhile and move the rotation on.
+                replicas.first_replica();
+                replicas.first_replica();
+                async move {
+                    match r {
+                        "up" => Ok(r),
+                        _ => Err(Status::unavailable("connection refused")),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(answer.unwrap(), "up");
+        assert_eq!(*tried.lock().unwrap(), ["down", "up"]);
     }
 
     #[tokio::test]
