@@ -77,14 +77,6 @@ impl<C: Clone> Replicas<C> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.clients.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
-    }
-
     /// The replica a new call starts on, round robin over all calls.
     fn first_replica(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()

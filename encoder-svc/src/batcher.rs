@@ -169,15 +169,21 @@ fn run_batches<B: CompressBackend>(
             }
             // A client that went away does not need its documents compressed.
             jobs.retain(|job| !job.reply.is_closed());
-            let segment_tokens = state
-                .summary()
-                .map_or(usize::MAX, |s| s.mem_size * s.compression_rate);
-            let (long, short): (Vec<Job>, Vec<Job>) = jobs
-                .into_iter()
-                .partition(|job| segments(job, segment_tokens) > SEGMENTS_PER_CALL);
-            for job in long {
-                let queue_seconds = queued_for(&job);
-                compressing.push_back(CompressingJob::new(job, segment_tokens, queue_seconds));
+            // The model is loaded before this loop runs, so its summary is there.
+            let summary = state.summary().ok();
+            let mut short = Vec::new();
+            for job in jobs {
+                let segments: Vec<usize> = job
+                    .docs
+                    .iter()
+                    .map(|ids| summary.map_or(1, |s| s.num_segments(ids.len())))
+                    .collect();
+                if segments.iter().sum::<usize>() > SEGMENTS_PER_CALL {
+                    let queue_seconds = queued_for(&job);
+                    compressing.push_back(CompressingJob::new(job, segments, queue_seconds));
+                } else {
+                    short.push(job);
+                }
             }
             if !short.is_empty() {
                 refining.extend(compress_batch(backend, short, state));
@@ -285,14 +291,6 @@ fn queued_for(job: &Job) -> f64 {
     let seconds = job.enqueued.elapsed().as_secs_f64();
     metrics::histogram!(names::QUEUE_SECONDS, "service" => "encoder").record(seconds);
     seconds
-}
-
-/// Segments of all of `job`'s documents.
-fn segments(job: &Job, segment_tokens: usize) -> usize {
-    job.docs
-        .iter()
-        .map(|ids| ids.len().div_ceil(segment_tokens.max(1)))
-        .sum()
 }
 
 /// Hand a job its compressed documents: the reply, or, when it refines, its refinement

@@ -44,13 +44,8 @@ pub(crate) struct CompressingJob {
 }
 
 impl CompressingJob {
-    /// `segment_tokens`: the tokens of a segment (mem_size x compression_rate).
-    pub(crate) fn new(job: Job, segment_tokens: usize, queue_seconds: f64) -> Self {
-        let segments = job
-            .docs
-            .iter()
-            .map(|ids| ids.len().div_ceil(segment_tokens.max(1)))
-            .collect();
+    /// `segments`: each document's segment count.
+    pub(crate) fn new(job: Job, segments: Vec<usize>, queue_seconds: f64) -> Self {
         let span = info_span!(parent: None, "compress_long", documents = job.docs.len());
         span.follows_from(&job.span);
         CompressingJob {

@@ -443,11 +443,16 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
+    /// Segments of a document of `num_tokens` tokens (`mem_size * compression_rate` tokens
+    /// each, as [`IcaeModel::num_segments`] cuts them).
+    pub fn num_segments(&self, num_tokens: usize) -> usize {
+        num_tokens.div_ceil((self.mem_size * self.compression_rate).max(1))
+    }
+
     /// Slots of a document of `num_tokens` tokens with `slots_per_segment` slots in each of
-    /// its segments (`mem_size * compression_rate` tokens each).
+    /// its segments.
     pub fn num_slots(&self, num_tokens: usize, slots_per_segment: usize) -> usize {
-        let segment = (self.mem_size * self.compression_rate).max(1);
-        num_tokens.div_ceil(segment) * slots_per_segment
+        self.num_segments(num_tokens) * slots_per_segment
     }
 }
 
