@@ -7,6 +7,7 @@ mod credentials;
 mod names;
 mod replicas;
 mod requests;
+mod retry;
 mod status;
 mod stream;
 
@@ -16,9 +17,10 @@ pub use connect::{
 };
 pub use credentials::{BearerToken, ClientTls};
 pub use names::{finish_reason, finish_reason_name, parse_mode};
-pub use replicas::{decoder_replicas, encoder_replicas, is_retryable, Replicas, RetryPolicy};
+pub use replicas::{decoder_replicas, encoder_replicas, Replicas};
 pub use requests::{
     baseline_text, compress_one, generate_request, greedy, slot_keys, text_document,
 };
+pub use retry::{is_retryable, never_sent, RetryPolicy};
 pub use status::status_error;
 pub use stream::{collect, generate, generate_with, Generated};

@@ -1,89 +1,75 @@
-//! Several replicas of one service, called in turn, with the calls that may be sent again
-//! retried on the next replica. A replica that drains (SIGTERM: GOAWAY, then its listener
-//! closes) or dies answers UNAVAILABLE; Compress is content-addressed, so sending it again
-//! is safe, and so is a Generate that has not sent its first message yet.
+//! Several replicas of one service, called in turn, as a gRPC round_robin client does: a
+//! replica whose connection is gone is left out of the rotation for a while, a call that
+//! never reached a server goes to the next replica at once, and a call that may have
+//! reached one is sent again under the [`RetryPolicy`]. A replica that drains (SIGTERM:
+//! GOAWAY, then its listener closes) or dies answers UNAVAILABLE; Compress is
+//! content-addressed, so sending it again is safe, and so is a Generate that has not sent
+//! its first message yet.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use icae_proto::v1::{CompressRequest, CompressResponse, GenerateRequest};
 use tokio_stream::StreamExt;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::connect::{decoder_on, encoder_on, lazy_channel, ConnectOptions, Decoder, Encoder};
+use crate::retry::{Failure, RetryPolicy};
 use crate::stream::{collect, Generated};
 
-/// How a failed call is sent again: up to `attempts` calls in all, each on the next
-/// replica, waiting `initial_backoff` before the first retry and twice as long (at most
-/// `max_backoff`) before each later one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 5 attempts over about 1.5 s: longer than a replica takes to close its listener and
-    /// for the client to notice, short against a request's usual deadline.
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// One attempt: every error is returned as it comes.
-    pub fn none() -> Self {
-        RetryPolicy {
-            attempts: 1,
-            ..RetryPolicy::default()
-        }
-    }
-}
-
-/// Whether a failed call may be sent again: the server was unreachable, went away, or said
-/// it is shutting down (UNAVAILABLE), or the connection failed under the call (an error of
-/// the client's own transport, whatever its code: a replica that closed its connections
-/// after its GOAWAY, or one that died). Sending again is safe for every call of this API
-/// before its answer has arrived: Compress is content-addressed, Generate changes nothing.
-/// Nothing else is retried: a refused request fails the same way again, and a status a
-/// server sent is its answer.
-pub fn is_retryable(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        || std::error::Error::source(status)
-            .is_some_and(|source| source.is::<tonic::transport::Error>())
-}
+/// How long a replica that could not be reached stays out of the rotation: gRPC's first
+/// reconnect backoff. Then it is tried again (a restarted pod is back in the rotation).
+const LEFT_OUT_FOR: Duration = Duration::from_secs(1);
 
 /// Clients of several replicas of one service, used in turn.
 pub struct Replicas<C> {
     clients: Vec<C>,
     next: AtomicUsize,
     policy: RetryPolicy,
+    /// Per replica, until when it is left out of the rotation (its connection failed).
+    left_out_until: Mutex<Vec<Option<Instant>>>,
 }
 
 impl<C: Clone> Replicas<C> {
     pub fn new(clients: Vec<C>, policy: RetryPolicy) -> Self {
         assert!(!clients.is_empty(), "replicas need at least one client");
+        let left_out_until = Mutex::new(vec![None; clients.len()]);
         Replicas {
             clients,
             next: AtomicUsize::new(0),
             policy,
+            left_out_until,
         }
     }
 
-    /// The replica a new call starts on, round robin over all calls.
+    /// The replica a new call starts on: round robin over all calls, skipping replicas
+    /// left out of the rotation (all of them left out: the rotation's own).
     fn first_replica(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.next_in_rotation(start)
     }
 
-    /// Run `call` on one replica after another until it succeeds, fails in a way that is
-    /// not retryable, or the policy's attempts are used up (the last error is returned).
+    /// `from` or, if it is left out, the first replica after it that is not.
+    fn next_in_rotation(&self, from: usize) -> usize {
+        let left_out = self.left_out_until.lock().unwrap();
+        let now = Instant::now();
+        (0..self.clients.len())
+            .map(|step| (from + step) % self.clients.len())
+            .find(|&replica| left_out[replica].is_none_or(|until| until <= now))
+            .unwrap_or(from)
+    }
+
+    fn leave_out(&self, replica: usize) {
+        self.left_out_until.lock().unwrap()[replica] = Some(Instant::now() + LEFT_OUT_FOR);
+    }
+
+    /// Run `call` on one replica after another until it succeeds or fails for good: a
+    /// call that never reached a server goes to the next replica at once (each replica
+    /// once per call, whatever the policy); one that may have reached a server is retried
+    /// while the policy's attempts last; any other error, or the last, is returned.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut(C) -> Fut,
@@ -93,37 +79,48 @@ impl<C: Clone> Replicas<C> {
             let outcome = call(client);
             async move {
                 outcome.await.map_err(|status| {
-                    let retry = is_retryable(&status);
-                    (status, retry)
+                    let failure = Failure::of(&status);
+                    (status, failure)
                 })
             }
         })
         .await
     }
 
-    /// [`call`](Self::call) where each failure says itself whether it may be retried.
+    /// [`call`](Self::call) where each failure says itself what it allows.
     async fn attempts<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut(C) -> Fut,
-        Fut: Future<Output = Result<T, (Status, bool)>>,
+        Fut: Future<Output = Result<T, (Status, Failure)>>,
     {
         let mut backoff = self.policy.initial_backoff;
-        let mut attempt = 1;
-        // A retry goes to the replica after the one that failed, not to the next one of
-        // the shared rotation: other calls move that on meanwhile, and could send every
-        // attempt of this one to the same replica that is down.
+        let (mut attempt, mut unsent) = (1, 0);
         let mut replica = self.first_replica();
         loop {
-            match call(self.clients[replica].clone()).await {
+            let failure = match call(self.clients[replica].clone()).await {
                 Ok(value) => return Ok(value),
-                Err((_, true)) if attempt < self.policy.attempts => {
+                Err((_, Failure::NeverSent)) if unsent + 1 < self.clients.len() => {
+                    self.leave_out(replica);
+                    unsent += 1;
+                    None
+                }
+                Err((_, Failure::NeverSent | Failure::Retryable))
+                    if attempt < self.policy.attempts =>
+                {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.policy.max_backoff);
                     attempt += 1;
-                    replica = (replica + 1) % self.clients.len();
+                    None
                 }
-                Err((status, _)) => return Err(status),
+                Err((status, _)) => Some(status),
+            };
+            if let Some(status) = failure {
+                return Err(status);
             }
+            // The replica after the one that failed, not the next of the shared rotation:
+            // other calls move that on meanwhile, and could send every attempt of this one
+            // to the same replica that is down.
+            replica = self.next_in_rotation((replica + 1) % self.clients.len());
         }
     }
 }
@@ -190,15 +187,15 @@ impl Replicas<Decoder> {
             async move {
                 let started = Instant::now();
                 let retry = |status: Status| {
-                    let retryable = is_retryable(&status);
-                    (status, retryable)
+                    let failure = Failure::of(&status);
+                    (status, failure)
                 };
                 let mut stream = decoder.generate(request).await.map_err(retry)?.into_inner();
                 let first = stream.message().await.map_err(retry)?;
                 let all = tokio_stream::iter(first.map(Ok)).chain(stream);
                 collect(all, started, |_| {})
                     .await
-                    .map_err(|status| (status, false))
+                    .map_err(|status| (status, Failure::Final))
             }
         })
         .await
@@ -207,7 +204,7 @@ impl Replicas<Decoder> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use tonic::Code;
 
     use super::*;
 
@@ -295,13 +292,56 @@ mod tests {
         assert!(status.message().starts_with("replica"), "{status}");
     }
 
-    #[test]
-    fn only_unavailable_and_failed_connections_are_retried() {
-        assert!(is_retryable(&Status::unavailable("shutting down")));
-        // A server's CANCELLED (e.g. its deadline handling) has no transport error under it.
-        assert!(!is_retryable(&Status::cancelled("Timeout expired")));
-        assert!(!is_retryable(&Status::invalid_argument("bad")));
-        assert!(!is_retryable(&Status::resource_exhausted("queue is full")));
+    fn refused_connection() -> Status {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let mut status = Status::unavailable("tcp connect error");
+        status.set_source(std::sync::Arc::new(refused));
+        status
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_reached_a_server_goes_to_the_next_replica_without_a_policy() {
+        let replicas = Replicas::new(vec!["gone", "up", "up-too"], RetryPolicy::none());
+        let tried = Mutex::new(Vec::new());
+        let call = |r: &'static str| {
+            tried.lock().unwrap().push(r);
+            async move {
+                match r {
+                    "gone" => Err(refused_connection()),
+                    _ => Ok(r),
+                }
+            }
+        };
+        assert_eq!(replicas.call(call).await.unwrap(), "up");
+        // The replica that could not be reached is out of the rotation for a while: the
+        // next calls go to the others, and its turn goes to the one after it.
+        for _ in 0..3 {
+            replicas.call(call).await.unwrap();
+        }
+        assert_eq!(*tried.lock().unwrap(), ["gone", "up", "up", "up-too", "up"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_policy_a_server_error_is_returned_and_unsent_calls_try_each_replica_once() {
+        let replicas = Replicas::new(vec![0, 1, 2], RetryPolicy::none());
+        let calls = AtomicUsize::new(0);
+        let draining: Result<(), _> = replicas
+            .call(|_| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err(Status::unavailable("shutting down")) }
+            })
+            .await;
+        assert_eq!(draining.unwrap_err().message(), "shutting down");
+        assert_eq!(calls.swap(0, Ordering::Relaxed), 1);
+
+        let all_gone: Result<(), _> = replicas
+            .call(|_| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err(refused_connection()) }
+            })
+            .await;
+        assert_eq!(all_gone.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
     }
 
     #[test]
