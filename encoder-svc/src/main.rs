@@ -126,6 +126,11 @@ async fn run(config: Config) -> Result<(), String> {
         max_refine_tokens: config.max_refine_tokens,
         ..Limits::from_args(args)
     };
+    // Requests larger than anything the limits let through are refused before decoding.
+    let limits = Limits {
+        max_request_bytes: limits.compress_request_bytes(),
+        ..limits
+    };
     let service = EncoderService {
         pipeline: CompressPipeline {
             store: parts.store.clone(),
@@ -137,7 +142,7 @@ async fn run(config: Config) -> Result<(), String> {
         admission: parts.admission.clone(),
     };
     let server = EncoderServer::new(service)
-        .max_decoding_message_size(args.max_message_bytes)
+        .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(args.max_message_bytes);
     serve(args, parts, server, load_failure).await
 }

@@ -26,6 +26,8 @@ async fn encoder_errors() {
             "64",
             "--max-documents-per-request",
             "3",
+            "--max-request-tokens",
+            "8192",
             "--max-message-bytes",
             "1048576",
         ],
@@ -33,6 +35,20 @@ async fn encoder_errors() {
     .await;
     let mut client = integration_tests::encoder(&encoder.url()).await;
     let opts = CompressOptions::default;
+    let limits = client
+        .info(icae_proto::v1::InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    // A Compress may hold 8,192 tokens: texts at 16 bytes a token and framing, well under
+    // the message limit.
+    let request_limit = limits.max_request_bytes;
+    assert!(
+        (8192 * 16..1048576).contains(&request_limit),
+        "{request_limit}"
+    );
 
     assert_status(
         client.compress(request(vec![text_doc("")], opts())).await,
@@ -53,17 +69,24 @@ async fn encoder_errors() {
         Code::InvalidArgument,
         &["text is empty"],
     );
-    // A message over --max-message-bytes: RESOURCE_EXHAUSTED, as gRPC documents message
-    // size limits, with the size and the limit.
-    let oversize = request(vec![text_doc("x".repeat(2 << 20))], opts());
-    let (code, message) = raw_call(
-        &encoder.url(),
-        "/icae.v1.Encoder/Compress",
-        &prost::Message::encode_to_vec(&oversize),
-    )
-    .await;
-    assert_eq!(code, Code::ResourceExhausted, "{message}");
-    assert!(message.contains("1048576"), "{message}");
+    // A message over the request limit: RESOURCE_EXHAUSTED, as gRPC documents message
+    // size limits, with the size and the limit. Token ids are refused so before they are
+    // decoded (into 4-byte integers: several times their wire size).
+    let too_many_ids = Document {
+        content: Some(document::Content::TokenIds(TokenIds {
+            ids: vec![1000; 150_000],
+        })),
+    };
+    for oversize in [
+        request(vec![text_doc("x".repeat(2 << 20))], opts()),
+        request(vec![too_many_ids], opts()),
+    ] {
+        let bytes = prost::Message::encode_to_vec(&oversize);
+        let (code, message) = raw_call(&encoder.url(), "/icae.v1.Encoder/Compress", &bytes).await;
+        assert_eq!(code, Code::ResourceExhausted, "{message}");
+        assert!(message.contains(&request_limit.to_string()), "{message}");
+        assert!(message.contains(&(bytes.len()).to_string()), "{message}");
+    }
     // Bytes that are not a CompressRequest: the sender's fault.
     let (code, message) = raw_call(
         &encoder.url(),

@@ -98,13 +98,17 @@ async fn huge_texts_are_refused_by_size_before_tokenizing() {
     let started = Instant::now();
     let refused = compress(&encoder.url(), &huge, 0).await;
     let took = started.elapsed();
-    // 32,768 tokens x 16 bytes per token.
-    assert_status(
-        refused,
-        Code::InvalidArgument,
-        &["document 0", "59999994 bytes", "at most 524288 bytes"],
-    );
+    // More than any Compress may hold (65,536 tokens x 16 bytes, and framing for 64
+    // documents): refused before it is decoded.
+    assert_status(refused, Code::ResourceExhausted, &["60000", "1179648"]);
     assert!(took < Duration::from_secs(5), "refused after {took:?}");
+    // One text over its own limit (32,768 tokens x 16 bytes), in a request that is not.
+    let long = "lorem ipsum dolor sit amet ".repeat(600_000 / 27);
+    assert_status(
+        compress(&encoder.url(), &long, 0).await,
+        Code::InvalidArgument,
+        &["document 0", "599994 bytes", "at most 524288 bytes"],
+    );
     let grown_mib = encoder.rss_kib().saturating_sub(rss_before) / 1024;
     assert!(grown_mib < 400, "RSS grew by {grown_mib} MiB");
 

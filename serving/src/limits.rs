@@ -17,6 +17,10 @@ pub const DEFAULT_NEW_TOKENS: usize = 256;
 /// tokenizer sees them. Natural text is 3–6 bytes per token; 16 leaves room for code,
 /// tables and non-Latin scripts while keeping tokenization bounded.
 pub const BYTES_PER_TOKEN: usize = 16;
+/// Bytes a Compress request may spend on each document besides its text or ids (field
+/// tags and lengths), and on its options (namespace, numbers) once.
+const DOCUMENT_FRAMING_BYTES: usize = 1024;
+const REQUEST_FRAMING_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -26,6 +30,8 @@ pub struct Limits {
     pub max_prompt_tokens: usize,
     pub max_concurrent_requests: usize,
     pub max_message_bytes: usize,
+    /// Largest request message decoded (at most `max_message_bytes`).
+    pub max_request_bytes: usize,
     pub default_ttl_seconds: u32,
     pub max_ttl_seconds: u32,
     pub max_namespace_bytes: usize,
@@ -56,6 +62,7 @@ impl Limits {
             max_prompt_tokens: MAX_PROMPT_TOKENS,
             max_concurrent_requests: args.max_concurrent_requests,
             max_message_bytes: args.max_message_bytes,
+            max_request_bytes: args.max_message_bytes,
             default_ttl_seconds: args.slot_ttl_seconds,
             max_ttl_seconds: MAX_TTL_SECONDS,
             max_namespace_bytes: MAX_NAMESPACE_LEN,
@@ -73,6 +80,22 @@ impl Limits {
     /// Most bytes of one document or baseline text.
     pub fn max_input_bytes(&self) -> usize {
         self.max_input_tokens.saturating_mul(BYTES_PER_TOKEN)
+    }
+
+    /// The largest Compress request worth decoding: its texts at BYTES_PER_TOKEN for each
+    /// token the request may hold (or one text of max_input_bytes, if that is more), token
+    /// ids at their widest (5 bytes) fitting in the same, plus framing; at most
+    /// max_message_bytes. Decoding takes a few times a message's size (token ids become
+    /// 4-byte integers in a list that grows by doubling), so this bounds what one request
+    /// can make the encoder hold by what it may ask for, not by the message limit.
+    pub fn compress_request_bytes(&self) -> usize {
+        let texts = BYTES_PER_TOKEN
+            .saturating_mul(self.max_request_tokens)
+            .max(self.max_input_bytes());
+        let framing = DOCUMENT_FRAMING_BYTES
+            .saturating_mul(self.max_documents_per_request)
+            .saturating_add(REQUEST_FRAMING_BYTES);
+        texts.saturating_add(framing).min(self.max_message_bytes)
     }
 
     /// Most bytes of a prompt.
@@ -102,6 +125,55 @@ impl Limits {
             max_refine_steps: self.max_refine_steps as u32,
             max_refine_tokens: self.max_refine_tokens as u32,
             max_slot_read_bytes: self.max_slot_read_bytes as u64,
+            max_request_bytes: self.max_request_bytes as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        service: ServiceArgs,
+    }
+
+    fn encoder_limits(request_tokens: usize, input_tokens: usize, message: usize) -> Limits {
+        let args = Command::parse_from(["encoder-svc", "--model", "m", "--adapter", "a"]);
+        Limits {
+            max_input_tokens: input_tokens,
+            max_documents_per_request: 64,
+            max_request_tokens: request_tokens,
+            max_message_bytes: message,
+            ..Limits::from_args(&args.service)
+        }
+    }
+
+    #[test]
+    fn a_compress_request_may_hold_its_texts_and_their_framing() {
+        // 65,536 tokens of text at 16 bytes, 64 documents' framing, the options'.
+        let limits = encoder_limits(65_536, 32_768, 64 << 20);
+        assert_eq!(
+            limits.compress_request_bytes(),
+            (1 << 20) + (64 << 10) + (64 << 10)
+        );
+        // Every token as the widest id (a 5-byte varint) fits in the same.
+        assert!(5 * 65_536 < limits.compress_request_bytes());
+        // One document may be longer than the request's token budget allows in text.
+        let one_long = encoder_limits(1_000, 32_768, 64 << 20);
+        assert_eq!(
+            one_long.compress_request_bytes(),
+            524_288 + (64 << 10) + (64 << 10)
+        );
+    }
+
+    #[test]
+    fn the_message_limit_caps_the_request_limit() {
+        let limits = encoder_limits(65_536, 32_768, 1 << 20);
+        assert_eq!(limits.compress_request_bytes(), 1 << 20);
     }
 }

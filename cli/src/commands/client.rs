@@ -376,6 +376,7 @@ async fn info(args: InfoArgs) -> Result<()> {
         "limits": {
             "max_input_tokens": limits.max_input_tokens, "max_new_tokens": limits.max_new_tokens,
             "max_concurrent_requests": limits.max_concurrent_requests, "max_message_bytes": limits.max_message_bytes,
+            "max_request_bytes": limits.max_request_bytes,
             "default_ttl_seconds": limits.default_ttl_seconds, "max_documents_per_request": limits.max_documents_per_request,
             "max_spans": limits.max_spans,
         },
