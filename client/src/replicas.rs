@@ -1,7 +1,8 @@
 //! Several replicas of one service, called in turn, as a gRPC round_robin client does: a
-//! replica whose connection is gone is left out of the rotation for a while, a call that
-//! never reached a server goes to the next replica at once, and a call that may have
-//! reached one is sent again under the [`RetryPolicy`]. A replica that drains (SIGTERM:
+//! replica whose connection is gone, or that answered UNAVAILABLE (loading, draining), is
+//! left out of the rotation for a while; a call that never reached a server goes to the
+//! next replica at once, and one that may have reached a server is sent again under the
+//! [`RetryPolicy`]. A replica that drains (SIGTERM:
 //! GOAWAY, then its listener closes) or dies answers UNAVAILABLE; Compress is
 //! content-addressed, so sending it again is safe, and so is a Generate that has not sent
 //! its first message yet.
@@ -14,14 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use icae_proto::v1::{CompressRequest, CompressResponse, GenerateRequest};
 use tokio_stream::StreamExt;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::connect::{decoder_on, encoder_on, lazy_channel, ConnectOptions, Decoder, Encoder};
 use crate::retry::{Failure, RetryPolicy};
 use crate::stream::{collect, Generated};
 
-/// How long a replica that could not be reached stays out of the rotation: gRPC's first
-/// reconnect backoff. Then it is tried again (a restarted pod is back in the rotation).
+/// How long a replica that could not be reached or could not serve stays out of the
+/// rotation: gRPC's first reconnect backoff. Then it is tried again (a restarted pod is back in the rotation).
 const LEFT_OUT_FOR: Duration = Duration::from_secs(1);
 
 /// Clients of several replicas of one service, used in turn.
@@ -29,7 +30,7 @@ pub struct Replicas<C> {
     clients: Vec<C>,
     next: AtomicUsize,
     policy: RetryPolicy,
-    /// Per replica, until when it is left out of the rotation (its connection failed).
+    /// Per replica, until when it is left out of the rotation (unreachable or unavailable).
     left_out_until: Mutex<Vec<Option<Instant>>>,
 }
 
@@ -97,10 +98,16 @@ impl<C: Clone> Replicas<C> {
         let (mut attempt, mut unsent) = (1, 0);
         let mut replica = self.first_replica();
         loop {
-            let failure = match call(self.clients[replica].clone()).await {
+            let outcome = call(self.clients[replica].clone()).await;
+            if let Err((status, failure)) = &outcome {
+                // Unreachable, or it said it cannot serve now (loading, draining).
+                if *failure == Failure::NeverSent || status.code() == Code::Unavailable {
+                    self.leave_out(replica);
+                }
+            }
+            let failure = match outcome {
                 Ok(value) => return Ok(value),
                 Err((_, Failure::NeverSent)) if unsent + 1 < self.clients.len() => {
-                    self.leave_out(replica);
                     unsent += 1;
                     None
                 }
@@ -204,8 +211,6 @@ impl Replicas<Decoder> {
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
 
     fn quick(attempts: u32) -> RetryPolicy {
@@ -227,22 +232,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unavailable_replica_is_retried_on_the_next() {
+    async fn an_unavailable_replica_is_retried_on_the_next_and_left_out_for_a_while() {
         let replicas = Replicas::new(vec!["draining", "up"], quick(3));
         let tried = Mutex::new(Vec::new());
-        let answer = replicas
-            .call(|r| {
-                tried.lock().unwrap().push(r);
-                async move {
-                    match r {
-                        "up" => Ok("served"),
-                        _ => Err(Status::unavailable("shutting down")),
-                    }
+        let call = |r: &'static str| {
+            tried.lock().unwrap().push(r);
+            async move {
+                match r {
+                    "up" => Ok("served"),
+                    _ => Err(Status::unavailable("shutting down")),
                 }
-            })
-            .await;
-        assert_eq!(answer.unwrap(), "served");
-        assert_eq!(*tried.lock().unwrap(), ["draining", "up"]);
+            }
+        };
+        assert_eq!(replicas.call(call).await.unwrap(), "served");
+        // The draining replica's next turn goes to the other one.
+        for _ in 0..2 {
+            assert_eq!(replicas.call(call).await.unwrap(), "served");
+        }
+        assert_eq!(*tried.lock().unwrap(), ["draining", "up", "up", "up"]);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! binaries on free loopback ports and stops them by PID.
 
 pub mod client;
+pub mod load;
 pub mod pki;
 pub mod ports;
 pub mod processes;

@@ -340,6 +340,57 @@ pub struct Service {
     child: Child,
     pub log: PathBuf,
     _log_dir: tempfile::TempDir,
+    /// What it was started with, to start it again on the same port.
+    launch: Launch,
+}
+
+/// A service's command line, kept to start it again.
+struct Launch {
+    kind: Kind,
+    port: u16,
+    redis_url: String,
+    adapter: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Launch {
+    /// Start the process, its stderr appended to `log`.
+    fn spawn(&self, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        our_command(self.kind.binary())
+            .arg("--model")
+            .arg(model_dir())
+            .arg("--adapter")
+            .arg(&self.adapter)
+            .args([
+                "--redis-url",
+                &self.redis_url,
+                "--port",
+                &self.port.to_string(),
+                "--device",
+                "cpu",
+                "--redis-timeout-ms",
+                "1000",
+                // Loopback only, and no metrics port unless a test asks (the default
+                // metrics port would collide between the services a test starts).
+                "--host",
+                "127.0.0.1",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                "0",
+            ])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
 }
 
 impl Service {
@@ -375,48 +426,37 @@ impl Service {
         extra: &[&str],
         client: ConnectOptions,
     ) -> Service {
-        let port = free_port();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("service.log");
-        let child = our_command(kind.binary())
-            .arg("--model")
-            .arg(model_dir())
-            .arg("--adapter")
-            .arg(adapter)
-            .args([
-                "--redis-url",
-                redis_url,
-                "--port",
-                &port.to_string(),
-                "--device",
-                "cpu",
-                "--redis-timeout-ms",
-                "1000",
-                // Loopback only, and no metrics port unless a test asks (the default
-                // metrics port would collide between the services a test starts).
-                "--host",
-                "127.0.0.1",
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                "0",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let launch = Launch {
+            kind,
+            port: free_port(),
+            redis_url: redis_url.to_string(),
+            adapter: adapter.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
         let mut service = Service {
             kind,
-            port,
+            port: launch.port,
             client,
-            child,
+            child: launch.spawn(&log),
             log,
             _log_dir: log_dir,
+            launch,
         };
         service.wait_ready().await;
         service
+    }
+
+    /// Start the service again, on the same port and with the same flags, once it has
+    /// exited (a pod replaced in a rollout); its log goes on in the same file.
+    pub async fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "only a service that has exited is started again"
+        );
+        self.child = self.launch.spawn(&self.log);
+        self.wait_ready().await;
     }
 
     pub fn url(&self) -> String {
