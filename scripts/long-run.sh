@@ -7,9 +7,9 @@
 #                       [--from ADAPTER_DIR|none] [-- extra pretrain flags]
 #
 # Each session trains for M minutes at the lowest priority (`nice -n 19`) and checkpoints
-# (the run resumes exactly where the last session stopped: run it again, here or after a
-# GPU segment, see scripts/train-gpu.sh), then evaluates the exported adapter on P held-out
-# passages of 128 tokens (sacrebleu BLEU-4, exact prefix, token accuracy), L held-out
+# (the run resumes exactly where the last session stopped: run it again), then evaluates
+# the exported adapter on P held-out passages of 128 tokens (sacrebleu BLEU-4, exact
+# prefix, token accuracy), L held-out
 # passages of T tokens teacher-forced (several segments: default 10 of 512) and Q PwC dev
 # questions (ROUGE-L from slots vs the full context) into RUN/eval/step-S.json, then runs
 # `icae-train promote`: the adapter, its EVAL.json and the loss curve replace the committed

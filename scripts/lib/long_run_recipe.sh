@@ -1,6 +1,7 @@
-# shellcheck shell=bash
-# The pretraining recipes of the long run (issue 13, see docs/training.md). Every example is a
-# function of (seed, step), so the same flags continue the same run on any machine.
+# shellcheck shell=bash disable=SC2034,SC2054
+# The pretraining recipes of scripts/long-run.sh and scripts/train-gpu.sh (docs/training.md).
+# Every example is a function of (seed, step), so the same flags continue the same run on
+# any machine.
 #
 # What both recipes share: AE only (lm_ratio 0), 128-token windows, each step one batched
 # forward of 4 windows, warm-up 20 steps then cosine over 20,000,
@@ -10,7 +11,7 @@ LONG_RUN_SCHEDULE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-l
   --lm-ratio 0 --max-segments 1 --batch-windows 4 --cpu-autocast auto)
 #
 # CONTINUE_RECIPE continues an adapter (`--init-adapter`, whose mem_size / rate / LoRA shape
-# wins): scripts/long-run.sh's default and train-gpu.sh's `continue` arms. One lr, 1e-4, for
+# wins): long-run.sh's default and train-gpu.sh's `continue` recipes. One lr, 1e-4, for
 # LoRA, memory tokens and projector alike: the current default ended its GPU schedule at
 # 1e-4 for all three, and side by side on the same windows from it (batches of 4)
 # memory tokens and projector back at the schedule's 1e-3 cost 0.07-0.14 nats of training
@@ -24,7 +25,7 @@ LONG_RUN_SCHEDULE=(--steps 20000 --checkpoint-every 10 --warmup-steps 20 --min-l
 CONTINUE_RECIPE=("${LONG_RUN_SCHEDULE[@]}" --lr 1e-4 --memory-lr 1e-4 --projector-lr 1e-4 --seed 3)
 #
 # LONG_RUN_RECIPE starts a fresh adapter: the recipe search's winner (scripts/long-run.sh
-# --from none, and scripts/train-gpu.sh's fresh arms, which append a bigger batch: argparse
+# --from none, and scripts/train-gpu.sh's fresh recipes, which append a bigger batch: argparse
 # keeps the last value). Mem 32 / rate 4, LoRA r16 on q and v at 1e-3, the slot projector at
 # 1e-3. With 32 windows a step for 1,941 steps on a GPU it made the current default.
 LONG_RUN_RECIPE=("${LONG_RUN_SCHEDULE[@]}" --mem-size 32 --compression-rate 4 --lora-r 16

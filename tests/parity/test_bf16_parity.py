@@ -43,7 +43,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import run_icae, run_icae_json
 
-# Where our engine runs (scripts/gpu-check.sh sets cuda); the oracle stays on the CPU, the
+# Where our engine runs (scripts/gpu-check.sh sets its --device); the oracle stays on the CPU, the
 # tolerances already allow for two bf16 implementations that round differently.
 DEVICE = os.environ.get("ICAE_TEST_DEVICE", "cpu")
 U = 2.0**-8  # bf16 unit roundoff

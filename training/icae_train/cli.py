@@ -320,7 +320,7 @@ def cmd_pretrain(args):
             f"--lm-ratio 0 (given {args.lm_ratio})"
         )
     # The tokenizer reads --corpus and goes into the exported adapter. A GGUF base has no
-    # tokenizer directory, nor has scripts/train-gpu.sh's probe model: they take --tokens.
+    # tokenizer directory: it takes --tokens.
     needs_tokenizer = not args.tokens or not args.no_export
     tokenizer = (
         AutoTokenizer.from_pretrained(args.model)

@@ -34,8 +34,8 @@ def passages(
 def write_tokens(path: str | Path, documents: list[list[int]]):
     """Tokenized documents as one compressed .npz (ids, document offsets), readable with numpy
     alone (no tokenizer on the machine that trains). Ids are uint16 when every id fits (a
-    vocabulary under 65,536, as SmolLM2's 49,152), else uint32: the file travels to a GPU
-    machine that takes 64 MiB a call (scripts/train-gpu.sh)."""
+    vocabulary under 65,536, as SmolLM2's 49,152), else uint32 (half the
+    file)."""
     import numpy as np
 
     lengths = np.array([len(d) for d in documents], dtype=np.int64)

@@ -416,9 +416,9 @@ class ICAE(nn.Module):
 
 
 def load_base(model: str, dtype):
-    """An HF model directory, or a GGUF file (as scripts/train-gpu.sh ships the base model to
-    a machine without the imported directory: 94 MiB instead of 514). transformers
-    dequantizes the GGUF with the `gguf` package to the same f32 values as `icae import`."""
+    """An HF model directory, or a GGUF file (94 MiB instead of the imported directory's 514
+    MiB, e.g. `scripts/train-gpu.sh --model FILE.gguf`). transformers dequantizes the GGUF
+    with the `gguf` package to the same f32 values as `icae import`."""
     path = Path(model)
     if path.suffix == ".gguf":
         return AutoModelForCausalLM.from_pretrained(

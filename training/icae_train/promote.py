@@ -7,7 +7,7 @@ BLEU implementation; anything else is refused rather than compared.
 Not BLEU, although the targets are stated in BLEU: while reconstructions are wrong from the
 first tokens, BLEU is ≈0 and ranks noise. Measured: BLEU 0.013 vs 0.006 promoted the long
 run's step-467 adapter over one whose teacher-forced loss was 0.28 nats lower and whose slots
-told the decoder five times more (docs/training.md, "The default adapter"). The loss is what
+told the decoder five times more (docs/training.md, "Promotion"). The loss is what
 training lowers, it moves smoothly, and a BLEU near 1 needs it near 0. BLEU is reported
 beside it in every decision."""
 

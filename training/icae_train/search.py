@@ -63,7 +63,7 @@ class Protocol:
     projector_lr: float = 1e-3
 
 
-# The candidates the issue names; each differs from "official" (or from "projector", for
+# The candidates compared; each differs from "official" (or from "projector", for
 # the ones named projector+...) in one thing.
 DEFAULT_CANDIDATES = [
     Candidate("official", lr=1e-4),
