@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::convert::finish_to_proto;
 use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, Timings, TokenDelta};
-use icae_serving::convert::finish_to_proto;
 use icae_serving::metrics::record_request;
 use icae_serving::{Permit, QueuePlace, ServiceError};
 use tokio::sync::mpsc;

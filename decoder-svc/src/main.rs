@@ -3,6 +3,7 @@
 //! steps all active sequences together.
 
 mod backend;
+mod convert;
 mod event_stream;
 mod pipeline;
 mod request;

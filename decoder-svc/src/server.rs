@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::convert::{finish_to_proto, mode_from_proto};
 use icae_proto::v1::decoder_server::Decoder;
 use icae_proto::v1::{
     generate_request, slot_ref, GenerateOnceResponse, GenerateRequest, InfoRequest, InfoResponse,
 };
-use icae_serving::convert::{finish_to_proto, mode_from_proto};
 use icae_serving::metrics::{record_outcome, record_request};
 use icae_serving::telemetry::continue_trace;
 use icae_serving::{info_response, tenant_of, Admission, Permit, RequestDeadline, ServiceError};

@@ -10,7 +10,6 @@ pub mod auth;
 pub mod auth_tokens;
 mod cert_names;
 pub mod config;
-pub mod convert;
 mod error;
 mod file_stamp;
 mod grpc_edge;

@@ -1,4 +1,5 @@
-//! The one place where the engine's enums meet the proto's.
+//! The one place where the engine's enums meet the proto's (the decoder's modes and finish
+//! reasons).
 
 use icae_core::{FinishReason, InputError, Mode};
 use icae_proto::v1::{FinishReason as ProtoFinish, Mode as ProtoMode};
