@@ -14,10 +14,11 @@ use tracing::{error, info};
 
 use crate::auth_tokens::{TokenFileError, TokenTable};
 use crate::cert_names::first_dns_name;
+use crate::error::ServiceError;
 use crate::file_stamp::FileStamp;
 use crate::identity::Tenant;
 use crate::security_args::SecurityArgs;
-use crate::{shown, ServiceError};
+use crate::text::shown;
 
 /// Why a call was refused (UNAUTHENTICATED). No variant carries the token.
 #[derive(Debug, Error, PartialEq, Eq)]

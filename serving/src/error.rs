@@ -7,7 +7,8 @@ use icae_core::error::{IcaeError, InputError};
 use icae_core::slots::SlotError;
 
 use crate::auth::AuthError;
-use crate::store::StoreError;
+use crate::store::{KeyError, StoreError};
+use crate::text::{bounded, shown};
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -82,6 +83,17 @@ impl From<IcaeError> for ServiceError {
     }
 }
 
+/// A key's refusal is the same as any other refusal of its kind: a malformed key is the
+/// request's fault, another tenant's key is missing.
+impl From<KeyError> for ServiceError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Malformed(input) => ServiceError::Input(input),
+            KeyError::NotFound { key } => ServiceError::NotFound { key },
+        }
+    }
+}
+
 impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
@@ -117,34 +129,6 @@ impl From<ServiceError> for Status {
 /// Longest status message: gRPC clients limit metadata (grpc-message) to 8–16 KiB in all,
 /// and a message cut by the transport arrives as RESOURCE_EXHAUSTED instead of its code.
 pub const MAX_MESSAGE_BYTES: usize = 2048;
-/// Longest client-supplied value quoted in a message.
-pub const MAX_ECHO_BYTES: usize = 128;
-
-/// A client-supplied value as messages quote it: debug-escaped and cut to a bounded size.
-pub fn shown(value: &str) -> String {
-    let quoted = format!("{value:?}");
-    if quoted.len() <= MAX_ECHO_BYTES {
-        return quoted;
-    }
-    format!(
-        "{}… ({} bytes)",
-        bounded(quoted, MAX_ECHO_BYTES),
-        value.len()
-    )
-}
-
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn bounded(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ mod tls_incoming;
 pub use admission::{Admission, Permit};
 pub use auth::{AuthError, Authenticator};
 pub use config::{Ports, ServiceArgs};
-pub use error::{shown, ServiceError};
+pub use error::ServiceError;
 pub use health::Readiness;
 pub use identity::{tenant_of, Tenant};
 pub use info::info_response;
@@ -47,4 +47,4 @@ pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState, QueuePla
 pub use request_deadline::RequestDeadline;
 pub use security_args::SecurityArgs;
 pub use server::serve;
-pub use text::{check_text_bytes, is_blank};
+pub use text::{check_text_bytes, is_blank, shown};

@@ -1,5 +1,6 @@
 //! Texts are refused by size before they are tokenized: tokenizing a 60 MB text takes tens
-//! of seconds and gigabytes, only to be refused afterwards.
+//! of seconds and gigabytes, only to be refused afterwards. And client-supplied text is
+//! quoted in messages only cut to a bounded size.
 
 use icae_core::InputError;
 
@@ -34,6 +35,34 @@ pub fn is_blank(text: &str) -> bool {
                 '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
             )
     })
+}
+
+/// Longest client-supplied value quoted in a message.
+pub const MAX_ECHO_BYTES: usize = 128;
+
+/// A client-supplied value as messages quote it: debug-escaped and cut to a bounded size.
+pub fn shown(value: &str) -> String {
+    let quoted = format!("{value:?}");
+    if quoted.len() <= MAX_ECHO_BYTES {
+        return quoted;
+    }
+    format!(
+        "{}… ({} bytes)",
+        bounded(quoted, MAX_ECHO_BYTES),
+        value.len()
+    )
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 #[cfg(test)]

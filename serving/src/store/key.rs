@@ -8,10 +8,10 @@
 //! of this schema.
 
 use icae_core::error::InputError;
+use thiserror::Error;
 
-use crate::error::shown;
 use crate::identity::Tenant;
-use crate::ServiceError;
+use crate::text::shown;
 
 pub const MAX_NAMESPACE_LEN: usize = 64;
 /// Longest key a client may name: the longest key this schema produces fits with room.
@@ -152,13 +152,24 @@ pub struct SlotKey {
     pub token_digest: String,
 }
 
+/// Why a key given by a client is not read.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// Not a key of the schema.
+    #[error("{0}")]
+    Malformed(InputError),
+    /// Another tenant's key, told apart from a missing one by no one.
+    #[error("slot key {} does not exist", shown(key))]
+    NotFound { key: String },
+}
+
 impl SlotKey {
     /// A key of another tenant is reported exactly like a missing key (NOT_FOUND), so that
     /// a tenant learns nothing about another's keys. Without authentication (`caller` None)
     /// every key of the schema is readable.
-    pub fn parse(raw: &str, caller: Option<&Tenant>) -> Result<SlotKey, ServiceError> {
+    pub fn parse(raw: &str, caller: Option<&Tenant>) -> Result<SlotKey, KeyError> {
         let not_ours = || {
-            ServiceError::Input(InputError::BadParameter {
+            KeyError::Malformed(InputError::BadParameter {
                 name: "key",
                 value: shown(raw),
                 expected: format!(
@@ -198,7 +209,7 @@ impl SlotKey {
         }
         if let Some(caller) = caller {
             if tenant != Some(caller.as_str()) {
-                return Err(ServiceError::NotFound {
+                return Err(KeyError::NotFound {
                     key: raw.to_string(),
                 });
             }
@@ -263,10 +274,10 @@ mod tests {
         let other = Tenant::new("other").unwrap();
         let key = slot_key(&scope(Some("acme"), ""), "0f", &[9]);
         let err = SlotKey::parse(&key, Some(&other)).unwrap_err();
-        assert!(matches!(err, ServiceError::NotFound { .. }), "{err}");
+        assert!(matches!(err, KeyError::NotFound { .. }), "{err}");
         let untenanted = slot_key(&scope(None, "acme"), "0f", &[9]);
         let err = SlotKey::parse(&untenanted, Some(&acme)).unwrap_err();
-        assert!(matches!(err, ServiceError::NotFound { .. }), "{err}");
+        assert!(matches!(err, KeyError::NotFound { .. }), "{err}");
         for foreign in [
             "user:42",
             "icae:v1:0f:abc",

@@ -11,7 +11,8 @@ mod key;
 
 pub use batch::KeyResult;
 pub use key::{
-    slot_content, slot_key, KeyScope, Namespace, SlotKey, MAX_KEY_BYTES, MAX_NAMESPACE_LEN,
+    slot_content, slot_key, KeyError, KeyScope, Namespace, SlotKey, MAX_KEY_BYTES,
+    MAX_NAMESPACE_LEN,
 };
 
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ pub enum StoreError {
     /// The key holds another Redis type (a list, a hash…): retrying will not help.
     #[error(
         "slot key {} holds another Redis type, not a slot value",
-        crate::shown(key)
+        crate::text::shown(key)
     )]
     WrongType { key: String },
     /// Redis is at maxmemory and evicts nothing: retrying soon will not help.
