@@ -187,7 +187,7 @@ impl<B: DecodeBackend> Steps<'_, B> {
             return;
         }
         let started = Instant::now();
-        metrics::histogram!(names::QUEUE_SECONDS, "service" => "decoder")
+        metrics::histogram!(names::QUEUE_SECONDS, "component" => "decoder")
             .record(job.enqueued.elapsed().as_secs_f64());
         let backend = self.backend;
         let result = job.span.in_scope(|| {
@@ -268,7 +268,8 @@ impl<B: DecodeBackend> Steps<'_, B> {
         let now = Instant::now();
         let keep = |a: &Active<B::Sequence>| {
             if a.events.is_closed() {
-                metrics::counter!(names::CANCELLED_TOTAL, "service" => "decoder").increment(1);
+                metrics::counter!(names::GENERATIONS_CANCELLED_TOTAL, "component" => "decoder")
+                    .increment(1);
                 return false;
             }
             if let Some(deadline) = a.deadline.filter(|d| now >= d.at) {
@@ -327,7 +328,7 @@ impl<B: DecodeBackend> Steps<'_, B> {
         if self.active.is_empty() {
             return;
         }
-        metrics::histogram!(names::BATCH_SIZE, "service" => "decoder")
+        metrics::histogram!(names::BATCH_SIZE, "component" => "decoder")
             .record(self.active.len() as f64);
         let span = debug_span!(parent: None, "decode_step", sequences = self.active.len());
         for a in &self.active {

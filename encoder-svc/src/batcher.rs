@@ -236,7 +236,8 @@ fn compress_batch<B: CompressBackend>(
         })
         .collect();
     state.set_active(batch_docs.len());
-    metrics::histogram!(names::BATCH_SIZE, "service" => "encoder").record(batch_docs.len() as f64);
+    metrics::histogram!(names::BATCH_SIZE, "component" => "encoder")
+        .record(batch_docs.len() as f64);
     let span = info_span!(parent: None, "compress_batch", documents = batch_docs.len());
     for job in &jobs {
         span.follows_from(&job.span);
@@ -289,7 +290,7 @@ fn compress_batch<B: CompressBackend>(
 /// Seconds `job` waited in the queue, recorded as the queue-time metric.
 fn queued_for(job: &Job) -> f64 {
     let seconds = job.enqueued.elapsed().as_secs_f64();
-    metrics::histogram!(names::QUEUE_SECONDS, "service" => "encoder").record(seconds);
+    metrics::histogram!(names::QUEUE_SECONDS, "component" => "encoder").record(seconds);
     seconds
 }
 

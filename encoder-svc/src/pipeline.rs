@@ -193,6 +193,8 @@ impl CompressPipeline {
                 .map(|(i, _, _, value)| (keys[*i].as_str(), value.as_slice()))
                 .collect();
             self.store.put_many(&entries, u64::from(ttl)).await?;
+            let slots_stored: usize = values.iter().map(|(_, num_slots, _, _)| num_slots).sum();
+            metrics::counter!(names::SLOTS_STORED_TOTAL).increment(slots_stored as u64);
             for (i, num_slots, meta, value) in values {
                 stored[i] = Some(stored_slots(&keys[i], num_slots, &meta, ttl, false, value));
             }
@@ -208,6 +210,8 @@ impl CompressPipeline {
             documents.push(doc);
         }
         timings.total_seconds = started.elapsed().as_secs_f64();
+        let input_tokens: usize = token_ids.iter().map(Vec::len).sum();
+        metrics::counter!(names::INPUT_TOKENS_TOTAL).increment(input_tokens as u64);
         Ok(CompressOutput { documents, timings })
     }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics after real traffic: histograms with buckets (not summaries), the
-//! documented labels, HELP text on every metric, counts that moved, and the autoscaling
-//! gauges (docs/metrics.md).
+//! documented labels (`component`, canonical gRPC code names), HELP text on every metric,
+//! counts that moved, token counters equal to the traffic's tokens, the build info, the
+//! process metrics, and the autoscaling gauges (docs/metrics.md).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,12 +84,26 @@ const GAUGES: [&str; 3] = [
     "icae_active_sequences",
 ];
 
-/// Every gauge of `GAUGES` that `service` exports reads 0.
-async fn gauges_are_idle(port: u16, service: &str) -> bool {
+/// Every gauge of `GAUGES` that `component` exports reads 0.
+async fn gauges_are_idle(port: u16, component: &str) -> bool {
     let samples = samples(&scrape(port).await);
     GAUGES
         .iter()
-        .all(|gauge| value(&samples, gauge, &[("service", service)]).is_none_or(|v| v == 0.0))
+        .all(|gauge| value(&samples, gauge, &[("component", component)]).is_none_or(|v| v == 0.0))
+}
+
+/// Tokens of `text` as the default model's tokenizer gives them.
+fn token_count(text: &str) -> usize {
+    let model = model_dir();
+    let tokens = icae_json(&[
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text,
+        "--json",
+    ]);
+    tokens["token_ids"].as_array().unwrap().len()
 }
 
 /// A histogram's buckets are there, cumulative, and `le="+Inf"` equals `_count`, which
@@ -137,7 +152,9 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
     )
     .await;
 
-    let key = compress_key(&encoder.url(), DOC).await;
+    let plain = compress(&encoder.url(), DOC, 0).await.unwrap();
+    let handle = plain.documents[0].handle.clone().unwrap();
+    let key = handle.key;
     compress_key(&encoder.url(), DOC).await;
     let refined = CompressOptions {
         refine_steps: 2,
@@ -162,34 +179,57 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
     assert!(generated.finished());
     // The last message of a stream is sent inside the scheduler's step, and the gauges are
     // set after it: wait (bounded) until both services' gauges have come back to 0.
-    for (port, service) in [(encoder_port, "encoder"), (decoder_port, "decoder")] {
+    for (port, component) in [(encoder_port, "encoder"), (decoder_port, "decoder")] {
         assert!(
-            eventually(Duration::from_secs(10), || gauges_are_idle(port, service)).await,
-            "{service} gauges did not return to 0:\n{}",
+            eventually(Duration::from_secs(10), || gauges_are_idle(port, component)).await,
+            "{component} gauges did not return to 0:\n{}",
             scrape(port).await
         );
     }
 
     let body = scrape(encoder_port).await;
     let encoder_samples = samples(&body);
-    let compress = [("service", "encoder"), ("method", "Compress")];
+    let compress = [("component", "encoder"), ("method", "Compress")];
     assert_eq!(
         value(
             &encoder_samples,
             "icae_requests_total",
-            &[&compress[..], &[("code", "Ok")]].concat()
+            &[&compress[..], &[("code", "OK")]].concat()
         ),
         Some(3.0),
         "{body}"
     );
-    let invalid = [&compress[..], &[("code", "InvalidArgument")]].concat();
+    let invalid = [&compress[..], &[("code", "INVALID_ARGUMENT")]].concat();
     assert_eq!(
         value(&encoder_samples, "icae_requests_total", &invalid),
         Some(1.0)
     );
+    // Errors are requests_total{code!="OK"}: no second counter repeats them.
+    assert!(!body.contains("icae_request_errors_total"), "{body}");
+    // The three answered Compress requests' tokens (a miss, a hit, a refined miss), and the
+    // slots of the two values written.
     assert_eq!(
-        value(&encoder_samples, "icae_request_errors_total", &invalid),
-        Some(1.0)
+        value(&encoder_samples, "icae_input_tokens_total", &[]),
+        Some(3.0 * token_count(DOC) as f64)
+    );
+    assert_eq!(
+        value(&encoder_samples, "icae_slots_stored_total", &[]),
+        Some(2.0 * handle.num_slots as f64)
+    );
+    let fingerprint = plain.documents[0]
+        .handle
+        .as_ref()
+        .unwrap()
+        .model_fingerprint
+        .clone();
+    let build = [
+        ("component", "encoder"),
+        ("fingerprint", fingerprint.as_str()),
+    ];
+    assert_eq!(
+        value(&encoder_samples, "icae_build_info", &build),
+        Some(1.0),
+        "{body}"
     );
     assert_histogram(
         &body,
@@ -202,7 +242,7 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
         &body,
         &encoder_samples,
         "icae_batch_size",
-        &[("service", "encoder")],
+        &[("component", "encoder")],
         1.0,
     );
     assert_histogram(&body, &encoder_samples, "icae_slot_bytes", &[], 2.0);
@@ -235,7 +275,7 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
     );
     for gauge in GAUGES {
         assert_eq!(
-            value(&encoder_samples, gauge, &[("service", "encoder")]),
+            value(&encoder_samples, gauge, &[("component", "encoder")]),
             Some(0.0),
             "{gauge} after the traffic ended:\n{body}"
         );
@@ -243,13 +283,27 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
 
     let body = scrape(decoder_port).await;
     let decoder_samples = samples(&body);
-    let generate_labels = [("service", "decoder"), ("method", "Generate")];
+    let generate_labels = [("component", "decoder"), ("method", "Generate")];
     assert_eq!(
         value(
             &decoder_samples,
             "icae_requests_total",
-            &[&generate_labels[..], &[("code", "Ok")]].concat()
+            &[&generate_labels[..], &[("code", "OK")]].concat()
         ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&decoder_samples, "icae_generated_tokens_total", &[]),
+        Some(generated.token_ids.len() as f64)
+    );
+    // The decoder serves the encoder's model: one fingerprint on both build-info series.
+    let build = [
+        ("component", "decoder"),
+        ("fingerprint", fingerprint.as_str()),
+    ];
+    assert_eq!(
+        value(&decoder_samples, "icae_build_info", &build),
         Some(1.0),
         "{body}"
     );
@@ -278,14 +332,14 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
         &body,
         &decoder_samples,
         "icae_queue_seconds",
-        &[("service", "decoder")],
+        &[("component", "decoder")],
         1.0,
     );
     assert_eq!(
         value(
             &decoder_samples,
             "icae_active_sequences",
-            &[("service", "decoder")]
+            &[("component", "decoder")]
         ),
         Some(0.0)
     );
@@ -293,10 +347,27 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
         value(
             &decoder_samples,
             "icae_requests_in_flight",
-            &[("service", "decoder")]
+            &[("component", "decoder")]
         ),
         Some(0.0)
     );
+
+    // The standard process metrics, under their usual names.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let line = body.lines().find(|l| l.starts_with(&format!("{name} ")));
+        let reading = line.and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
+        assert!(reading.is_some_and(|v| v >= 0.0), "{name}:\n{body}");
+    }
+    let resident = body
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(resident.is_some_and(|bytes| bytes > 50e6), "{resident:?}");
 
     // Every metric either service exported has HELP text.
     let all: String = scrape(encoder_port).await + &scrape(decoder_port).await;

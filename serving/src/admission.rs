@@ -72,7 +72,7 @@ impl Admission {
     }
 
     fn record_in_flight(&self) {
-        metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT, "service" => self.service)
+        metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT, "component" => self.service)
             .set(self.in_flight() as f64);
     }
 

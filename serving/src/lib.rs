@@ -22,6 +22,7 @@ mod metadata;
 pub mod metrics;
 pub mod model_thread;
 pub mod model_threads;
+mod process_metrics;
 pub mod request_deadline;
 pub mod runtime;
 pub mod security_args;

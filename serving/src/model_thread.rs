@@ -45,7 +45,8 @@ impl ModelState {
     /// The model thread reports how many documents or sequences it works on.
     pub fn set_active(&self, n: usize) {
         self.active.store(n, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::ACTIVE_SEQUENCES, "service" => self.service).set(n as f64);
+        metrics::gauge!(crate::metrics::ACTIVE_SEQUENCES, "component" => self.service)
+            .set(n as f64);
     }
 
     /// A job left the queue: the model thread took it, or its caller gave up waiting.
@@ -62,7 +63,7 @@ impl ModelState {
     }
 
     fn record_queue(&self, size: usize) {
-        metrics::gauge!(crate::metrics::QUEUE_SIZE, "service" => self.service).set(size as f64);
+        metrics::gauge!(crate::metrics::QUEUE_SIZE, "component" => self.service).set(size as f64);
     }
 }
 
@@ -206,6 +207,7 @@ impl ModelStartup {
                     warn!("{}", untrained_warning(Path::new(&summary.adapter)));
                 }
                 info!(seconds = started.elapsed().as_secs_f64(), fingerprint = %summary.fingerprint, device = %summary.device, "model loaded");
+                crate::metrics::record_build_info(self.state.service, &summary);
                 let _ = self.state.summary.set(summary);
                 self.runtime.block_on(self.readiness.set_ready());
                 Some(backend)
