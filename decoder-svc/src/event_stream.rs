@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use crate::convert::finish_to_proto;
 use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, Timings, TokenDelta};
 use icae_serving::metrics::record_request;
+use icae_serving::telemetry::{record_rpc_status, record_usage};
 use icae_serving::{Permit, QueuePlace, ServiceError};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Code, Status};
-use tracing::warn;
+use tracing::{warn, Span};
 
 use crate::pipeline::Started;
 use crate::scheduler::{Event, Finished};
@@ -37,6 +38,12 @@ const BUFFERED_MESSAGES: usize = 16;
 
 type Item = Result<GenerateResponse, Status>;
 
+/// A Generate call: when it arrived, and its span.
+pub struct Call {
+    pub started: Instant,
+    pub span: Span,
+}
+
 /// What the stream and its feeding task share.
 struct Shared {
     /// Messages not yet taken by the HTTP/2 layer.
@@ -45,15 +52,26 @@ struct Shared {
     stalled: OnceLock<Status>,
     /// The request's outcome was counted (exactly once, by whoever ends it).
     counted: AtomicBool,
-    started: Instant,
+    call: Call,
 }
 
 impl Shared {
     fn count(&self, code: Code) {
         if !self.counted.swap(true, Ordering::SeqCst) {
-            record_request("decoder", "Generate", self.started, code);
+            record_request("decoder", "Generate", self.call.started, code);
+            record_rpc_status(&self.call.span, code);
         }
     }
+}
+
+/// A finished generation's token counts and finish reason on its call's span.
+pub fn record_finished(span: &Span, finished: &Finished) {
+    record_usage(
+        span,
+        finished.prompt_positions,
+        Some(finished.generated_tokens),
+        Some(finished.finish_reason.as_str()),
+    );
 }
 
 pub struct EventStream {
@@ -64,18 +82,13 @@ pub struct EventStream {
 impl EventStream {
     /// Start feeding `generation`'s events to a new stream; `permit` is held until the work
     /// is done.
-    pub fn spawn(
-        generation: Started,
-        permit: Permit,
-        started: Instant,
-        send_timeout: Duration,
-    ) -> Self {
+    pub fn spawn(generation: Started, permit: Permit, call: Call, send_timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(BUFFERED_MESSAGES);
         let shared = Arc::new(Shared {
             buffer: Mutex::new(rx),
             stalled: OnceLock::new(),
             counted: AtomicBool::new(false),
-            started,
+            call,
         });
         let feeder = Feeder {
             shared: shared.clone(),
@@ -222,7 +235,10 @@ impl Feeder {
                     text,
                 })),
             }),
-            Some(Event::Finished(finished)) => Ok(self.final_message(&finished)),
+            Some(Event::Finished(finished)) => {
+                record_finished(&self.shared.call.span, &finished);
+                Ok(self.final_message(&finished))
+            }
             Some(Event::Failed(e)) => Err(Status::from(e)),
             None => Err(Status::from(dropped())),
         }
@@ -234,7 +250,11 @@ impl Feeder {
                 finish_reason: finish_to_proto(finished.finish_reason),
                 prompt_positions: finished.prompt_positions as u32,
                 generated_tokens: finished.generated_tokens as u32,
-                timings: Some(timings(finished, self.store_seconds, self.shared.started)),
+                timings: Some(timings(
+                    finished,
+                    self.store_seconds,
+                    self.shared.call.started,
+                )),
             })),
         }
     }

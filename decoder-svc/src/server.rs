@@ -10,12 +10,12 @@ use icae_proto::v1::{
     generate_request, slot_ref, GenerateOnceResponse, GenerateRequest, InfoRequest, InfoResponse,
 };
 use icae_serving::metrics::{record_outcome, record_request};
-use icae_serving::telemetry::continue_trace;
+use icae_serving::telemetry::{continue_trace, record_rpc_status, rpc_server_span};
 use icae_serving::{info_response, tenant_of, Admission, Permit, RequestDeadline, ServiceError};
-use tonic::{Request, Response, Status};
-use tracing::{info_span, Instrument};
+use tonic::{Code, Request, Response, Status};
+use tracing::{Instrument, Span};
 
-use crate::event_stream::{dropped, timings, EventStream};
+use crate::event_stream::{dropped, record_finished, timings, Call, EventStream};
 use crate::pipeline::{ContextInput, GenerateInput, GeneratePipeline, SamplingInput, Started};
 use crate::scheduler::Event;
 use crate::slot_reads::SlotSource;
@@ -88,18 +88,20 @@ impl Decoder for DecoderService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let started = Instant::now();
-        let (generation, permit) = match self.start(request, info_span!("generate")).await {
+        let span = rpc_server_span(icae_proto::DECODER_SERVICE, "Generate");
+        let (generation, permit) = match self.start(request, span.clone()).await {
             Ok(started) => started,
             Err(e) => {
                 let status = Status::from(e);
                 record_request("decoder", "Generate", started, status.code());
+                record_rpc_status(&span, status.code());
                 return Err(status);
             }
         };
         Ok(Response::new(EventStream::spawn(
             generation,
             permit,
-            started,
+            Call { started, span },
             self.stream_send_timeout,
         )))
     }
@@ -109,8 +111,13 @@ impl Decoder for DecoderService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateOnceResponse>, Status> {
         let started = Instant::now();
-        let result = self.generate_once_request(request, started).await;
+        let span = rpc_server_span(icae_proto::DECODER_SERVICE, "GenerateOnce");
+        let result = self.generate_once_request(request, started, &span).await;
         record_outcome("decoder", "GenerateOnce", started, &result);
+        record_rpc_status(
+            &span,
+            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
         result
     }
 
@@ -130,8 +137,9 @@ impl DecoderService {
         &self,
         request: Request<GenerateRequest>,
         started: Instant,
+        span: &Span,
     ) -> Result<Response<GenerateOnceResponse>, Status> {
-        let (mut generation, permit) = self.start(request, info_span!("generate_once")).await?;
+        let (mut generation, permit) = self.start(request, span.clone()).await?;
         let mut response = GenerateOnceResponse::default();
         let cut_off = permit.cut_off();
         tokio::pin!(cut_off);
@@ -147,6 +155,7 @@ impl DecoderService {
                     response.text.push_str(&text);
                 }
                 Event::Finished(finished) => {
+                    record_finished(span, &finished);
                     response.finish_reason = finish_to_proto(finished.finish_reason);
                     response.prompt_positions = finished.prompt_positions as u32;
                     response.timings = Some(timings(&finished, generation.store_seconds, started));

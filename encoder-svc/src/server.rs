@@ -9,10 +9,12 @@ use icae_proto::v1::{
     SlotHandle, Timings,
 };
 use icae_serving::metrics::record_outcome;
-use icae_serving::telemetry::{continue_trace, traceparent_of};
+use icae_serving::telemetry::{
+    continue_trace, record_rpc_status, record_usage, rpc_server_span, traceparent_of,
+};
 use icae_serving::{info_response, tenant_of, traceparent, Admission, Tenant};
-use tonic::{Request, Response, Status};
-use tracing::{info_span, Instrument};
+use tonic::{Code, Request, Response, Status};
+use tracing::{Instrument, Span};
 
 use crate::pipeline::{CompressInput, CompressOutput, CompressPipeline, DocumentInput};
 
@@ -88,8 +90,13 @@ impl Encoder for EncoderService {
         request: Request<CompressRequest>,
     ) -> Result<Response<CompressResponse>, Status> {
         let started = Instant::now();
-        let result = self.compress_request(request).await;
+        let span = rpc_server_span(icae_proto::ENCODER_SERVICE, "Compress");
+        let result = self.compress_request(request, &span).await;
         record_outcome("encoder", "Compress", started, &result);
+        record_rpc_status(
+            &span,
+            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
         result
     }
 
@@ -111,21 +118,23 @@ impl EncoderService {
     async fn compress_request(
         &self,
         request: Request<CompressRequest>,
+        span: &Span,
     ) -> Result<Response<CompressResponse>, Status> {
         let permit = self.admission.admit()?;
-        let span = info_span!("compress", documents = request.get_ref().documents.len());
-        continue_trace(&span, request.metadata());
+        continue_trace(span, request.metadata());
         // Stored with the slots: this request's span when tracing is on, else the caller's.
-        let traceparent = traceparent_of(&span).or_else(|| traceparent(request.metadata()));
+        let traceparent = traceparent_of(span).or_else(|| traceparent(request.metadata()));
         let tenant = tenant_of(&request);
         let input = compress_input(request.into_inner(), traceparent, tenant);
-        let work = self.pipeline.run(input).instrument(span);
+        let work = self.pipeline.run(input).instrument(span.clone());
         // Dropping `work` (the deadline, see request_deadline.rs; a cut-off or a client gone)
         // tells the batcher to skip or stop this request's documents.
         let output = tokio::select! {
             output = work => output,
             error = permit.cut_off() => Err(error),
         }?;
+        let input_tokens = output.documents.iter().map(|d| d.num_tokens).sum();
+        record_usage(span, input_tokens, None, None);
         Ok(Response::new(compress_response(output)))
     }
 }
