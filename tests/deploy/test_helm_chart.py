@@ -16,6 +16,7 @@ from deploy_support import (
     KUBE_VERSION,
     NAMESPACE,
     RELEASE,
+    ROOT,
     chart,
     ci_value_files,
     component_name,
@@ -637,3 +638,29 @@ def test_values_schema_is_draft_07_and_closed_at_the_top():
     assert schema["additionalProperties"] is False
     # Every default value is described by the schema (no key slips through unvalidated).
     assert set(chart().values) - {"global"} <= set(schema["properties"])
+
+
+def test_grafana_dashboard_only_when_enabled_and_on_documented_metrics():
+    assert not of_kind(documents(render()), "ConfigMap")
+    docs = documents(render({"grafanaDashboard": {"enabled": True}}))
+    (config_map,) = of_kind(docs, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["icae-serve.json"])
+    assert dashboard["uid"] == "icae-serve"
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(expressions) >= 10
+    # Every metric a panel queries is one the services export and docs/metrics.md lists.
+    documented = (ROOT / "docs" / "metrics.md").read_text()
+    defined = (ROOT / "serving" / "src" / "metrics.rs").read_text()
+    queried = {
+        re.sub(r"_bucket$", "", name)
+        for expr in expressions
+        for name in re.findall(r"\bicae_[a-z_]+", expr)
+    }
+    assert len(queried) >= 10, queried
+    for name in queried:
+        assert f"`{name}`" in documented, f"{name} is not in docs/metrics.md"
+        assert f'"{name}"' in defined, f"{name} is not defined in serving/src/metrics.rs"
+    # Requests by canonical code names, per component.
+    assert any('code!="OK"' in e for e in expressions)
+    assert all("service=" not in e for e in expressions)
