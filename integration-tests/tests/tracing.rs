@@ -116,9 +116,13 @@ async fn spans_follow_the_caller_and_link_decoder_to_encoder() {
     .unwrap();
     // A refused call: NOT_FOUND is the client's problem, not a server error.
     let missing = format!("{}{}", &key[..key.len() - 64], "0".repeat(64));
+    let mut refused = tonic::Request::new(from_keys(&[&missing], Mode::Continue, "", greedy(2)));
+    refused
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
     let refused = integration_tests::decoder(&decoder.url())
         .await
-        .generate_once(from_keys(&[&missing], Mode::Continue, "", greedy(2)))
+        .generate_once(refused)
         .await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::NotFound);
 
@@ -214,6 +218,11 @@ async fn spans_follow_the_caller_and_link_decoder_to_encoder() {
     );
 
     let (_, refused) = named("icae.v1.Decoder/GenerateOnce");
+    assert_eq!(
+        hex(&refused.trace_id),
+        CLIENT_TRACE,
+        "the decoder continues the caller's trace too"
+    );
     assert_eq!(
         attribute(&refused.attributes, "rpc.grpc.status_code").as_deref(),
         Some("5")
