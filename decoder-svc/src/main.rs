@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use icae_proto::v1::decoder_server::DecoderServer;
+use icae_serving::config::at_least_one;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
 use icae_serving::{serve, Limits, Ports, ServiceArgs};
@@ -40,19 +41,20 @@ pub struct Config {
     #[arg(
         long,
         env = "ICAE_MAX_SLOT_SETS",
+        value_parser = at_least_one::<usize>(),
         alias = "max-spans",
         default_value_t = 16
     )]
     pub max_slot_sets: usize,
     /// Most sequences decoded together in one batched step (requests still prefilling
     /// count).
-    #[arg(long, env = "ICAE_MAX_BATCH_SEQUENCES", default_value_t = 16)]
+    #[arg(long, env = "ICAE_MAX_BATCH_SEQUENCES", value_parser = at_least_one::<usize>(), default_value_t = 16)]
     pub max_batch_sequences: usize,
     /// Most prompt positions prefilled between two decoding steps, over all new requests: a
     /// long prompt is prefilled in chunks of this size, so running streams wait one chunk
     /// per token instead of the whole prefill. Smaller: steadier streams, slower first token
     /// for long prompts.
-    #[arg(long, env = "ICAE_MAX_PREFILL_TOKENS_PER_STEP", default_value_t = 256)]
+    #[arg(long, env = "ICAE_MAX_PREFILL_TOKENS_PER_STEP", value_parser = at_least_one::<usize>(), default_value_t = 256)]
     pub max_prefill_tokens_per_step: usize,
     /// Most MiB of slot values read from Redis at once, over all requests. A request waits
     /// up to --redis-timeout-ms for its share, then gets RESOURCE_EXHAUSTED; one whose slot
@@ -72,24 +74,13 @@ pub struct Config {
 const MAX_SLOT_READ_MIB: u32 = 1 << 20;
 
 impl Config {
-    /// Refuse zero limits, which would stop the scheduler from making progress.
-    fn step_limits(&self) -> Result<StepLimits, String> {
-        for (flag, value) in [
-            ("--max-slot-sets", self.max_slot_sets),
-            ("--max-batch-sequences", self.max_batch_sequences),
-            (
-                "--max-prefill-tokens-per-step",
-                self.max_prefill_tokens_per_step,
-            ),
-        ] {
-            if value == 0 {
-                return Err(format!("{flag} is 0: it must be at least 1"));
-            }
-        }
-        Ok(StepLimits {
+    /// What the scheduler runs each step with (each at least 1: the flags' parser refuses
+    /// 0, which would stop it from making progress).
+    fn step_limits(&self) -> StepLimits {
+        StepLimits {
             max_batch_sequences: self.max_batch_sequences,
             max_prefill_tokens_per_step: self.max_prefill_tokens_per_step,
-        })
+        }
     }
 }
 
@@ -106,7 +97,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let step_limits = config.step_limits()?;
+    let step_limits = config.step_limits();
     let args = &config.service;
     let parts = ServiceParts::build(args, icae_proto::DECODER_SERVICE, DEFAULT_PORTS).await?;
     let (model, adapter) = (args.model.clone(), args.adapter.clone());
@@ -169,20 +160,19 @@ mod tests {
     fn prefill_chunk_size_defaults_to_256_and_must_be_at_least_one() {
         let parse = |extra: &[&str]| {
             let required = ["decoder-svc", "--model", "m", "--adapter", "a"];
-            Config::try_parse_from([&required, extra].concat())
-                .unwrap()
-                .step_limits()
+            Config::try_parse_from([&required, extra].concat()).map(|c| c.step_limits())
         };
         assert_eq!(parse(&[]).unwrap().max_prefill_tokens_per_step, 256);
         let limits = parse(&["--max-prefill-tokens-per-step", "32"]).unwrap();
         assert_eq!(limits.max_prefill_tokens_per_step, 32);
-        let err = parse(&["--max-prefill-tokens-per-step", "0"]).unwrap_err();
-        assert_eq!(
-            err,
-            "--max-prefill-tokens-per-step is 0: it must be at least 1"
-        );
-        assert!(parse(&["--max-batch-sequences", "0"])
-            .unwrap_err()
-            .contains("--max-batch-sequences is 0"));
+        for flag in [
+            "--max-prefill-tokens-per-step",
+            "--max-batch-sequences",
+            "--max-slot-sets",
+        ] {
+            let err = parse(&[flag, "0"]).err().unwrap().to_string();
+            assert!(err.contains(flag) && err.contains("'0'"), "{err}");
+            assert!(err.contains("1.."), "{err}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use icae_core::SlotDtype;
 use icae_proto::v1::encoder_server::EncoderServer;
+use icae_serving::config::at_least_one;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
 use icae_serving::{serve, Limits, Ports, ServiceArgs};
@@ -35,18 +36,18 @@ pub struct Config {
     #[command(flatten)]
     pub service: ServiceArgs,
     /// Most documents in one Compress request.
-    #[arg(long, env = "ICAE_MAX_DOCUMENTS_PER_REQUEST", default_value_t = 64)]
+    #[arg(long, env = "ICAE_MAX_DOCUMENTS_PER_REQUEST", value_parser = at_least_one::<usize>(), default_value_t = 64)]
     pub max_documents_per_request: usize,
     /// Most documents the model thread compresses in one batch.
-    #[arg(long, env = "ICAE_MAX_BATCH_DOCUMENTS", default_value_t = 16)]
+    #[arg(long, env = "ICAE_MAX_BATCH_DOCUMENTS", value_parser = at_least_one::<usize>(), default_value_t = 16)]
     pub max_batch_documents: usize,
     /// Most tokens of all documents of one Compress request together: bounds the model
     /// time one request can take (larger requests are refused with INVALID_ARGUMENT).
-    #[arg(long, env = "ICAE_MAX_REQUEST_TOKENS", default_value_t = 65_536)]
+    #[arg(long, env = "ICAE_MAX_REQUEST_TOKENS", value_parser = at_least_one::<usize>(), default_value_t = 65_536)]
     pub max_request_tokens: usize,
     /// Most tokens the model thread puts into one batch of requests (a larger request runs
     /// alone), so that a big request does not hold many small ones in its batch.
-    #[arg(long, env = "ICAE_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    #[arg(long, env = "ICAE_MAX_BATCH_TOKENS", value_parser = at_least_one::<usize>(), default_value_t = 16_384)]
     pub max_batch_tokens: usize,
     /// Precision slots are stored in Redis and returned in: f32 (whatever --dtype the model
     /// runs in) or bf16 (half the bytes). Decoders read both.
@@ -65,7 +66,7 @@ pub struct Config {
     /// Most tokens of all documents of one refining or scoring request: its backward pass
     /// keeps the activations of all of them (about 2 MB per token for the default model
     /// in f32, more for long documents: docs/refinement.md).
-    #[arg(long, env = "ICAE_MAX_REFINE_TOKENS", default_value_t = 2048)]
+    #[arg(long, env = "ICAE_MAX_REFINE_TOKENS", value_parser = at_least_one::<usize>(), default_value_t = 2048)]
     pub max_refine_tokens: usize,
 }
 
@@ -82,19 +83,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let positive = [
-        (
-            "--max-documents-per-request",
-            config.max_documents_per_request,
-        ),
-        ("--max-batch-documents", config.max_batch_documents),
-        ("--max-request-tokens", config.max_request_tokens),
-        ("--max-batch-tokens", config.max_batch_tokens),
-        ("--max-refine-tokens", config.max_refine_tokens),
-    ];
-    if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
-        return Err(format!("{name} must be at least 1, got 0"));
-    }
     let args = &config.service;
     let parts = ServiceParts::build(args, icae_proto::ENCODER_SERVICE, DEFAULT_PORTS).await?;
     let (model, adapter) = (args.model.clone(), args.adapter.clone());

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
 
@@ -67,20 +68,20 @@ pub struct ServiceArgs {
     #[arg(long, env = "ICAE_MAX_CONNECTION_AGE_SECONDS", default_value_t = 600)]
     pub max_connection_age_seconds: u64,
     /// Slot time to live in seconds when a request does not set one.
-    #[arg(long, env = "ICAE_SLOT_TTL_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "ICAE_SLOT_TTL_SECONDS", value_parser = at_least_one::<u32>(), default_value_t = 3600)]
     pub slot_ttl_seconds: u32,
     /// Most tokens one document (or baseline text) may have.
-    #[arg(long, env = "ICAE_MAX_INPUT_TOKENS", default_value_t = 32_768)]
+    #[arg(long, env = "ICAE_MAX_INPUT_TOKENS", value_parser = at_least_one::<usize>(), default_value_t = 32_768)]
     pub max_input_tokens: usize,
     /// Most tokens one generation may produce.
-    #[arg(long, env = "ICAE_MAX_NEW_TOKENS", default_value_t = 1024)]
+    #[arg(long, env = "ICAE_MAX_NEW_TOKENS", value_parser = at_least_one::<usize>(), default_value_t = 1024)]
     pub max_new_tokens: usize,
     /// Requests in flight at once (streams count until they end); more are refused with
     /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "ICAE_MAX_CONCURRENT_REQUESTS", default_value_t = 32)]
+    #[arg(long, env = "ICAE_MAX_CONCURRENT_REQUESTS", value_parser = at_least_one::<usize>(), default_value_t = 32)]
     pub max_concurrent_requests: usize,
     /// Largest gRPC message accepted or sent, in bytes.
-    #[arg(long, env = "ICAE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "ICAE_MAX_MESSAGE_BYTES", value_parser = at_least_one::<usize>(), default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "ICAE_JSON_OUTPUT")]
@@ -149,19 +150,14 @@ impl ServiceArgs {
             metrics: self.metrics_port.unwrap_or(defaults.metrics),
         }
     }
+}
 
-    /// Refuse limits that would make the service unusable.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("--max-input-tokens", self.max_input_tokens),
-            ("--max-new-tokens", self.max_new_tokens),
-            ("--max-concurrent-requests", self.max_concurrent_requests),
-            ("--max-message-bytes", self.max_message_bytes),
-            ("--slot-ttl-seconds", self.slot_ttl_seconds as usize),
-        ];
-        match positive.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(format!("{name} must be at least 1, got 0")),
-            None => Ok(()),
-        }
-    }
+/// A value parser for a count or size that must be at least 1: 0 is refused as the flag is
+/// parsed, with the flag's name, the value and the range in the message.
+pub fn at_least_one<T>() -> RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: Send + Sync + 'static + std::error::Error + ToString,
+{
+    RangedU64ValueParser::<T>::new().range(1..)
 }

@@ -60,7 +60,6 @@ impl ServiceParts {
         service: &'static str,
         default_ports: Ports,
     ) -> Result<Self, String> {
-        args.validate()?;
         let security = Security::load(args)?;
         let ports = args.ports(default_ports);
         init_metrics(&args.metrics_host, ports.metrics)?;
