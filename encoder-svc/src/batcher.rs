@@ -25,43 +25,14 @@ use tracing::{error, info_span, Span};
 
 use crate::backend::CompressBackend;
 use crate::compressing::{CompressingJob, Progress, SEGMENTS_PER_CALL};
+use crate::job::{CompressedBatch, Job};
 use crate::refining::{RefiningJob, Stepped};
-
-/// The documents of one request, with the time they waited and the model's time.
-pub struct CompressedBatch {
-    pub docs: Vec<Compressed>,
-    /// Per document: its refinement and reconstruction loss (default for plain slots).
-    pub fidelity: Vec<SlotFidelity>,
-    pub queue_seconds: f64,
-    /// Compression and refinement together.
-    pub model_seconds: f64,
-}
-
-pub(crate) type Reply = Result<CompressedBatch, ServiceError>;
-
-pub(crate) struct Job {
-    pub docs: Vec<Vec<u32>>,
-    /// Memory tokens each segment of these documents gets (the request's rate).
-    pub slots_per_segment: usize,
-    /// Refine (or, with 0 steps, only score) the slots after compressing them.
-    pub refine: Option<RefineOptions>,
-    pub reply: oneshot::Sender<Reply>,
-    pub enqueued: Instant,
-    /// The request's span: the batch span follows from it.
-    pub span: Span,
-}
 
 /// How much one batch may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub max_documents: usize,
     pub max_tokens: usize,
-}
-
-impl Job {
-    pub(crate) fn tokens(&self) -> usize {
-        self.docs.iter().map(Vec::len).sum()
-    }
 }
 
 /// The pipeline's handle on the batcher thread.

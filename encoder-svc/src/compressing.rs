@@ -14,7 +14,7 @@ use tch::Tensor;
 use tracing::{error, info_span, Span};
 
 use crate::backend::CompressBackend;
-use crate::batcher::Job;
+use crate::job::Job;
 
 /// Segments one model call compresses at most (the engine's own batch of segments): a job
 /// with more is compressed a call at a time.

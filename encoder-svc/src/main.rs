@@ -4,6 +4,7 @@
 mod backend;
 mod batcher;
 mod compressing;
+mod job;
 mod pipeline;
 mod refining;
 mod server;

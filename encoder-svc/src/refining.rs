@@ -12,7 +12,7 @@ use icae_serving::{ModelState, ServiceError};
 use tracing::{error, info_span, Span};
 
 use crate::backend::CompressBackend;
-use crate::batcher::{CompressedBatch, Job};
+use crate::job::{CompressedBatch, Job};
 
 /// What a step left to do.
 pub(crate) enum Stepped {

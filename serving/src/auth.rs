@@ -14,7 +14,6 @@ use tracing::{error, info};
 
 use crate::auth_tokens::{TokenFileError, TokenTable};
 use crate::cert_names::first_dns_name;
-use crate::error::ServiceError;
 use crate::file_stamp::FileStamp;
 use crate::identity::Tenant;
 use crate::security_args::SecurityArgs;
@@ -147,10 +146,7 @@ impl Authenticator {
 
 impl Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(tenant) = self
-            .authenticate(&request)
-            .map_err(|e| Status::from(ServiceError::from(e)))?
-        {
+        if let Some(tenant) = self.authenticate(&request).map_err(Status::from)? {
             request.extensions_mut().insert(tenant);
         }
         Ok(request)

@@ -126,6 +126,13 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// An authentication failure as the interceptor answers it (through ServiceError's mapping).
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        ServiceError::from(e).into()
+    }
+}
+
 /// Longest status message: gRPC clients limit metadata (grpc-message) to 8–16 KiB in all,
 /// and a message cut by the transport arrives as RESOURCE_EXHAUSTED instead of its code.
 pub const MAX_MESSAGE_BYTES: usize = 2048;

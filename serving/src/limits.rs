@@ -6,6 +6,7 @@ use icae_proto::v1 as proto;
 
 use crate::config::ServiceArgs;
 use crate::store::MAX_NAMESPACE_LEN;
+use crate::text::BYTES_PER_TOKEN;
 
 /// Longest TTL a request may ask for: 30 days.
 pub const MAX_TTL_SECONDS: u32 = 30 * 24 * 3600;
@@ -13,10 +14,6 @@ pub const MAX_TTL_SECONDS: u32 = 30 * 24 * 3600;
 pub const MAX_PROMPT_TOKENS: usize = 4096;
 /// max_new_tokens when a request leaves it 0 (capped by --max-new-tokens).
 pub const DEFAULT_NEW_TOKENS: usize = 256;
-/// Bytes a text may have per token it is allowed: texts are refused by size before the
-/// tokenizer sees them. Natural text is 3–6 bytes per token; 16 leaves room for code,
-/// tables and non-Latin scripts while keeping tokenization bounded.
-pub const BYTES_PER_TOKEN: usize = 16;
 /// Bytes a Compress request may spend on each document besides its text or ids (field
 /// tags and lengths), and on its options (namespace, numbers) once.
 const DOCUMENT_FRAMING_BYTES: usize = 1024;

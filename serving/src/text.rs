@@ -4,6 +4,11 @@
 
 use icae_core::InputError;
 
+/// Bytes a text may have per token it is allowed: texts are refused by size before the
+/// tokenizer sees them. Natural text is 3–6 bytes per token; 16 leaves room for code,
+/// tables and non-Latin scripts while keeping tokenization bounded.
+pub const BYTES_PER_TOKEN: usize = 16;
+
 /// Refuse `text` (the request field `name`) when it has more than `max_bytes` bytes.
 pub fn check_text_bytes(
     name: &'static str,
@@ -17,7 +22,7 @@ pub fn check_text_bytes(
             expected: format!(
                 "must have at most {max_bytes} bytes ({} per token allowed), checked before \
                  tokenizing",
-                crate::BYTES_PER_TOKEN
+                BYTES_PER_TOKEN
             ),
         });
     }
