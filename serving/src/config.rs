@@ -7,7 +7,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
 
-use crate::security_args::SecurityArgs;
+use crate::security::security_args::SecurityArgs;
 use crate::store::StoreOptions;
 
 const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";

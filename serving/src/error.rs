@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 use icae_core::error::{IcaeError, InputError};
 use icae_core::slots::SlotError;
 
-use crate::auth::AuthError;
+use crate::security::auth::AuthError;
 use crate::store::{KeyError, StoreError};
 use crate::text::{bounded, shown};
 

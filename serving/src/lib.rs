@@ -6,15 +6,10 @@
 //! scheduler → engine (icae-core); nothing here calls back up into a service.
 
 mod admission;
-pub mod auth;
-pub mod auth_tokens;
-mod cert_names;
 pub mod config;
 mod error;
-mod file_stamp;
 mod grpc_edge;
 mod health;
-pub mod identity;
 mod info;
 mod limits;
 mod log_limit;
@@ -25,27 +20,25 @@ pub mod model_threads;
 mod process_metrics;
 pub mod request_deadline;
 pub mod runtime;
-pub mod security_args;
+pub mod security;
 mod server;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 mod text;
-pub mod tls;
-mod tls_incoming;
 
 pub use admission::{Admission, Permit};
-pub use auth::{AuthError, Authenticator};
 pub use config::{Ports, ServiceArgs};
 pub use error::ServiceError;
 pub use health::Readiness;
-pub use identity::{tenant_of, Tenant};
 pub use info::info_response;
 pub use limits::Limits;
 pub use metadata::{deadline, traceparent};
 pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState, QueuePlace, Queued};
 pub use request_deadline::RequestDeadline;
-pub use security_args::SecurityArgs;
+pub use security::auth::{AuthError, Authenticator};
+pub use security::identity::{tenant_of, Tenant};
+pub use security::security_args::SecurityArgs;
 pub use server::serve;
 pub use text::{check_text_bytes, is_blank, shown, BYTES_PER_TOKEN};

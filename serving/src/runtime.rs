@@ -14,8 +14,8 @@ use tracing::{error, info};
 
 use crate::metrics::init_metrics;
 use crate::model_threads::{exit_now, model_threads_finished};
+use crate::security::tls::ReloadingTls;
 use crate::store::SlotStore;
-use crate::tls::ReloadingTls;
 use crate::{telemetry, Admission, Authenticator, Ports, Readiness, ServiceArgs};
 
 /// What every service builds before its own gRPC service. Readiness starts NOT_SERVING

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::grpc_edge::GrpcEdgeLayer;
 use crate::runtime::ServiceParts;
-use crate::tls_incoming::tls_incoming;
+use crate::security::tls_incoming::tls_incoming;
 use crate::{Authenticator, LoadFailure, ServiceArgs};
 
 /// Idle connections are probed so dead peers (a pod gone, a NAT entry dropped) are noticed.

@@ -10,7 +10,7 @@
 use icae_core::error::InputError;
 use thiserror::Error;
 
-use crate::identity::Tenant;
+use crate::security::identity::Tenant;
 use crate::text::shown;
 
 pub const MAX_NAMESPACE_LEN: usize = 64;

@@ -14,7 +14,7 @@ use rustls::{RootCertStore, ServerConfig};
 use thiserror::Error;
 use tracing::{error, info};
 
-use crate::file_stamp::FileStamp;
+use crate::security::file_stamp::FileStamp;
 
 /// Where the server's certificate, key and (for mTLS) client CA live.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use crate::identity::Tenant;
+use crate::security::identity::Tenant;
 
 /// Shorter tokens are guessable; generate them with e.g. `openssl rand -hex 32`.
 pub const MIN_TOKEN_CHARS: usize = 16;

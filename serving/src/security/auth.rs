@@ -12,11 +12,11 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use tracing::{error, info};
 
-use crate::auth_tokens::{TokenFileError, TokenTable};
-use crate::cert_names::first_dns_name;
-use crate::file_stamp::FileStamp;
-use crate::identity::Tenant;
-use crate::security_args::SecurityArgs;
+use crate::security::auth_tokens::{TokenFileError, TokenTable};
+use crate::security::cert_names::first_dns_name;
+use crate::security::file_stamp::FileStamp;
+use crate::security::identity::Tenant;
+use crate::security::security_args::SecurityArgs;
 use crate::text::shown;
 
 /// Why a call was refused (UNAUTHENTICATED). No variant carries the token.

@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
 use crate::log_limit::LogLimit;
-use crate::tls::ReloadingTls;
+use crate::security::tls::ReloadingTls;
 
 /// Longer than any honest handshake, short enough that idle sockets are not hoarded.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
 
-use crate::tls::TlsFiles;
+use crate::security::tls::TlsFiles;
 
 #[derive(Debug, Clone, Args)]
 pub struct SecurityArgs {
