@@ -19,7 +19,7 @@ use icae_proto::v1::decoder_server::DecoderServer;
 use icae_serving::config::at_least_one;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
-use icae_serving::{serve, Limits, Ports, ServiceArgs};
+use icae_serving::{serve, DecoderLimits, Ports, ServiceArgs};
 
 use crate::pipeline::GeneratePipeline;
 use crate::scheduler::{Scheduler, StepLimits};
@@ -107,11 +107,11 @@ async fn run(config: Config) -> Result<(), String> {
         parts.readiness.clone(),
         move || load_icae(&model, &adapter),
     );
-    let limits = Limits {
-        max_slot_sets: config.max_slot_sets,
-        max_slot_read_bytes: config.max_slot_read_mib as usize * 1024 * 1024,
-        ..Limits::from_args(args)
-    };
+    let limits = DecoderLimits::from_args(
+        args,
+        config.max_slot_sets,
+        config.max_slot_read_mib as usize * 1024 * 1024,
+    );
     let service = DecoderService {
         pipeline: GeneratePipeline {
             slot_reader: SlotReader::new(

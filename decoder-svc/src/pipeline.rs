@@ -8,7 +8,7 @@ use std::time::Instant;
 use icae_core::tokenizer::TextTokenizer;
 use icae_core::{check_token_ids, InputError, Mode, SamplingParams};
 use icae_serving::{
-    check_text_bytes, is_blank, Limits, QueuePlace, RequestDeadline, ServiceError, Tenant,
+    check_text_bytes, is_blank, DecoderLimits, QueuePlace, RequestDeadline, ServiceError, Tenant,
 };
 use tokio::sync::mpsc;
 
@@ -56,7 +56,7 @@ pub struct GeneratePipeline {
     pub slot_reader: SlotReader,
     pub tokenizer: Arc<TextTokenizer>,
     pub scheduler: Scheduler,
-    pub limits: Limits,
+    pub limits: DecoderLimits,
 }
 
 impl GeneratePipeline {
@@ -88,9 +88,13 @@ impl GeneratePipeline {
                 ContextSource::Slots(reader.read(sources, &summary, tenant, others).await?)
             }
             ContextInput::BaselineText(text) => {
-                check_text_bytes("baseline_text", &text, self.limits.max_input_bytes())?;
+                check_text_bytes("baseline_text", &text, self.limits.shared.max_input_bytes())?;
                 let ids = self.tokenize(text).await?;
-                check_token_ids(&ids, self.limits.max_input_tokens, summary.vocab_size)?;
+                check_token_ids(
+                    &ids,
+                    self.limits.shared.max_input_tokens,
+                    summary.vocab_size,
+                )?;
                 ContextSource::Baseline(ids)
             }
             ContextInput::Missing => {

@@ -126,7 +126,7 @@ impl Decoder for DecoderService {
         Ok(Response::new(info_response(
             icae_proto::DECODER_SERVICE,
             scheduler.summary()?,
-            self.pipeline.limits,
+            self.pipeline.limits.to_proto(),
             scheduler.state(),
         )))
     }

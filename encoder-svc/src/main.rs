@@ -17,7 +17,7 @@ use icae_proto::v1::encoder_server::EncoderServer;
 use icae_serving::config::at_least_one;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
-use icae_serving::{serve, Limits, Ports, ServiceArgs};
+use icae_serving::{serve, EncoderFlags, EncoderLimits, Ports, ServiceArgs};
 use tracing::info;
 
 use crate::backend::EncoderModel;
@@ -108,18 +108,15 @@ async fn run(config: Config) -> Result<(), String> {
             Ok((backend, summary))
         },
     );
-    let limits = Limits {
-        max_documents_per_request: config.max_documents_per_request,
-        max_request_tokens: config.max_request_tokens,
-        max_refine_steps: config.max_refine_steps,
-        max_refine_tokens: config.max_refine_tokens,
-        ..Limits::from_args(args)
-    };
-    // Requests larger than anything the limits let through are refused before decoding.
-    let limits = Limits {
-        max_request_bytes: limits.compress_request_bytes(),
-        ..limits
-    };
+    let limits = EncoderLimits::from_args(
+        args,
+        EncoderFlags {
+            max_documents_per_request: config.max_documents_per_request,
+            max_request_tokens: config.max_request_tokens,
+            max_refine_steps: config.max_refine_steps,
+            max_refine_tokens: config.max_refine_tokens,
+        },
+    );
     let service = EncoderService {
         pipeline: CompressPipeline {
             store: parts.store.clone(),
@@ -131,7 +128,8 @@ async fn run(config: Config) -> Result<(), String> {
         admission: parts.admission.clone(),
     };
     let server = EncoderServer::new(service)
-        .max_decoding_message_size(limits.max_request_bytes)
+        // Requests larger than anything the limits let through are refused before decoding.
+        .max_decoding_message_size(limits.max_request_bytes())
         .max_encoding_message_size(args.max_message_bytes);
     serve(args, parts, server, load_failure).await
 }

@@ -14,7 +14,7 @@ use icae_core::{
 };
 use icae_serving::metrics as names;
 use icae_serving::store::{slot_content, slot_key, KeyScope, Namespace, SlotStore, StoreError};
-use icae_serving::{check_text_bytes, is_blank, Limits, ServiceError, Tenant};
+use icae_serving::{check_text_bytes, is_blank, EncoderLimits, ServiceError, Tenant};
 
 use crate::batcher::Batcher;
 
@@ -82,7 +82,7 @@ pub struct CompressPipeline {
     pub store: Arc<SlotStore>,
     pub tokenizer: Arc<TextTokenizer>,
     pub batcher: Batcher,
-    pub limits: Limits,
+    pub limits: EncoderLimits,
     /// What slots are stored in (`--slot-dtype`), whatever the model computes them in.
     pub slot_dtype: SlotDtype,
 }
@@ -290,7 +290,7 @@ impl CompressPipeline {
                     + RETURNED_DOCUMENT_OVERHEAD
             })
             .sum();
-        let max = self.limits.max_message_bytes;
+        let max = self.limits.shared.max_message_bytes;
         if bytes > max {
             return Err(InputError::BadParameter {
                 name: "return_slots",
@@ -488,14 +488,14 @@ fn unix_now() -> i64 {
 fn tokenize_all(
     tokenizer: &TextTokenizer,
     documents: Vec<DocumentInput>,
-    limits: Limits,
+    limits: EncoderLimits,
     vocab: usize,
 ) -> Result<Vec<Vec<u32>>, ServiceError> {
-    let limit = limits.max_input_tokens;
+    let limit = limits.shared.max_input_tokens;
     // Sizes first: no document is tokenized while another one is too large.
     for (index, doc) in documents.iter().enumerate() {
         if let DocumentInput::Text(text) = doc {
-            check_text_bytes("text", text, limits.max_input_bytes())
+            check_text_bytes("text", text, limits.shared.max_input_bytes())
                 .map_err(|e| document_error(index, e))?;
         }
     }

@@ -107,7 +107,7 @@ impl Encoder for EncoderService {
             ..info_response(
                 icae_proto::ENCODER_SERVICE,
                 batcher.summary()?,
-                self.pipeline.limits,
+                self.pipeline.limits.to_proto(),
                 batcher.state(),
             )
         }))

@@ -3,12 +3,12 @@
 use icae_core::ModelSummary;
 use icae_proto::v1::InfoResponse;
 
-use crate::{Limits, ModelState};
+use crate::ModelState;
 
 pub fn info_response(
     service: &str,
     summary: &ModelSummary,
-    limits: Limits,
+    limits: icae_proto::v1::Limits,
     state: &ModelState,
 ) -> InfoResponse {
     InfoResponse {
@@ -23,7 +23,7 @@ pub fn info_response(
         compression_rate: summary.compression_rate as u32,
         device: summary.device.clone(),
         dtype: summary.dtype.clone(),
-        limits: Some(limits.to_proto()),
+        limits: Some(limits),
         active_sequences: state.active() as u32,
         queue_size: state.queued() as u32,
         kv_bytes_per_position: summary.kv_bytes_per_position,
