@@ -4,11 +4,11 @@
 # streams vs 1, bytes stored vs the KV cache, and gRPC + Redis overhead as a share of model
 # time.
 #
-#   scripts/bench-serve.sh [--dtype f32|bf16|auto] [icae bench serve flags...]
+#   scripts/bench-serve.sh [--dtype f32|bf16|auto] [icae-bench serve flags...]
 #   e.g. scripts/bench-serve.sh --dtype bf16 --context-tokens 512,2048 --streams 1,4,8,16 --json
 #
 # --dtype goes to the services this script starts (the client reads it back from their Info
-# and reports it); every other flag goes to `icae bench serve` (see `icae bench serve --help`).
+# and reports it); every other flag goes to `icae-bench serve` (see `icae-bench serve --help`).
 # ICAE_BENCH_SKIP_SETUP=1 skips scripts/setup.sh (where the set-up is known to be done);
 # ICAE_BENCH_DRY_RUN=1 prints the two command lines instead of running them.
 set -euo pipefail
@@ -37,5 +37,5 @@ fi
 source scripts/env.sh
 source scripts/lib/services.sh
 start_services "${service_flags[@]}" >&2
-target/release/icae bench serve --encoder "$ENCODER_URL" --decoder "$DECODER_URL" \
+target/release/icae-bench serve --encoder "$ENCODER_URL" --decoder "$DECODER_URL" \
   --data examples/pwc_dev.jsonl "${bench_flags[@]}"

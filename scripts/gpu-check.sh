@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check the Rust engine on the CUDA machine this runs on: build `icae` against this
 # machine's PyTorch (when cargo is here), run the bf16 parity tests on the GPU, and
-# `icae bench forward` / `icae bench decode` there against HF transformers, as JSON.
+# `icae-bench forward` / `icae-bench decode` there against HF transformers, as JSON.
 #
 #   scripts/gpu-check.sh [--out DIR] [--device cuda|cuda:N|cpu] [--dtype bf16|f32]
 #                        [--model DIR] [--gguf FILE] [--no-build] [--dry-run] [--minutes M]
@@ -103,10 +103,10 @@ if [ "$build" = 1 ]; then
     echo "no cargo on this machine: the Rust engine cannot be built here; Python parts only"
     icae=""
   else
-    echo "==> cargo build --release -p icae-cli (torch $("$PY" -c 'import torch; print(torch.__version__)'))"
+    echo "==> cargo build --release -p icae-cli -p icae-bench (torch $("$PY" -c 'import torch; print(torch.__version__)'))"
     # tch is made for the torch of scripts/requirements.txt; another version may still build.
     if LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1 timeout "$limit" \
-      cargo build --release -p icae-cli >"$out/build.log" 2>&1; then
+      cargo build --release -p icae-cli -p icae-bench >"$out/build.log" 2>&1; then
       icae="$ROOT/target/release/icae"
     else
       echo "the Rust build failed; the end of $out/build.log:"
@@ -123,13 +123,14 @@ if [ -n "$icae" ]; then
     model="$out/model"
     [ -f "$model/model.safetensors" ] || "$icae" import-gguf "$gguf" "$model"
   fi
+  bench="$(dirname "$icae")/icae-bench"
   common=(--model "$model" --device "$device" --dtype "$dtype" --python "$PY" --json)
-  echo "==> icae bench forward ${common[*]} ${fwd[*]}"
-  timeout "$limit" "$icae" bench forward "${common[@]}" \
+  echo "==> icae-bench forward ${common[*]} ${fwd[*]}"
+  timeout "$limit" "$bench" forward "${common[@]}" \
     --adapter "$ROOT/models/smollm2-135m-icae" "${fwd[@]}" \
     >"$out/forward.json" 2>"$out/forward.err" || { echo "bench forward failed: see forward.err"; failed+=(forward); }
-  echo "==> icae bench decode ${common[*]} ${dec[*]}"
-  timeout "$limit" "$icae" bench decode "${common[@]}" "${dec[@]}" \
+  echo "==> icae-bench decode ${common[*]} ${dec[*]}"
+  timeout "$limit" "$bench" decode "${common[@]}" "${dec[@]}" \
     >"$out/decode.json" 2>"$out/decode.err" || { echo "bench decode failed: see decode.err"; failed+=(decode); }
 else
   echo "==> HF references only: hf_compress.py / hf_generate.py --standalone"

@@ -1,8 +1,7 @@
-//! `icae`: import models, compress text into ICAE memory slots, generate from slots,
-//! benchmark, and talk to the gRPC services.
+//! `icae`: import models, compress text into ICAE memory slots, generate from slots, and
+//! talk to the gRPC services (the benchmarks are `icae-bench`).
 
 mod commands;
-mod common;
 
 use std::process::ExitCode;
 
@@ -34,9 +33,6 @@ enum Command {
     /// Adapter tools.
     #[command(subcommand)]
     Adapter(commands::adapter::AdapterCommand),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(commands::bench::BenchCommand),
     /// gRPC client for encoder-svc and decoder-svc.
     #[command(subcommand)]
     Client(commands::client::ClientCommand),
@@ -56,7 +52,6 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Adapter(cmd) => commands::adapter::run(cmd),
-        Command::Bench(cmd) => commands::bench::run(cmd),
         Command::Client(cmd) => commands::client::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
         Command::Logits(args) => commands::logits::run(args),

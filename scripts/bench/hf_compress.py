@@ -1,12 +1,12 @@
 """Time ICAE compression with HF transformers + peft: the reference the Rust engine is
-compared with by `icae bench forward`.
+compared with by `icae-bench forward`.
 
 The computation is the official `_compress` (getao/icae, modeling_icae_multi_span.py):
 segments run one after another, each as [tokens ++ memory tokens] through the LoRA model,
 and the documents of a batch one after another.
 
 Two ways to run it:
-- as `icae bench forward`'s worker (`--ids FILE`): it answers timing requests on stdin so
+- as `icae-bench forward`'s worker (`--ids FILE`): it answers timing requests on stdin so
   the caller can alternate its own runs with these;
 - standalone (`--standalone`), where no Rust build exists (a GPU machine without cargo):
   it tokenizes the bench text itself, times every case and prints one JSON report.
@@ -81,7 +81,7 @@ def compress(model, memory, mem_size, rate, ids):
 
 def batch_documents(ids, length, batch):
     """The `batch` documents of `length` tokens a case compresses: consecutive windows of the
-    (repeated) bench text, so no two are equal. `icae bench forward` cuts the same ones."""
+    (repeated) bench text, so no two are equal. `icae-bench forward` cuts the same ones."""
     return [ids[b * length : (b + 1) * length] for b in range(batch)]
 
 

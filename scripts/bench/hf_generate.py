@@ -1,4 +1,4 @@
-"""Time greedy decoding with HF transformers `generate`: the reference `icae bench decode`
+"""Time greedy decoding with HF transformers `generate`: the reference `icae-bench decode`
 compares the engine's batched decoding with.
 
 Every sequence of a batch has the same prompt length (no padding) and generates exactly
@@ -36,7 +36,7 @@ class FirstLogits(LogitsProcessor):
 
 
 def prompts(ids, batch, prompt_tokens):
-    """The prompts of a batch: consecutive windows, as `icae bench decode` cuts them."""
+    """The prompts of a batch: consecutive windows, as `icae-bench decode` cuts them."""
     return [ids[b * prompt_tokens : (b + 1) * prompt_tokens] for b in range(batch)]
 
 

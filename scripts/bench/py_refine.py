@@ -1,5 +1,5 @@
 """Time test-time slot refinement with the PyTorch oracle (training/icae_train/refine.py:
-transformers + peft, torch autograd, torch.optim.Adam): the reference `icae bench refine`
+transformers + peft, torch autograd, torch.optim.Adam): the reference `icae-bench refine`
 compares the Rust engine with, step for step on the same documents.
 
 Worker mode only: each input line is {"length": L, "batch": B, "steps": N}; the worker

@@ -84,19 +84,24 @@ def test_gpu_check_dry_run_on_the_cpu(default_gguf, tmp_path):
 
 
 def test_bench_refine_times_the_engine_against_the_oracle(model_dir):
-    """`icae bench refine` end to end at tiny sizes: one row per case, with the engine's step
+    """`icae-bench refine` end to end at tiny sizes: one row per case, with the engine's step
     and forward times and the oracle's step time from scripts/bench/py_refine.py."""
-    from conftest import run_icae_json
+    from conftest import icae_bench_bin
 
     # fmt: off
-    report = run_icae_json(
-        "bench", "refine", "--model", model_dir, "--adapter", ROOT / "models" / "smollm2-135m-icae",
+    args = [
+        "refine", "--model", model_dir, "--adapter", ROOT / "models" / "smollm2-135m-icae",
         "--device", "cpu", "--dtype", "f32", "--lengths", "16", "--batch", "2",
         "--batch-tokens", "16", "--steps", "1", "--repeats", "1",
         "--python", sys.executable, "--oracle-script", ROOT / "scripts/bench/py_refine.py",
         "--json",
-    )
+    ]
     # fmt: on
+    proc = subprocess.run(
+        [icae_bench_bin(), *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["bench"] == "refine" and report["oracle_threads"] >= 1
     assert [(r["tokens"], r["batch"]) for r in report["rows"]] == [(16, 1), (16, 2)]
     for row in report["rows"]:

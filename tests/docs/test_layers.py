@@ -17,7 +17,8 @@ LAYERS = {
     "icae-serving": 2,
     "encoder-svc": 3,
     "decoder-svc": 3,
-    "icae": 3,
+    "icae-cli": 3,
+    "icae-bench": 4,
     "integration-tests": 4,
 }
 CRATE_DIRS = {
@@ -27,7 +28,8 @@ CRATE_DIRS = {
     "icae-serving": "serving",
     "encoder-svc": "encoder-svc",
     "decoder-svc": "decoder-svc",
-    "icae": "cli",
+    "icae-cli": "cli",
+    "icae-bench": "bench",
     "integration-tests": "integration-tests",
 }
 

@@ -17,7 +17,7 @@ use icae_proto::v1::{
 use serde_json::json;
 
 use crate::commands::generate::SamplingArgs;
-use crate::common::{print_json, TextArgs};
+use icae_cli::common::{print_json, TextArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {

@@ -11,7 +11,7 @@ use icae_core::{IcaeModel, RefineOptions, Refinement, SlotDtype, ToCompress};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Tensor;
 
-use crate::common::{load_icae, print_json, TextArgs};
+use icae_cli::common::{load_icae, print_json, TextArgs};
 
 #[derive(Debug, Args)]
 pub struct CompressArgs {

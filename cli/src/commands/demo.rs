@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use icae_cli::pwc::{generate, read_pwc};
 use icae_client::{
     baseline_text, compress_one, connect_decoder, connect_encoder, generate_request, greedy,
-    slot_keys, status_error, ConnectOptions, Decoder, Encoder, Generated,
+    slot_keys, status_error, ConnectOptions, Encoder, Generated,
 };
 use icae_core::adapter::untrained_warning;
-use icae_proto::v1::{CompressOptions, GenerateRequest, InfoRequest, Mode, SlotHandle};
-use serde::Deserialize;
+use icae_proto::v1::{CompressOptions, InfoRequest, Mode, SlotHandle};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -42,40 +42,11 @@ pub struct DemoArgs {
     pub refine_slots_per_segment: u32,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PwcRecord {
-    pub input: String,
-    pub prompt: String,
-    pub answer: String,
-}
-
-pub fn read_pwc(path: &std::path::Path) -> Result<Vec<PwcRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))
-        })
-        .collect()
-}
-
 pub fn run(args: DemoArgs) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(demo(args))
-}
-
-/// Run a generation to its final message, as the demo and `bench serve` need it: their
-/// numbers come from complete generations, so a stream cut short is an error.
-pub async fn generate(decoder: &mut Decoder, request: GenerateRequest) -> Result<Generated> {
-    let generated = icae_client::generate(decoder, request)
-        .await
-        .map_err(status_error)?;
-    generated.completed()?;
-    Ok(generated)
 }
 
 /// Positions the decoder read before generating.

@@ -10,7 +10,7 @@ use icae_core::{Mode, SamplingParams};
 use serde_json::json;
 use tch::Tensor;
 
-use crate::common::{load_icae, print_json};
+use icae_cli::common::{load_icae, print_json};
 
 #[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {

@@ -8,7 +8,7 @@ use icae_core::fingerprint::base_fingerprint;
 use icae_core::model::ModelConfig;
 use serde_json::{json, Value};
 
-use crate::common::{load_icae, print_json};
+use icae_cli::common::{load_icae, print_json};
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {

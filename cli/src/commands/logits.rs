@@ -7,7 +7,7 @@ use icae_core::model::LlamaModel;
 use icae_core::tokenizer::TextTokenizer;
 use tch::{Kind, Tensor};
 
-use crate::common::TextArgs;
+use icae_cli::common::TextArgs;
 
 #[derive(Debug, Args)]
 pub struct LogitsArgs {

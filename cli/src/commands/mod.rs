@@ -1,9 +1,4 @@
 pub mod adapter;
-pub mod bench;
-pub mod bench_decode;
-pub mod bench_refine;
-pub mod bench_serve;
-pub mod bench_worker;
 pub mod client;
 pub mod compress;
 pub mod demo;

@@ -3,7 +3,7 @@ use clap::Args;
 use icae_core::tokenizer::TextTokenizer;
 use serde_json::json;
 
-use crate::common::{print_json, TextArgs};
+use icae_cli::common::{print_json, TextArgs};
 
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {

@@ -1,4 +1,4 @@
-//! `icae bench refine`: the cost of test-time slot refinement. Per case (documents of one
+//! `icae-bench refine`: the cost of test-time slot refinement. Per case (documents of one
 //! length, alone or several refined together): one refinement step against one plain decoder
 //! forward of the same layout (the score a plain compression reports), and the engine's step
 //! against the PyTorch oracle's (training/icae_train/refine.py, which refines documents one
@@ -15,9 +15,9 @@ use icae_core::refine::reconstruction_losses;
 use icae_core::{IcaeModel, RefineOptions, Refinement, SlotDtype};
 use serde_json::json;
 
-use crate::commands::bench::bench_tokens;
-use crate::commands::bench_worker::{synchronize, torch_device_name, PyWorker};
-use crate::common::{load_icae, print_json};
+use crate::forward::bench_tokens;
+use crate::worker::{synchronize, torch_device_name, PyWorker};
+use icae_cli::common::{load_icae, print_json};
 
 #[derive(Debug, Args)]
 pub struct RefineArgs {

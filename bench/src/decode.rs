@@ -1,4 +1,4 @@
-//! `icae bench decode`: greedy decoding tokens/s of the engine (the decoder's batched step,
+//! `icae-bench decode`: greedy decoding tokens/s of the engine (the decoder's batched step,
 //! `icae_core::generate::decode_batch`, as decoder-svc's scheduler drives it) against HF
 //! transformers `generate` in the same dtype and on the same device, alternating in one run;
 //! and batch 1 as a fraction of the memory-bandwidth limit measured in the same run.
@@ -17,9 +17,9 @@ use icae_core::{SamplingParams, Sequence};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::commands::bench_worker::{synchronize, torch_device_name, PyWorker};
-use crate::commands::demo::read_pwc;
-use crate::common::print_json;
+use crate::worker::{synchronize, torch_device_name, PyWorker};
+use icae_cli::common::print_json;
+use icae_cli::pwc::read_pwc;
 
 #[derive(Debug, Args)]
 pub struct DecodeArgs {

@@ -1,4 +1,4 @@
-//! `icae bench serve`: the services' numbers (DESIGN.md §9), measured side by side in one run
+//! `icae-bench serve`: the services' numbers (DESIGN.md §9), measured side by side in one run
 //! against running encoder-svc and decoder-svc.
 
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use icae_client::{
 use icae_proto::v1::{CompressOptions, CompressResponse, InfoRequest, InfoResponse, Mode};
 use serde_json::json;
 
-use crate::commands::demo::{generate, read_pwc, PwcRecord};
-use crate::common::print_json;
+use icae_cli::common::print_json;
+use icae_cli::pwc::{generate, read_pwc, PwcRecord};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

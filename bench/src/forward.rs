@@ -1,11 +1,11 @@
-//! `icae bench forward`: compression throughput of the Rust engine, as a fraction of the
+//! `icae-bench forward`: compression throughput of the Rust engine, as a fraction of the
 //! matmul FLOP/s this machine reaches and against HF transformers, measured in one run.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::device::{cpu_has_native_bf16, kind_name};
 use icae_core::model::ModelConfig;
@@ -13,22 +13,9 @@ use icae_core::IcaeModel;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::commands::bench_worker::{synchronize, torch_device_name, PyWorker};
-use crate::commands::demo::read_pwc;
-use crate::common::{load_icae, print_json};
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Compression tokens/s per input length, vs matmul peak and vs HF transformers.
-    Forward(ForwardArgs),
-    /// Greedy decode tokens/s at batch 1 and 8 vs transformers `generate`, and batch 1 as
-    /// a fraction of the memory-bandwidth limit.
-    Decode(crate::commands::bench_decode::DecodeArgs),
-    /// Latency, throughput and bytes of the running services (see scripts/bench-serve.sh).
-    Serve(crate::commands::bench_serve::ServeArgs),
-    /// A refinement step against a plain decoder forward, and against the PyTorch oracle.
-    Refine(crate::commands::bench_refine::RefineArgs),
-}
+use crate::worker::{synchronize, torch_device_name, PyWorker};
+use icae_cli::common::{load_icae, print_json};
+use icae_cli::pwc::read_pwc;
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
@@ -59,18 +46,6 @@ pub struct ForwardArgs {
     pub hf_script: PathBuf,
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Forward(args) => forward(args),
-        BenchCommand::Decode(args) => crate::commands::bench_decode::run(args),
-        BenchCommand::Refine(args) => crate::commands::bench_refine::run(args),
-        BenchCommand::Serve(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::commands::bench_serve::run(args)),
-    }
 }
 
 /// One timed case: `batch` documents of `tokens` tokens compressed together.
@@ -104,7 +79,7 @@ fn documents(ids: &[u32], case: Case) -> Vec<&[u32]> {
         .collect()
 }
 
-fn forward(args: ForwardArgs) -> Result<()> {
+pub fn run(args: ForwardArgs) -> Result<()> {
     if args.adapter.adapter.is_file() {
         bail!("bench forward needs an adapter directory (the HF reference reads icae_config.json)");
     }
