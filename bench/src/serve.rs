@@ -28,7 +28,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Concurrent stream counts for the throughput measurement.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
     pub streams: Vec<usize>,
     /// Context lengths in tokens (about: the example article repeated and cut); each is
     /// measured from its slots and from its full text.
@@ -115,9 +115,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             "ttft_full_over_slots": median(context.full_ttft.clone()) / median(context.slot_ttft.clone()),
             "per_token_slots_seconds": median(context.slot_tpot.clone()),
             "per_token_full_text_seconds": median(context.full_tpot.clone()),
-            "throughput": context.throughput.iter().map(|(n, tps)| json!({
-                "streams": n, "tokens_per_second": tps,
-                "vs_one_stream": tps / context.single_stream(),
+            "throughput": context.throughput.iter().map(|t| json!({
+                "streams": t.streams, "tokens_per_second": t.end_to_end,
+                "vs_one_stream": t.end_to_end / context.single_stream().end_to_end,
+                "decode_tokens_per_second": t.decoding,
+                "decode_vs_one_stream": t.decoding / context.single_stream().decoding,
             })).collect::<Vec<_>>(),
         }));
     }
@@ -172,11 +174,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             f("per_token_full_text_seconds")
         );
         for t in c["throughput"].as_array().into_iter().flatten() {
+            let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
             println!(
-                "  {:>2} concurrent streams: {:.1} tokens/s ({:.2}x one stream)",
+                "  {:>2} concurrent streams: {:.1} tokens/s end to end ({:.2}x one stream), \
+                 decoding {:.1} tokens/s ({:.2}x)",
                 t["streams"],
-                t["tokens_per_second"].as_f64().unwrap_or(f64::NAN),
-                t["vs_one_stream"].as_f64().unwrap_or(f64::NAN)
+                f("tokens_per_second"),
+                f("vs_one_stream"),
+                f("decode_tokens_per_second"),
+                f("decode_vs_one_stream"),
             );
         }
     }
@@ -191,7 +197,34 @@ struct ContextRun {
     slot_tpot: Vec<f64>,
     full_ttft: Vec<f64>,
     full_tpot: Vec<f64>,
-    throughput: Vec<(usize, f64)>,
+    throughput: Vec<Throughput>,
+}
+
+/// Tokens per second of N concurrent streams: end to end (all tokens over the wall time),
+/// and while decoding (each stream's tokens after its first, over its time after the
+/// first, summed over the streams), where batching acts and prefill does not count.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    streams: usize,
+    end_to_end: f64,
+    decoding: f64,
+}
+
+impl Throughput {
+    /// `streams` as (tokens, seconds to the first token, seconds to the end) over `wall`.
+    fn of(streams: &[(usize, f64, f64)], wall: f64) -> Throughput {
+        let tokens: usize = streams.iter().map(|s| s.0).sum();
+        let decoding = streams
+            .iter()
+            .filter(|(n, first, end)| *n > 1 && end > first)
+            .map(|(n, first, end)| (n - 1) as f64 / (end - first))
+            .sum();
+        Throughput {
+            streams: streams.len(),
+            end_to_end: tokens as f64 / wall,
+            decoding,
+        }
+    }
 }
 
 impl ContextRun {
@@ -199,11 +232,17 @@ impl ContextRun {
         info.kv_bytes_per_position * u64::from(self.num_tokens)
     }
 
-    fn single_stream(&self) -> f64 {
+    fn single_stream(&self) -> Throughput {
+        let none = Throughput {
+            streams: 1,
+            end_to_end: f64::NAN,
+            decoding: f64::NAN,
+        };
         self.throughput
             .iter()
-            .find(|(n, _)| *n == 1)
-            .map_or(f64::NAN, |t| t.1)
+            .find(|t| t.streams == 1)
+            .copied()
+            .unwrap_or(none)
     }
 }
 
@@ -271,12 +310,14 @@ async fn measure_context(
                 })
             })
             .collect();
-        let mut generated = 0;
+        let mut streams = Vec::new();
         for task in tasks {
-            generated += task.await??.token_ids.len();
+            let generated = task.await??;
+            let (first, end) = (generated.first_token_seconds, generated.seconds);
+            streams.push((generated.token_ids.len(), first, end));
         }
-        run.throughput
-            .push((n, generated as f64 / started.elapsed().as_secs_f64()));
+        let wall = started.elapsed().as_secs_f64();
+        run.throughput.push(Throughput::of(&streams, wall));
     }
     Ok(run)
 }
@@ -327,6 +368,18 @@ fn returning_slots() -> CompressOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_throughput_leaves_each_streams_prefill_out() {
+        // Two streams of 11 tokens: first tokens at 1 s and 3 s, ends at 2 s and 4 s.
+        let t = Throughput::of(&[(11, 1.0, 2.0), (11, 3.0, 4.0)], 4.0);
+        assert_eq!(t.streams, 2);
+        assert!((t.end_to_end - 22.0 / 4.0).abs() < 1e-9);
+        // 10 tokens after the first in 1 s, each.
+        assert!((t.decoding - 20.0).abs() < 1e-9);
+        // A stream of one token has no decoding time.
+        assert_eq!(Throughput::of(&[(1, 1.0, 1.0)], 1.0).decoding, 0.0);
+    }
 
     #[test]
     fn context_text_repeats_the_article_to_about_the_target() {
