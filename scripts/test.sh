@@ -8,8 +8,8 @@ scripts/setup.sh
 source scripts/env.sh
 
 echo "==> ruff (Python lint and format)"
-ruff check training tests scripts/bench
-ruff format --check training tests scripts/bench
+ruff check training clients tests scripts/bench
+ruff format --check training clients tests scripts/bench
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -1,7 +1,7 @@
 # The steps of scripts/setup.sh. Source after scripts/env.sh.
 # Each step NAME has `need_NAME` (exit 0 when there is work to do; it must not fail when an
 # earlier step has not run yet: it only looks) and `do_NAME` (does the work).
-SETUP_STEPS=(system_packages python_env training_package rust_build model_import untrained_adapter)
+SETUP_STEPS=(system_packages python_env training_package python_client rust_build model_import untrained_adapter)
 SETUP_CURRENT_STEP="start"
 
 describe_step() {
@@ -9,6 +9,7 @@ describe_step() {
     system_packages) echo "install redis-server and openssl (Debian)" ;;
     python_env) echo "create the Python environment in $ICAE_VENV (PyTorch 2.13.0 is large: a few minutes)" ;;
     training_package) echo "install this checkout's training/ package (icae-train) into $ICAE_VENV" ;;
+    python_client) echo "install this checkout's Python client (clients/python: icae-client) into $ICAE_VENV" ;;
     rust_build) echo "build the Rust workspace (release)" ;;
     model_import) echo "import the default model into $ICAE_MODEL_DIR" ;;
     untrained_adapter) echo "write the untrained plumbing adapter $ICAE_UNTRAINED_ADAPTER" ;;
@@ -68,10 +69,25 @@ do_training_package() {
   "$ICAE_VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e training
 }
 
+# --- the Python client ----------------------------------------------------------------------
+# clients/python (icae-client), editable for the same reason as the training package: the
+# tests in tests/client_python must exercise this checkout's client.
+python_client_dir() {
+  "$ICAE_VENV/bin/python" -c 'import os, icae_client; print(os.path.dirname(os.path.dirname(os.path.realpath(icae_client.__file__))))' 2>/dev/null || true
+}
+need_python_client() {
+  [ -f clients/python/pyproject.toml ] || return 1
+  [ "$(python_client_dir)" != "$(cd clients/python && pwd -P)" ]
+}
+# Its dependencies (grpcio, protobuf) come with the Python environment (requirements.txt).
+do_python_client() {
+  "$ICAE_VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e clients/python
+}
+
 # --- Rust workspace -----------------------------------------------------------------------
 # Cargo itself knows what is stale, so the build always runs (seconds when nothing changed);
 # the plan calls it needed only while the binaries do not exist yet.
-need_rust_build() { [ ! -x target/release/icae ] || [ ! -x target/release/encoder-svc ] || [ ! -x target/release/decoder-svc ]; }
+need_rust_build() { [ ! -x target/release/icae ] || [ ! -x target/release/icae-bench ] || [ ! -x target/release/encoder-svc ] || [ ! -x target/release/decoder-svc ]; }
 do_rust_build() { cargo build --release --workspace --locked --quiet; }
 always_run_rust_build() { true; }
 

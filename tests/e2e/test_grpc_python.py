@@ -2,25 +2,13 @@
 compress -> generate round trip against the real services (real redis-server, loopback)."""
 
 import importlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ROOT, icae_bin
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# free_port is imported from here by tests/security.
+from conftest import ROOT, Service, free_port, running_services  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -50,62 +38,12 @@ def stubs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, model_dir):
-    work = tmp_path_factory.mktemp("services")
-    redis_port = free_port()
-    pidfile = work / "redis.pid"
-    # fmt: off
-    subprocess.run(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(work), "--daemonize", "yes", "--pidfile", str(pidfile)],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    # fmt: on
-    adapter = os.environ.get(
-        "ICAE_UNTRAINED_ADAPTER", str(Path.home() / ".cache/icae/adapters/untrained-m32")
-    )
-    bin_dir = Path(icae_bin()).parent
-    procs = {}
-    ports = {}
-    try:
-        for name in ("encoder", "decoder"):
-            ports[name] = free_port()
-            log = open(work / f"{name}.log", "w")
-            # fmt: off
-            procs[name] = subprocess.Popen(
-                [str(bin_dir / f"{name}-svc"), "--model", str(model_dir), "--adapter", adapter,
-                 "--device", "cpu", "--redis-url", f"redis://127.0.0.1:{redis_port}",
-                 "--port", str(ports[name])],
-                stdout=subprocess.DEVNULL, stderr=log,
-            )
-            # fmt: on
-        for name, service in (("encoder", "icae.v1.Encoder"), ("decoder", "icae.v1.Decoder")):
-            wait_ready(f"127.0.0.1:{ports[name]}", service, procs[name])
-        yield {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(timeout=60)
-        if pidfile.exists():
-            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-
-
-def wait_ready(address, service, proc, timeout=120):
-    deadline = time.time() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.time() < deadline:
-            assert proc.poll() is None, f"{service} exited early"
-            try:
-                status = stub.Check(
-                    health_pb2.HealthCheckRequest(service=service), timeout=1
-                ).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"{service} at {address} did not become ready")
+    layout = {
+        "encoder": Service("encoder-svc", "icae.v1.Encoder"),
+        "decoder": Service("decoder-svc", "icae.v1.Decoder"),
+    }
+    with running_services(tmp_path_factory.mktemp("services"), model_dir, layout) as addresses:
+        yield addresses
 
 
 def test_python_client_round_trip(stubs, services):

@@ -2,21 +2,15 @@
 encoder, Generate on the decoder) and an mTLS Compress against the real services, with
 certificates made by `openssl` at test time; a client without a certificate is refused."""
 
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
 import pytest
-from e2e.test_grpc_python import free_port, stubs  # noqa: F401 (stubs is a fixture)
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from e2e.test_grpc_python import stubs  # noqa: F401 (a fixture)
 
-from conftest import icae_bin
-
-# The server certificates name 127.0.0.1 and localhost; grpcio checks the latter.
-TARGET_NAME = [("grpc.ssl_target_name_override", "localhost")]
+from conftest import TLS_TARGET_NAME as TARGET_NAME
+from conftest import Service, running_services
 
 
 def openssl(*args):
@@ -63,69 +57,22 @@ def credentials(pki, client=None):
     )
 
 
-def wait_ready(address, service, proc, creds, timeout=120):
-    deadline = time.time() + timeout
-    with grpc.secure_channel(address, creds, options=TARGET_NAME) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.time() < deadline:
-            assert proc.poll() is None, f"{service} exited early"
-            try:
-                request = health_pb2.HealthCheckRequest(service=service)
-                if stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"{service} at {address} did not become ready over TLS")
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, model_dir, pki):
     """encoder + decoder with TLS, and a second encoder that requires client certificates."""
-    work = tmp_path_factory.mktemp("services")
-    redis_port, pidfile = free_port(), work / "redis.pid"
-    subprocess.run(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(work), "--daemonize", "yes", "--pidfile", str(pidfile)],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    adapter = os.environ.get(
-        "ICAE_UNTRAINED_ADAPTER", str(Path.home() / ".cache/icae/adapters/untrained-m32")
-    )
-    bin_dir = Path(icae_bin()).parent
     tls = ["--tls-cert", pki["server"][0], "--tls-key", pki["server"][1]]
     layout = {
-        "encoder": ("encoder-svc", "icae.v1.Encoder", tls, None),
-        "decoder": ("decoder-svc", "icae.v1.Decoder", tls, None),
-        "mtls_encoder": (
+        "encoder": Service("encoder-svc", "icae.v1.Encoder", tls, credentials(pki)),
+        "decoder": Service("decoder-svc", "icae.v1.Decoder", tls, credentials(pki)),
+        "mtls_encoder": Service(
             "encoder-svc",
             "icae.v1.Encoder",
             [*tls, "--tls-client-ca", pki["ca"]],
-            pki["alice"],
+            credentials(pki, pki["alice"]),
         ),
     }
-    procs, addresses = {}, {}
-    try:
-        for name, (binary, _, flags, _) in layout.items():
-            addresses[name] = f"127.0.0.1:{free_port()}"
-            log = open(work / f"{name}.log", "w")
-            procs[name] = subprocess.Popen(
-                [str(bin_dir / binary), "--model", str(model_dir), "--adapter", adapter,
-                 "--device", "cpu", "--redis-url", f"redis://127.0.0.1:{redis_port}",
-                 "--host", "127.0.0.1", "--port", addresses[name].split(":")[1],
-                 "--metrics-port", "0", *map(str, flags)],
-                stdout=subprocess.DEVNULL, stderr=log,
-            )  # fmt: skip
-        for name, (_, service, _, client) in layout.items():
-            wait_ready(addresses[name], service, procs[name], credentials(pki, client))
+    with running_services(tmp_path_factory.mktemp("services"), model_dir, layout) as addresses:
         yield addresses
-    finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(timeout=60)
-        if pidfile.exists():
-            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
 
 
 def test_tls_round_trip_from_python(stubs, services, pki):  # noqa: F811

@@ -53,7 +53,13 @@ def test_env_sh_sources_under_strict_mode_with_an_empty_icae_home(tmp_path):
 
 def test_the_plan_for_an_empty_icae_home_lists_every_install_step(tmp_path):
     states = plan(bare_env(tmp_path))
-    for step in ["python_env", "training_package", "model_import", "untrained_adapter"]:
+    for step in [
+        "python_env",
+        "training_package",
+        "python_client",
+        "model_import",
+        "untrained_adapter",
+    ]:
         assert states.get(step) == "needed", states
     assert states.get("rust_build") in ("needed", "check"), states
     assert not (tmp_path / "icae").exists(), "--plan must not install anything"
