@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +24,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
+
+from .config import IcaeConfig
 
 
 class Objective(enum.Enum):
@@ -88,23 +90,6 @@ class AutoencodeBatch:
 
 # What `ICAE.forward` takes: one example (or one batch of AE examples) of any objective.
 ObjectiveInput = AutoencodeInput | AutoencodeBatch | LmInput | AnswerInput
-
-
-@dataclass
-class IcaeConfig:
-    mem_size: int = 32
-    compression_rate: int = 4
-    lora_r: int = 32
-    lora_alpha: float = 32.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    lora_dropout: float = 0.0
-    # Append the LM token after the slots for the LM objective (official default: no).
-    lm_token: bool = False
-    # A trainable linear map on the slots (see slot_projector_init); off = official ICAE.
-    slot_projector: bool = False
-    # A learned scalar on the slots, starting at the projector's initial scale: a candidate
-    # of the recipe search only (save_adapter refuses it; the projector subsumes it).
-    slot_scale: bool = False
 
 
 class ICAE(nn.Module):

@@ -10,22 +10,12 @@ batch's teacher-forced AE token accuracy (argmax of the decoder at each position
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
+from .config import OverfitConfig
 from .model import ICAE
 from .train import TrainConfig, optimizer_for
-
-
-@dataclass
-class OverfitConfig:
-    max_steps: int = 200
-    target_accuracy: float = 0.95
-    lr: float = 5e-4
-    memory_lr: float = 1e-3
-    projector_lr: float = 1e-3
-    max_grad_norm: float = 1.0
 
 
 def overfit(model: ICAE, texts: list[list[int]], cfg: OverfitConfig, log=None) -> list[dict]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from .config import IcaeConfig, Protocol
 from .data import windows
-from .model import ICAE, IcaeConfig
+from .model import ICAE
 from .train import TrainConfig, optimizer_for
 
 # Held-out windows scored per forward (bounds activation memory, not the result).
@@ -43,24 +44,6 @@ class Candidate:
     # once the held-out AE accuracy reaches `lm_after` (0: from the start).
     lm_ratio: float = 0.0
     lm_after: float = 0.0
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """What every candidate of a search shares."""
-
-    steps: int = 300
-    batch: int = 8
-    text_tokens: int = 64
-    eval_every: int = 50
-    eval_texts: int = 32
-    seed: int = 0
-    mem_size: int = 16
-    compression_rate: int = 4
-    lora_alpha: float = 32.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    memory_lr: float = 1e-3
-    projector_lr: float = 1e-3
 
 
 # The candidates compared; each differs from "official" (or from "projector", for
@@ -140,17 +123,15 @@ def run_candidate(
     )
     torch.manual_seed(protocol.seed)
     model = ICAE(model_dir, config, dtype=dtype, device=device)
-    optimizer, _ = optimizer_for(
-        model,
-        TrainConfig(
-            steps=protocol.steps,
-            lr=candidate.lr,
-            memory_lr=protocol.memory_lr,
-            projector_lr=protocol.projector_lr,
-            warmup_steps=0,
-            min_lr_ratio=1.0,  # constant: candidates are compared at equal steps
-        ),
+    train_config = TrainConfig(
+        steps=protocol.steps,
+        lr=candidate.lr,
+        memory_lr=protocol.memory_lr,
+        projector_lr=protocol.projector_lr,
+        warmup_steps=0,
+        min_lr_ratio=1.0,  # constant: candidates are compared at equal steps
     )
+    optimizer, _ = optimizer_for(model, train_config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     data = random.Random(protocol.seed)
     history, started = [], time.time()
@@ -174,7 +155,7 @@ def run_candidate(
         optimizer.zero_grad(set_to_none=True)
         loss = training_loss(model, candidate, protocol, step, train_documents, data, lm_on)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
         optimizer.step()
     return history
 

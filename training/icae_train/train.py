@@ -14,7 +14,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .config import TrainConfig
 from .model import ICAE, ObjectiveInput
 
 CHECKPOINT = "checkpoint"
-
-
-@dataclass
-class TrainConfig:
-    steps: int
-    lr: float = 1e-4
-    memory_lr: float | None = None  # defaults to lr
-    projector_lr: float | None = None  # the slot projector's; defaults to memory_lr
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 100
-    seed: int = 0
-    # bf16 autocast of the forward on a CPU (the weights and optimizer stay f32); worth it
-    # only where the CPU multiplies bf16 natively. Set through `use_cpu_autocast`: True only
-    # for a model on the CPU, so that run.json records what ran.
-    cpu_autocast: bool = False
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
