@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use icae_proto::v1::decoder_client::DecoderClient;
-use icae_proto::v1::encoder_client::EncoderClient;
+use icae_proto::v1::decoder_service_client::DecoderServiceClient;
+use icae_proto::v1::encoder_service_client::EncoderServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
@@ -64,9 +64,9 @@ impl Interceptor for PerCall {
 }
 
 /// An encoder-svc client whose calls carry the connection's deadline and token.
-pub type Encoder = EncoderClient<InterceptedService<Channel, PerCall>>;
+pub type Encoder = EncoderServiceClient<InterceptedService<Channel, PerCall>>;
 /// A decoder-svc client whose calls carry the connection's deadline and token.
-pub type Decoder = DecoderClient<InterceptedService<Channel, PerCall>>;
+pub type Decoder = DecoderServiceClient<InterceptedService<Channel, PerCall>>;
 
 /// A connection to `url`: TLS for `https://` (with `options.tls`, or the web PKI roots).
 pub async fn channel(url: &str, options: &ConnectOptions) -> Result<Channel> {
@@ -113,7 +113,7 @@ pub async fn connect_decoder(url: &str, options: &ConnectOptions) -> Result<Deco
 
 /// An encoder client on `channel` with the options' per-call settings and message limit.
 pub(crate) fn encoder_on(channel: Channel, options: &ConnectOptions) -> Encoder {
-    let client = EncoderClient::with_interceptor(channel, PerCall::of(options));
+    let client = EncoderServiceClient::with_interceptor(channel, PerCall::of(options));
     match options.max_message_bytes {
         Some(limit) => client.max_decoding_message_size(limit),
         None => client,
@@ -122,7 +122,7 @@ pub(crate) fn encoder_on(channel: Channel, options: &ConnectOptions) -> Encoder 
 
 /// A decoder client on `channel`, as [`encoder_on`].
 pub(crate) fn decoder_on(channel: Channel, options: &ConnectOptions) -> Decoder {
-    let client = DecoderClient::with_interceptor(channel, PerCall::of(options));
+    let client = DecoderServiceClient::with_interceptor(channel, PerCall::of(options));
     match options.max_message_bytes {
         Some(limit) => client.max_decoding_message_size(limit),
         None => client,

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use icae_proto::v1::decoder_server::DecoderServer;
+use icae_proto::v1::decoder_service_server::DecoderServiceServer;
 use icae_serving::config::at_least_one;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
@@ -23,7 +23,7 @@ use icae_serving::{serve, DecoderLimits, Ports, ServiceArgs};
 
 use crate::pipeline::GeneratePipeline;
 use crate::scheduler::{Scheduler, StepLimits};
-use crate::server::DecoderService;
+use crate::server::DecoderApi;
 use crate::slot_reads::SlotReader;
 
 #[derive(Debug, Parser)]
@@ -112,7 +112,7 @@ async fn run(config: Config) -> Result<(), String> {
         config.max_slot_sets,
         config.max_slot_read_mib as usize * 1024 * 1024,
     );
-    let service = DecoderService {
+    let service = DecoderApi {
         pipeline: GeneratePipeline {
             slot_reader: SlotReader::new(
                 parts.store.clone(),
@@ -126,7 +126,7 @@ async fn run(config: Config) -> Result<(), String> {
         admission: parts.admission.clone(),
         stream_send_timeout: Duration::from_secs(config.stream_send_timeout_seconds),
     };
-    let server = DecoderServer::new(service)
+    let server = DecoderServiceServer::new(service)
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
     serve(args, parts, server, load_failure).await

@@ -136,7 +136,7 @@ async fn start_chunked(max_batch: usize, chunk: usize, backend: FakeBackend) -> 
     let (scheduler, _) = Scheduler::spawn(
         8,
         limits,
-        unmounted_readiness("icae.v1.Decoder").await,
+        unmounted_readiness("icae.v1.DecoderApi").await,
         move || Ok((backend, fake_summary())),
     );
     wait_until("the fake backend loaded", || scheduler.summary().is_ok()).await;
@@ -295,7 +295,7 @@ async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
     let (scheduler, failure) = Scheduler::spawn(
         4,
         limits,
-        unmounted_readiness("icae.v1.Decoder").await,
+        unmounted_readiness("icae.v1.DecoderApi").await,
         || Err::<(FakeBackend, ModelSummary), _>("weights missing".to_string()),
     );
     let error = tokio::time::timeout(Duration::from_secs(5), failure.wait())

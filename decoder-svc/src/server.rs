@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::convert::{finish_to_proto, mode_from_proto};
-use icae_proto::v1::decoder_server::Decoder;
+use icae_proto::v1::decoder_service_server::DecoderService;
 use icae_proto::v1::{
     generate_request, slot_ref, GenerateOnceResponse, GenerateRequest, InfoRequest, InfoResponse,
 };
@@ -20,7 +20,7 @@ use crate::pipeline::{ContextInput, GenerateInput, GeneratePipeline, SamplingInp
 use crate::scheduler::Event;
 use crate::slot_reads::SlotSource;
 
-pub struct DecoderService {
+pub struct DecoderApi {
     pub pipeline: GeneratePipeline,
     pub admission: Admission,
     /// How long a Generate stream waits on a client that reads nothing.
@@ -63,7 +63,7 @@ fn generate_input(request: Request<GenerateRequest>) -> Result<GenerateInput, Se
     })
 }
 
-impl DecoderService {
+impl DecoderApi {
     /// Admit, convert and start the generation inside `span`.
     async fn start(
         &self,
@@ -80,7 +80,7 @@ impl DecoderService {
 }
 
 #[tonic::async_trait]
-impl Decoder for DecoderService {
+impl DecoderService for DecoderApi {
     type GenerateStream = EventStream;
 
     async fn generate(
@@ -132,7 +132,7 @@ impl Decoder for DecoderService {
     }
 }
 
-impl DecoderService {
+impl DecoderApi {
     async fn generate_once_request(
         &self,
         request: Request<GenerateRequest>,

@@ -179,7 +179,7 @@ async fn gated_with(limits: BatchLimits, queue: usize, mut backend: FakeBackend)
     let (batcher, _) = Batcher::spawn(
         queue,
         limits,
-        unmounted_readiness("icae.v1.Encoder").await,
+        unmounted_readiness("icae.v1.EncoderApi").await,
         move || Ok((backend, fake_summary())),
     );
     wait_loaded(&batcher).await;
@@ -536,7 +536,7 @@ async fn a_failed_load_is_reported_and_requests_stay_unavailable() {
     let (batcher, failure) = Batcher::spawn(
         4,
         limits,
-        unmounted_readiness("icae.v1.Encoder").await,
+        unmounted_readiness("icae.v1.EncoderApi").await,
         || Err::<(FakeBackend, ModelSummary), _>("no such model".to_string()),
     );
     let error = tokio::time::timeout(Duration::from_secs(5), failure.wait())

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use icae_core::SlotDtype;
-use icae_proto::v1::encoder_server::EncoderServer;
+use icae_proto::v1::encoder_service_server::EncoderServiceServer;
 use icae_serving::config::at_least_one;
 use icae_serving::model_thread::load_icae;
 use icae_serving::runtime::{run_service, ServiceParts};
@@ -23,7 +23,7 @@ use tracing::info;
 use crate::backend::EncoderModel;
 use crate::batcher::{BatchLimits, Batcher};
 use crate::pipeline::CompressPipeline;
-use crate::server::EncoderService;
+use crate::server::EncoderApi;
 
 #[derive(Debug, Parser)]
 // A flag given twice takes its last value (scripts add to a base command line).
@@ -117,7 +117,7 @@ async fn run(config: Config) -> Result<(), String> {
             max_refine_tokens: config.max_refine_tokens,
         },
     );
-    let service = EncoderService {
+    let service = EncoderApi {
         pipeline: CompressPipeline {
             store: parts.store.clone(),
             tokenizer: parts.tokenizer.clone(),
@@ -127,7 +127,7 @@ async fn run(config: Config) -> Result<(), String> {
         },
         admission: parts.admission.clone(),
     };
-    let server = EncoderServer::new(service)
+    let server = EncoderServiceServer::new(service)
         // Requests larger than anything the limits let through are refused before decoding.
         .max_decoding_message_size(limits.max_request_bytes())
         .max_encoding_message_size(args.max_message_bytes);

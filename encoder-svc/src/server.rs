@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use icae_proto::v1::encoder_server::Encoder;
+use icae_proto::v1::encoder_service_server::EncoderService;
 use icae_proto::v1::{
     document, CompressRequest, CompressResponse, CompressedDocument, InfoRequest, InfoResponse,
     SlotHandle, Timings,
@@ -18,7 +18,7 @@ use tracing::{Instrument, Span};
 
 use crate::pipeline::{CompressInput, CompressOutput, CompressPipeline, DocumentInput};
 
-pub struct EncoderService {
+pub struct EncoderApi {
     pub pipeline: CompressPipeline,
     pub admission: Admission,
 }
@@ -84,7 +84,7 @@ fn compress_response(output: CompressOutput) -> CompressResponse {
 }
 
 #[tonic::async_trait]
-impl Encoder for EncoderService {
+impl EncoderService for EncoderApi {
     async fn compress(
         &self,
         request: Request<CompressRequest>,
@@ -114,7 +114,7 @@ impl Encoder for EncoderService {
     }
 }
 
-impl EncoderService {
+impl EncoderApi {
     async fn compress_request(
         &self,
         request: Request<CompressRequest>,

@@ -13,7 +13,7 @@ pub fn grpc_frame(message: &[u8]) -> Bytes {
     Bytes::from(body)
 }
 
-/// The request head of a call to `path` (e.g. `/icae.v1.Encoder/Compress`).
+/// The request head of a call to `path` (e.g. `/icae.v1.EncoderService/Compress`).
 pub fn grpc_head(path: &str) -> http::Request<()> {
     http::Request::post(format!("http://127.0.0.1{path}"))
         .header("content-type", "application/grpc")

@@ -82,7 +82,8 @@ async fn encoder_errors() {
         request(vec![too_many_ids], opts()),
     ] {
         let bytes = prost::Message::encode_to_vec(&oversize);
-        let (code, message) = raw_call(&encoder.url(), "/icae.v1.Encoder/Compress", &bytes).await;
+        let (code, message) =
+            raw_call(&encoder.url(), "/icae.v1.EncoderService/Compress", &bytes).await;
         assert_eq!(code, Code::ResourceExhausted, "{message}");
         assert!(message.contains(&request_limit.to_string()), "{message}");
         assert!(message.contains(&(bytes.len()).to_string()), "{message}");
@@ -90,7 +91,7 @@ async fn encoder_errors() {
     // Bytes that are not a CompressRequest: the sender's fault.
     let (code, message) = raw_call(
         &encoder.url(),
-        "/icae.v1.Encoder/Compress",
+        "/icae.v1.EncoderService/Compress",
         &[0x0a, 0xff, 0xff],
     )
     .await;
@@ -466,17 +467,17 @@ async fn short_deadlines_are_deadline_exceeded() {
         for (url, path, message) in [
             (
                 encoder.url(),
-                "/icae.v1.Encoder/Compress",
+                "/icae.v1.EncoderService/Compress",
                 compress.encode_to_vec(),
             ),
             (
                 decoder.url(),
-                "/icae.v1.Decoder/GenerateOnce",
+                "/icae.v1.DecoderService/GenerateOnce",
                 generate.encode_to_vec(),
             ),
             (
                 decoder.url(),
-                "/icae.v1.Decoder/Generate",
+                "/icae.v1.DecoderService/Generate",
                 generate.encode_to_vec(),
             ),
         ] {

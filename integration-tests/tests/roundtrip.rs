@@ -183,7 +183,7 @@ async fn the_cli_client_talks_to_the_services() {
         info["model_fingerprint"].as_str().unwrap(),
         handle["model_fingerprint"].as_str().unwrap()
     );
-    assert_eq!(info["service"], "icae.v1.Decoder");
+    assert_eq!(info["service"], "icae.v1.DecoderService");
 
     // Errors come back as one line naming the status code.
     let missing = format!("{}{}", &key[..key.len() - 64], "0".repeat(64));

@@ -48,7 +48,7 @@ impl StalledClient {
     /// Send a Generate; returns its response once the server answered with headers.
     async fn generate(&mut self, request: &GenerateRequest) -> http::Response<h2::RecvStream> {
         self.send = self.send.clone().ready().await.unwrap();
-        let head = grpc_head("/icae.v1.Decoder/Generate");
+        let head = grpc_head("/icae.v1.DecoderService/Generate");
         let (response, mut stream) = self.send.send_request(head, false).unwrap();
         stream
             .send_data(grpc_frame(&request.encode_to_vec()), true)

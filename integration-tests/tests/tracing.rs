@@ -148,7 +148,7 @@ async fn spans_follow_the_caller_and_link_decoder_to_encoder() {
             .unwrap_or_else(|| panic!("no {name} span in {spans:?}"))
             .clone()
     };
-    let (encoder_resource, compress) = named("icae.v1.Encoder/Compress");
+    let (encoder_resource, compress) = named("icae.v1.EncoderService/Compress");
     assert_eq!(
         hex(&compress.trace_id),
         CLIENT_TRACE,
@@ -159,7 +159,7 @@ async fn spans_follow_the_caller_and_link_decoder_to_encoder() {
     let attributes = &compress.attributes;
     for (key, expected) in [
         ("rpc.system", "grpc"),
-        ("rpc.service", "icae.v1.Encoder"),
+        ("rpc.service", "icae.v1.EncoderService"),
         ("rpc.method", "Compress"),
         ("rpc.grpc.status_code", "0"),
     ] {
@@ -178,7 +178,7 @@ async fn spans_follow_the_caller_and_link_decoder_to_encoder() {
         Some("encoder-svc")
     );
 
-    let (decoder_resource, generate) = named("icae.v1.Decoder/Generate");
+    let (decoder_resource, generate) = named("icae.v1.DecoderService/Generate");
     assert_eq!(generate.kind, SpanKind::Server as i32);
     assert!(
         generate
@@ -217,7 +217,7 @@ async fn spans_follow_the_caller_and_link_decoder_to_encoder() {
         Some("test")
     );
 
-    let (_, refused) = named("icae.v1.Decoder/GenerateOnce");
+    let (_, refused) = named("icae.v1.DecoderService/GenerateOnce");
     assert_eq!(
         hex(&refused.trace_id),
         CLIENT_TRACE,

@@ -11,5 +11,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/icae_descriptor.bin"));
 
 /// Full names of the two services (also their grpc.health.v1 names).
-pub const ENCODER_SERVICE: &str = "icae.v1.Encoder";
-pub const DECODER_SERVICE: &str = "icae.v1.Decoder";
+pub const ENCODER_SERVICE: &str = "icae.v1.EncoderService";
+pub const DECODER_SERVICE: &str = "icae.v1.DecoderService";

@@ -1,15 +1,16 @@
 # The steps of scripts/setup.sh. Source after scripts/env.sh.
 # Each step NAME has `need_NAME` (exit 0 when there is work to do; it must not fail when an
 # earlier step has not run yet: it only looks) and `do_NAME` (does the work).
-SETUP_STEPS=(system_packages python_env training_package python_client rust_build model_import untrained_adapter)
+SETUP_STEPS=(system_packages python_env training_package python_client api_tools rust_build model_import untrained_adapter)
 SETUP_CURRENT_STEP="start"
 
 describe_step() {
   case "$1" in
-    system_packages) echo "install redis-server and openssl (Debian)" ;;
+    system_packages) echo "install redis-server, openssl and npm (Debian)" ;;
     python_env) echo "create the Python environment in $ICAE_VENV (PyTorch 2.13.0 is large: a few minutes)" ;;
     training_package) echo "install this checkout's training/ package (icae-train) into $ICAE_VENV" ;;
     python_client) echo "install this checkout's Python client (clients/python: icae-client) into $ICAE_VENV" ;;
+    api_tools) echo "install buf $BUF_VERSION (npm) into $ICAE_HOME/buf: the API's lint and breaking-change check" ;;
     rust_build) echo "build the Rust workspace (release)" ;;
     model_import) echo "import the default model into $ICAE_MODEL_DIR" ;;
     untrained_adapter) echo "write the untrained plumbing adapter $ICAE_UNTRAINED_ADAPTER" ;;
@@ -19,13 +20,14 @@ describe_step() {
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- system packages --------------------------------------------------------------------
-# openssl makes the throwaway certificates of the TLS tests.
+# openssl makes the throwaway certificates of the TLS tests; npm installs buf.
 need_system_packages() {
-  ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
+  ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 ||
+    ! command -v npm >/dev/null 2>&1
 }
 do_system_packages() {
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl npm >/dev/null
 }
 
 # --- Python environment -----------------------------------------------------------------
@@ -82,6 +84,16 @@ need_python_client() {
 # Its dependencies (grpcio, protobuf) come with the Python environment (requirements.txt).
 do_python_client() {
   "$ICAE_VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e clients/python
+}
+
+# --- API tools --------------------------------------------------------------------------------
+# buf lints proto/ and checks it against the frozen v1 API (proto/v1-frozen.binpb).
+BUF_VERSION=1.75.0
+buf_bin() { echo "$ICAE_HOME/buf/node_modules/.bin/buf"; }
+need_api_tools() { [ "$("$(buf_bin)" --version 2>/dev/null || true)" != "$BUF_VERSION" ]; }
+do_api_tools() {
+  mkdir -p "$ICAE_HOME/buf"
+  npm install --silent --no-audit --no-fund --prefix "$ICAE_HOME/buf" "@bufbuild/buf@$BUF_VERSION"
 }
 
 # --- Rust workspace -----------------------------------------------------------------------

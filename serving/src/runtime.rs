@@ -140,7 +140,7 @@ where
 /// How long the exit waits for the model thread to finish its current model call.
 const MODEL_THREAD_STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// "encoder" for icae.v1.Encoder: the `service` label of the metrics.
+/// "encoder" for icae.v1.EncoderService: the `service` label of the metrics.
 fn short_name(service: &'static str) -> &'static str {
     match service {
         icae_proto::ENCODER_SERVICE => "encoder",

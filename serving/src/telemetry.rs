@@ -1,7 +1,7 @@
 //! Logs and traces: human or JSON logs, and, when an OTLP endpoint is set, OpenTelemetry
 //! spans exported over gRPC with W3C trace context taken from request metadata. Each call
 //! is a SERVER span named and attributed as OpenTelemetry's RPC conventions say
-//! (`icae.v1.Encoder/Compress`, `rpc.system`, `rpc.service`, `rpc.method`,
+//! (`icae.v1.EncoderService/Compress`, `rpc.system`, `rpc.service`, `rpc.method`,
 //! `rpc.grpc.status_code`), with the GenAI token counts where they apply; the standard
 //! OTEL_* variables name the service and its resource.
 

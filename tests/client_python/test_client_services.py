@@ -23,8 +23,8 @@ TEXT = (
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, model_dir):
     layout = {
-        "encoder": Service("encoder-svc", "icae.v1.Encoder"),
-        "decoder": Service("decoder-svc", "icae.v1.Decoder"),
+        "encoder": Service("encoder-svc", "icae.v1.EncoderService"),
+        "decoder": Service("decoder-svc", "icae.v1.DecoderService"),
     }
     with running_services(tmp_path_factory.mktemp("services"), model_dir, layout) as addresses:
         yield addresses

@@ -24,11 +24,14 @@ def services(tmp_path_factory, model_dir, pki):  # noqa: F811
     tls = ["--tls-cert", pki["server"][0], "--tls-key", pki["server"][1]]
     layout = {
         "encoder": Service(
-            "encoder-svc", "icae.v1.Encoder", [*tls, "--auth-tokens-file", tokens], credentials(pki)
+            "encoder-svc",
+            "icae.v1.EncoderService",
+            [*tls, "--auth-tokens-file", tokens],
+            credentials(pki),
         ),
         "decoder": Service(
             "decoder-svc",
-            "icae.v1.Decoder",
+            "icae.v1.DecoderService",
             [*tls, "--tls-client-ca", pki["ca"], "--auth-tokens-file", tokens],
             credentials(pki, pki["alice"]),
         ),

@@ -34,7 +34,7 @@ RELEASE = "icae"
 NAMESPACE = "ml"
 COMPONENTS = ("encoder", "decoder")
 BINARIES = {"encoder": "encoder-svc", "decoder": "decoder-svc"}
-GRPC_SERVICES = {"encoder": "icae.v1.Encoder", "decoder": "icae.v1.Decoder"}
+GRPC_SERVICES = {"encoder": "icae.v1.EncoderService", "decoder": "icae.v1.DecoderService"}
 # Custom resources: not in kubernetes-validate's schemas; their fields are checked by hand.
 CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),

@@ -39,8 +39,8 @@ def stubs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, model_dir):
     layout = {
-        "encoder": Service("encoder-svc", "icae.v1.Encoder"),
-        "decoder": Service("decoder-svc", "icae.v1.Decoder"),
+        "encoder": Service("encoder-svc", "icae.v1.EncoderService"),
+        "decoder": Service("decoder-svc", "icae.v1.DecoderService"),
     }
     with running_services(tmp_path_factory.mktemp("services"), model_dir, layout) as addresses:
         yield addresses
@@ -55,7 +55,7 @@ def test_python_client_round_trip(stubs, services):
         "was arrested in Paris."
     )
     with grpc.insecure_channel(services["encoder"]) as channel:
-        encoder = rpc.EncoderStub(channel)
+        encoder = rpc.EncoderServiceStub(channel)
         request = pb.CompressRequest(
             documents=[pb.Document(text=text)],
             options=pb.CompressOptions(ttl_seconds=600, return_slots=True),
@@ -70,7 +70,7 @@ def test_python_client_round_trip(stubs, services):
         assert info.model_fingerprint == handle.model_fingerprint
 
     with grpc.insecure_channel(services["decoder"]) as channel:
-        decoder = rpc.DecoderStub(channel)
+        decoder = rpc.DecoderServiceStub(channel)
         request = pb.GenerateRequest(
             slots=pb.SlotList(items=[pb.SlotRef(key=handle.key)]),
             mode=pb.MODE_ANSWER,

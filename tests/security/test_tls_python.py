@@ -62,11 +62,11 @@ def services(tmp_path_factory, model_dir, pki):
     """encoder + decoder with TLS, and a second encoder that requires client certificates."""
     tls = ["--tls-cert", pki["server"][0], "--tls-key", pki["server"][1]]
     layout = {
-        "encoder": Service("encoder-svc", "icae.v1.Encoder", tls, credentials(pki)),
-        "decoder": Service("decoder-svc", "icae.v1.Decoder", tls, credentials(pki)),
+        "encoder": Service("encoder-svc", "icae.v1.EncoderService", tls, credentials(pki)),
+        "decoder": Service("decoder-svc", "icae.v1.DecoderService", tls, credentials(pki)),
         "mtls_encoder": Service(
             "encoder-svc",
-            "icae.v1.Encoder",
+            "icae.v1.EncoderService",
             [*tls, "--tls-client-ca", pki["ca"]],
             credentials(pki, pki["alice"]),
         ),
@@ -80,7 +80,7 @@ def test_tls_round_trip_from_python(stubs, services, pki):  # noqa: F811
     creds = credentials(pki)
     with grpc.secure_channel(services["encoder"], creds, options=TARGET_NAME) as channel:
         request = pb.CompressRequest(documents=[pb.Document(text="Secrets travel encrypted.")])
-        handle = rpc.EncoderStub(channel).Compress(request, timeout=120).documents[0].handle
+        handle = rpc.EncoderServiceStub(channel).Compress(request, timeout=120).documents[0].handle
         assert handle.key.startswith("icae:v1:")
     with grpc.secure_channel(services["decoder"], creds, options=TARGET_NAME) as channel:
         request = pb.GenerateRequest(
@@ -88,12 +88,12 @@ def test_tls_round_trip_from_python(stubs, services, pki):  # noqa: F811
             mode=pb.MODE_AUTOENCODE,
             sampling=pb.Sampling(max_new_tokens=4),
         )
-        once = rpc.DecoderStub(channel).GenerateOnce(request, timeout=120)
+        once = rpc.DecoderServiceStub(channel).GenerateOnce(request, timeout=120)
         assert len(once.token_ids) >= 1
     # A plaintext client cannot talk to the TLS port.
     with grpc.insecure_channel(services["encoder"]) as channel:
         with pytest.raises(grpc.RpcError) as error:
-            rpc.EncoderStub(channel).Info(pb.InfoRequest(), timeout=10)
+            rpc.EncoderServiceStub(channel).Info(pb.InfoRequest(), timeout=10)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -102,7 +102,7 @@ def test_mtls_round_trip_from_python(stubs, services, pki):  # noqa: F811
     address = services["mtls_encoder"]
     alice = credentials(pki, pki["alice"])
     with grpc.secure_channel(address, alice, options=TARGET_NAME) as channel:
-        encoder = rpc.EncoderStub(channel)
+        encoder = rpc.EncoderServiceStub(channel)
         request = pb.CompressRequest(documents=[pb.Document(text="Only alice may compress.")])
         handle = encoder.Compress(request, timeout=120).documents[0].handle
         assert handle.num_slots > 0
@@ -112,5 +112,5 @@ def test_mtls_round_trip_from_python(stubs, services, pki):  # noqa: F811
     # Without a client certificate the handshake is refused.
     with grpc.secure_channel(address, credentials(pki), options=TARGET_NAME) as channel:
         with pytest.raises(grpc.RpcError) as error:
-            rpc.EncoderStub(channel).Info(pb.InfoRequest(), timeout=10)
+            rpc.EncoderServiceStub(channel).Info(pb.InfoRequest(), timeout=10)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE

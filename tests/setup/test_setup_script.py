@@ -57,6 +57,7 @@ def test_the_plan_for_an_empty_icae_home_lists_every_install_step(tmp_path):
         "python_env",
         "training_package",
         "python_client",
+        "api_tools",
         "model_import",
         "untrained_adapter",
     ]:

@@ -78,7 +78,9 @@ class IcaeClient:
             targets = self._targets[service]
             if not targets:
                 raise InvalidArgument(f"no {service} address was given to IcaeClient")
-            make = pb_grpc.EncoderStub if service == "encoder" else pb_grpc.DecoderStub
+            make = (
+                pb_grpc.EncoderServiceStub if service == "encoder" else pb_grpc.DecoderServiceStub
+            )
             stubs = []
             for target, settings in targets:
                 options = channel_options(settings, self._max_receive_bytes)

@@ -80,8 +80,8 @@ class IcaeClient:
         self.policy = retry_policy(retries)
         self._metadata = call_metadata(token, metadata)
         self._channels: list[grpc.Channel] = []
-        self._encoders = self._replicas(encoder, tls, max_receive_bytes, pb_grpc.EncoderStub)
-        self._decoders = self._replicas(decoder, tls, max_receive_bytes, pb_grpc.DecoderStub)
+        self._encoders = self._replicas(encoder, tls, max_receive_bytes, pb_grpc.EncoderServiceStub)
+        self._decoders = self._replicas(decoder, tls, max_receive_bytes, pb_grpc.DecoderServiceStub)
 
     def _replicas(
         self,

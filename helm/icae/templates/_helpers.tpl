@@ -76,10 +76,10 @@ The two services the chart runs and what differs between them.
 {{- define "icae.components" -}}
 encoder:
   binary: encoder-svc
-  grpcService: icae.v1.Encoder
+  grpcService: icae.v1.EncoderService
 decoder:
   binary: decoder-svc
-  grpcService: icae.v1.Decoder
+  grpcService: icae.v1.DecoderService
 {{- end }}
 
 {{/*

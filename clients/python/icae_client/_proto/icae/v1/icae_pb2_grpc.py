@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EncoderStub:
+class EncoderServiceStub:
     """Compresses documents into memory slots and stores them in Redis.
     """
 
@@ -36,18 +36,18 @@ class EncoderStub:
             channel: A grpc.Channel.
         """
         self.Compress = channel.unary_unary(
-                '/icae.v1.Encoder/Compress',
+                '/icae.v1.EncoderService/Compress',
                 request_serializer=icae_dot_v1_dot_icae__pb2.CompressRequest.SerializeToString,
                 response_deserializer=icae_dot_v1_dot_icae__pb2.CompressResponse.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
-                '/icae.v1.Encoder/Info',
+                '/icae.v1.EncoderService/Info',
                 request_serializer=icae_dot_v1_dot_icae__pb2.InfoRequest.SerializeToString,
                 response_deserializer=icae_dot_v1_dot_icae__pb2.InfoResponse.FromString,
                 _registered_method=True)
 
 
-class EncoderServicer:
+class EncoderServiceServicer:
     """Compresses documents into memory slots and stores them in Redis.
     """
 
@@ -70,7 +70,7 @@ class EncoderServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_EncoderServicer_to_server(servicer, server):
+def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Compress': grpc.unary_unary_rpc_method_handler(
                     servicer.Compress,
@@ -84,13 +84,13 @@ def add_EncoderServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'icae.v1.Encoder', rpc_method_handlers)
+            'icae.v1.EncoderService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('icae.v1.Encoder', rpc_method_handlers)
+    server.add_registered_method_handlers('icae.v1.EncoderService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Encoder:
+class EncoderService:
     """Compresses documents into memory slots and stores them in Redis.
     """
 
@@ -108,7 +108,7 @@ class Encoder:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/icae.v1.Encoder/Compress',
+            '/icae.v1.EncoderService/Compress',
             icae_dot_v1_dot_icae__pb2.CompressRequest.SerializeToString,
             icae_dot_v1_dot_icae__pb2.CompressResponse.FromString,
             options,
@@ -135,7 +135,7 @@ class Encoder:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/icae.v1.Encoder/Info',
+            '/icae.v1.EncoderService/Info',
             icae_dot_v1_dot_icae__pb2.InfoRequest.SerializeToString,
             icae_dot_v1_dot_icae__pb2.InfoResponse.FromString,
             options,
@@ -149,7 +149,7 @@ class Encoder:
             _registered_method=True)
 
 
-class DecoderStub:
+class DecoderServiceStub:
     """Generates text from stored (or inline) slots.
     """
 
@@ -160,23 +160,23 @@ class DecoderStub:
             channel: A grpc.Channel.
         """
         self.Generate = channel.unary_stream(
-                '/icae.v1.Decoder/Generate',
+                '/icae.v1.DecoderService/Generate',
                 request_serializer=icae_dot_v1_dot_icae__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=icae_dot_v1_dot_icae__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.GenerateOnce = channel.unary_unary(
-                '/icae.v1.Decoder/GenerateOnce',
+                '/icae.v1.DecoderService/GenerateOnce',
                 request_serializer=icae_dot_v1_dot_icae__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=icae_dot_v1_dot_icae__pb2.GenerateOnceResponse.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
-                '/icae.v1.Decoder/Info',
+                '/icae.v1.DecoderService/Info',
                 request_serializer=icae_dot_v1_dot_icae__pb2.InfoRequest.SerializeToString,
                 response_deserializer=icae_dot_v1_dot_icae__pb2.InfoResponse.FromString,
                 _registered_method=True)
 
 
-class DecoderServicer:
+class DecoderServiceServicer:
     """Generates text from stored (or inline) slots.
     """
 
@@ -207,7 +207,7 @@ class DecoderServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_DecoderServicer_to_server(servicer, server):
+def add_DecoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
@@ -226,13 +226,13 @@ def add_DecoderServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'icae.v1.Decoder', rpc_method_handlers)
+            'icae.v1.DecoderService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('icae.v1.Decoder', rpc_method_handlers)
+    server.add_registered_method_handlers('icae.v1.DecoderService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Decoder:
+class DecoderService:
     """Generates text from stored (or inline) slots.
     """
 
@@ -250,7 +250,7 @@ class Decoder:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/icae.v1.Decoder/Generate',
+            '/icae.v1.DecoderService/Generate',
             icae_dot_v1_dot_icae__pb2.GenerateRequest.SerializeToString,
             icae_dot_v1_dot_icae__pb2.GenerateResponse.FromString,
             options,
@@ -277,7 +277,7 @@ class Decoder:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/icae.v1.Decoder/GenerateOnce',
+            '/icae.v1.DecoderService/GenerateOnce',
             icae_dot_v1_dot_icae__pb2.GenerateRequest.SerializeToString,
             icae_dot_v1_dot_icae__pb2.GenerateOnceResponse.FromString,
             options,
@@ -304,7 +304,7 @@ class Decoder:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/icae.v1.Decoder/Info',
+            '/icae.v1.DecoderService/Info',
             icae_dot_v1_dot_icae__pb2.InfoRequest.SerializeToString,
             icae_dot_v1_dot_icae__pb2.InfoResponse.FromString,
             options,
