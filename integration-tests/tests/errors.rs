@@ -7,6 +7,7 @@ use icae_proto::v1::{
 };
 use integration_tests::*;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn request(documents: Vec<Document>, options: CompressOptions) -> CompressRequest {
     CompressRequest {
@@ -130,8 +131,14 @@ async fn encoder_errors() {
         ttl_seconds: 99_999_999,
         ..Default::default()
     };
+    let refused = client.compress(request(vec![text_doc("x")], ttl)).await;
+    // The field at fault also comes as a google.rpc.BadRequest, with no advice to retry.
+    let details = refused.as_ref().unwrap_err().get_error_details();
+    let violation = &details.bad_request().expect("BadRequest").field_violations[0];
+    assert_eq!(violation.field, "ttl_seconds");
+    assert!(details.retry_info().is_none());
     assert_status(
-        client.compress(request(vec![text_doc("x")], ttl)).await,
+        refused,
         Code::InvalidArgument,
         &["ttl_seconds", "99999999", "2592000"],
     );
@@ -306,11 +313,16 @@ async fn decoder_errors() {
     // Keys of our schema only; a missing one is NOT_FOUND, naming it.
     let digest_at = key.len() - 64;
     let missing = format!("{}{}", &key[..digest_at], "0".repeat(64));
-    assert_status(
-        generate(&url, from_keys(&[&missing], Mode::Continue, "", greedy(4))).await,
-        Code::NotFound,
-        &[missing.as_str()],
+    let not_found = generate(&url, from_keys(&[&missing], Mode::Continue, "", greedy(4))).await;
+    // A stable reason and the key, as a google.rpc.ErrorInfo: compress the text again.
+    let details = not_found.as_ref().unwrap_err().get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("SLOT_KEY_NOT_FOUND", "icae.v1")
     );
+    assert_eq!(info.metadata["key"], missing);
+    assert_status(not_found, Code::NotFound, &[missing.as_str()]);
     let mut conn = redis.connection();
     let _: () = redis::cmd("SET")
         .arg("user:42")

@@ -1,7 +1,11 @@
-//! Errors the services return, and their one mapping to gRPC status codes.
+//! Errors the services return, and their one mapping to gRPC status codes (with the
+//! structured details of details.rs).
+
+mod details;
 
 use thiserror::Error;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 use icae_core::error::{IcaeError, InputError};
 use icae_core::slots::SlotError;
@@ -120,9 +124,12 @@ impl ServiceError {
     }
 }
 
+/// The status: its code, the message (bounded), and the structured details
+/// (details.rs) in `grpc-status-details-bin`.
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
-        Status::new(e.code(), bounded(e.to_string(), MAX_MESSAGE_BYTES))
+        let message = bounded(e.to_string(), MAX_MESSAGE_BYTES);
+        Status::with_error_details(e.code(), message, details::error_details(&e))
     }
 }
 
