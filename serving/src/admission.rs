@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::ServiceError;
+use crate::error::ServiceError;
 
 #[derive(Clone)]
 pub struct Admission {

@@ -21,9 +21,9 @@ use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::error::ServiceError;
 use crate::metadata::grpc_timeout;
 use crate::request_deadline::{ReceivedAt, RequestDeadline};
-use crate::ServiceError;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcEdgeLayer;

@@ -5,7 +5,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
-use crate::Admission;
+use crate::admission::Admission;
 
 /// Readiness of the named service.
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 use icae_core::ModelSummary;
 use icae_proto::v1::InfoResponse;
 
-use crate::ModelState;
+use crate::model_thread::ModelState;
 
 pub fn info_response(
     service: &str,

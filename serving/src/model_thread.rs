@@ -14,7 +14,8 @@ use icae_core::{IcaeModel, ModelSummary};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::{Readiness, ServiceError};
+use crate::error::ServiceError;
+use crate::health::Readiness;
 
 /// What the transport reads about the model thread without touching the model.
 pub struct ModelState {

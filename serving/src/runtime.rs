@@ -12,11 +12,15 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tracing::{error, info};
 
+use crate::admission::Admission;
+use crate::config::{Ports, ServiceArgs};
+use crate::health::Readiness;
 use crate::metrics::init_metrics;
 use crate::model_threads::{exit_now, model_threads_finished};
+use crate::security::auth::Authenticator;
 use crate::security::tls::ReloadingTls;
 use crate::store::SlotStore;
-use crate::{telemetry, Admission, Authenticator, Ports, Readiness, ServiceArgs};
+use crate::telemetry;
 
 /// What every service builds before its own gRPC service. Readiness starts NOT_SERVING
 /// until the model loads.

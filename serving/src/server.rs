@@ -13,10 +13,12 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 
+use crate::config::ServiceArgs;
 use crate::grpc_edge::GrpcEdgeLayer;
+use crate::model_thread::LoadFailure;
 use crate::runtime::ServiceParts;
+use crate::security::auth::Authenticator;
 use crate::security::tls_incoming::tls_incoming;
-use crate::{Authenticator, LoadFailure, ServiceArgs};
 
 /// Idle connections are probed so dead peers (a pod gone, a NAT entry dropped) are noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);

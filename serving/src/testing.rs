@@ -2,7 +2,8 @@
 
 use icae_core::ModelSummary;
 
-use crate::{Admission, Readiness};
+use crate::admission::Admission;
+use crate::health::Readiness;
 
 /// The summary a fake backend reports: vocabulary of 100, hidden size 2, fingerprint "fp".
 pub fn fake_summary() -> ModelSummary {
@@ -40,12 +41,12 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// A service binary's command line, as its tests see it.
 pub trait ServiceCommand: clap::Parser {
-    fn service_args(&self) -> &crate::ServiceArgs;
+    fn service_args(&self) -> &crate::config::ServiceArgs;
 }
 
 /// Defaults suit a pod (every interface, the binary's own ports), loopback stays
 /// selectable, and the last of a repeated flag wins (scripts append to a base command line).
-pub fn assert_pod_ready_defaults<C: ServiceCommand>(binary: &str, defaults: crate::Ports) {
+pub fn assert_pod_ready_defaults<C: ServiceCommand>(binary: &str, defaults: crate::config::Ports) {
     let config = C::try_parse_from([binary, "--model", "m", "--adapter", "a"]).unwrap();
     let args = config.service_args();
     assert_eq!(args.host, "0.0.0.0");
@@ -71,7 +72,7 @@ pub fn assert_pod_ready_defaults<C: ServiceCommand>(binary: &str, defaults: crat
     assert_eq!(args.host, "127.0.0.1");
     assert_eq!(
         args.ports(defaults),
-        crate::Ports {
+        crate::config::Ports {
             grpc: 7,
             metrics: 8
         }
