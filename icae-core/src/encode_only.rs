@@ -35,15 +35,12 @@
 //! # }
 //! ```
 
-use std::path::Path;
-
 use tch::{Device, Kind};
 
-use crate::error::{IcaeError, InputError};
-use crate::icae::{read_back_model, Compressed, IcaeModel, ModelSummary, ToCompress};
+use crate::error::IcaeError;
+use crate::icae::{read_back_model, Compressed, IcaeModel, ToCompress};
 use crate::model::LlamaModel;
 use crate::refine::ReadBackModel;
-use crate::tokenizer::TextTokenizer;
 
 /// An ICAE model whose LoRA is merged into its weights: it compresses, and — when it kept
 /// the base weights — scores and refines slots, nothing else.
@@ -101,33 +98,18 @@ impl EncodeOnlyModel {
         self.icae.compress_with(documents, wanted, None)
     }
 
-    /// [`IcaeModel::summary`]: the same fingerprint as before merging.
-    pub fn summary(&self, model_dir: &Path, adapter_path: &Path) -> ModelSummary {
-        self.icae.summary(model_dir, adapter_path)
-    }
-
+    /// The same fingerprint as before merging: slots of merged and unmerged encoders are
+    /// interchangeable.
     pub fn fingerprint(&self) -> &str {
         &self.icae.fingerprint
     }
 
-    pub fn num_segments(&self, num_tokens: usize) -> usize {
-        self.icae.num_segments(num_tokens)
-    }
-
-    pub fn check_token_ids(&self, ids: &[u32], limit: usize) -> Result<(), InputError> {
-        self.icae.check_token_ids(ids, limit)
-    }
-
-    pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.icae.tokenizer
+    pub fn kind(&self) -> Kind {
+        self.icae.kind()
     }
 
     pub fn device(&self) -> Device {
         self.icae.device()
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.icae.kind()
     }
 
     /// What refinement reads slots back with, when the base weights were kept.
