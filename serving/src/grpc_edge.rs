@@ -1,8 +1,8 @@
 //! Where the gRPC library answers before the services do, the services' own answer instead:
 //! one layer in front of every service that
-//! - records when each request arrived ([`ReceivedAt`]: its deadline starts there) and, when
-//!   the response has not begun by the request's deadline, answers DEADLINE_EXCEEDED with
-//!   the services' message and drops the work (the library's own timer, a little later,
+//! - computes each request's deadline from when it arrived ([`RequestDeadline`], left in
+//!   its extensions for the services) and, when the response has not begun by then,
+//!   answers DEADLINE_EXCEEDED with the services' message and drops the work (the library's own timer, a little later,
 //!   would answer CANCELLED "Timeout expired"; see request_deadline.rs). It sees the request
 //!   before its body is read, which under load can take longer than a short deadline;
 //! - gives a request message over `--max-message-bytes`, which the library refuses with
@@ -23,7 +23,7 @@ use tower_service::Service;
 
 use crate::error::ServiceError;
 use crate::metadata::grpc_timeout;
-use crate::request_deadline::{ReceivedAt, RequestDeadline};
+use crate::request_deadline::RequestDeadline;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcEdgeLayer;
@@ -56,12 +56,15 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let received = Instant::now();
-        request.extensions_mut().insert(ReceivedAt(received));
         let deadline = request
             .headers()
             .get("grpc-timeout")
             .and_then(|value| grpc_timeout(value.to_str().ok()?))
             .map(|limit| RequestDeadline::from(received, limit));
+        if let Some(deadline) = deadline {
+            // For the services (RequestDeadline::of): the same deadline, parsed once.
+            request.extensions_mut().insert(deadline);
+        }
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = match deadline {
@@ -96,7 +99,50 @@ fn relabel_oversize(headers: &mut http::HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// An inner service that answers at once with what the edge left in the request.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<http::Request<()>> for Echo {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(Body::empty());
+            if let Some(deadline) = request.extensions().get::<RequestDeadline>() {
+                response.extensions_mut().insert(*deadline);
+            }
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_counts_from_when_the_request_arrived() {
+        let mut edge = GrpcEdgeLayer.layer(Echo);
+        let request = http::Request::builder()
+            .header("grpc-timeout", "100m")
+            .body(())
+            .unwrap();
+        let before = Instant::now();
+        let response = edge.call(request).await.unwrap();
+        let after = Instant::now();
+        let deadline = *response.extensions().get::<RequestDeadline>().unwrap();
+        // 100 ms less the 20 ms margin, from the moment the edge saw the request.
+        let ahead = Duration::from_millis(80);
+        assert!(before + ahead <= deadline.at && deadline.at <= after + ahead);
+        assert_eq!(deadline.seconds, 0.1);
+        let plain = edge.call(http::Request::new(())).await.unwrap();
+        assert!(plain.extensions().get::<RequestDeadline>().is_none());
+    }
 
     #[test]
     fn out_of_range_in_the_headers_becomes_resource_exhausted() {

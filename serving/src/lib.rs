@@ -34,7 +34,7 @@ pub use error::ServiceError;
 pub use health::Readiness;
 pub use info::info_response;
 pub use limits::{DecoderLimits, EncoderFlags, EncoderLimits, SharedLimits};
-pub use metadata::{deadline, traceparent};
+pub use metadata::traceparent;
 pub use model_thread::{JobQueue, LoadFailure, ModelStartup, ModelState, QueuePlace, Queued};
 pub use request_deadline::RequestDeadline;
 pub use security::auth::{AuthError, Authenticator};
