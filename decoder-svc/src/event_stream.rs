@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::convert::finish_to_proto;
 use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, Timings, TokenDelta};
-use icae_serving::metrics::record_request;
-use icae_serving::telemetry::{record_rpc_status, record_usage};
-use icae_serving::{Permit, QueuePlace, ServiceError};
+use icae_serving::telemetry::record_usage;
+use icae_serving::{Permit, QueuePlace, RpcCall, ServiceError};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Code, Status};
@@ -38,12 +37,6 @@ const BUFFERED_MESSAGES: usize = 16;
 
 type Item = Result<GenerateResponse, Status>;
 
-/// A Generate call: when it arrived, and its span.
-pub struct Call {
-    pub started: Instant,
-    pub span: Span,
-}
-
 /// What the stream and its feeding task share.
 struct Shared {
     /// Messages not yet taken by the HTTP/2 layer.
@@ -52,14 +45,13 @@ struct Shared {
     stalled: OnceLock<Status>,
     /// The request's outcome was counted (exactly once, by whoever ends it).
     counted: AtomicBool,
-    call: Call,
+    call: RpcCall,
 }
 
 impl Shared {
     fn count(&self, code: Code) {
         if !self.counted.swap(true, Ordering::SeqCst) {
-            record_request("decoder", "Generate", self.call.started, code);
-            record_rpc_status(&self.call.span, code);
+            self.call.finish(code);
         }
     }
 }
@@ -82,7 +74,12 @@ pub struct EventStream {
 impl EventStream {
     /// Start feeding `generation`'s events to a new stream; `permit` is held until the work
     /// is done.
-    pub fn spawn(generation: Started, permit: Permit, call: Call, send_timeout: Duration) -> Self {
+    pub fn spawn(
+        generation: Started,
+        permit: Permit,
+        call: RpcCall,
+        send_timeout: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(BUFFERED_MESSAGES);
         let shared = Arc::new(Shared {
             buffer: Mutex::new(rx),

@@ -2,20 +2,21 @@
 //! trace context, and the response stream. Errors become statuses only through
 //! `ServiceError` (icae-serving).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::convert::{finish_to_proto, mode_from_proto};
 use icae_proto::v1::decoder_service_server::DecoderService;
 use icae_proto::v1::{
     generate_request, slot_ref, GenerateOnceResponse, GenerateRequest, InfoRequest, InfoResponse,
 };
-use icae_serving::metrics::{record_outcome, record_request};
-use icae_serving::telemetry::{continue_trace, record_rpc_status, rpc_server_span};
-use icae_serving::{info_response, tenant_of, Admission, Permit, RequestDeadline, ServiceError};
-use tonic::{Code, Request, Response, Status};
-use tracing::{Instrument, Span};
+use icae_serving::telemetry::continue_trace;
+use icae_serving::{
+    info_response, tenant_of, Admission, Permit, RequestDeadline, RpcCall, ServiceError,
+};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use crate::event_stream::{dropped, record_finished, timings, Call, EventStream};
+use crate::event_stream::{dropped, record_finished, timings, EventStream};
 use crate::pipeline::{ContextInput, GenerateInput, GeneratePipeline, SamplingInput, Started};
 use crate::scheduler::Event;
 use crate::slot_reads::SlotSource;
@@ -87,21 +88,19 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let started = Instant::now();
-        let span = rpc_server_span(icae_proto::DECODER_SERVICE, "Generate");
-        let (generation, permit) = match self.start(request, span.clone()).await {
+        let call = RpcCall::start("decoder", icae_proto::DECODER_SERVICE, "Generate");
+        let (generation, permit) = match self.start(request, call.span.clone()).await {
             Ok(started) => started,
             Err(e) => {
                 let status = Status::from(e);
-                record_request("decoder", "Generate", started, status.code());
-                record_rpc_status(&span, status.code());
+                call.finish(status.code());
                 return Err(status);
             }
         };
         Ok(Response::new(EventStream::spawn(
             generation,
             permit,
-            Call { started, span },
+            call,
             self.stream_send_timeout,
         )))
     }
@@ -110,14 +109,9 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateOnceResponse>, Status> {
-        let started = Instant::now();
-        let span = rpc_server_span(icae_proto::DECODER_SERVICE, "GenerateOnce");
-        let result = self.generate_once_request(request, started, &span).await;
-        record_outcome("decoder", "GenerateOnce", started, &result);
-        record_rpc_status(
-            &span,
-            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
-        );
+        let call = RpcCall::start("decoder", icae_proto::DECODER_SERVICE, "GenerateOnce");
+        let result = self.generate_once_request(request, &call).await;
+        call.finish_with(&result);
         result
     }
 
@@ -136,10 +130,9 @@ impl DecoderApi {
     async fn generate_once_request(
         &self,
         request: Request<GenerateRequest>,
-        started: Instant,
-        span: &Span,
+        call: &RpcCall,
     ) -> Result<Response<GenerateOnceResponse>, Status> {
-        let (mut generation, permit) = self.start(request, span.clone()).await?;
+        let (mut generation, permit) = self.start(request, call.span.clone()).await?;
         let mut response = GenerateOnceResponse::default();
         let cut_off = permit.cut_off();
         tokio::pin!(cut_off);
@@ -155,10 +148,11 @@ impl DecoderApi {
                     response.text.push_str(&text);
                 }
                 Event::Finished(finished) => {
-                    record_finished(span, &finished);
+                    record_finished(&call.span, &finished);
                     response.finish_reason = finish_to_proto(finished.finish_reason);
                     response.prompt_positions = finished.prompt_positions as u32;
-                    response.timings = Some(timings(&finished, generation.store_seconds, started));
+                    response.timings =
+                        Some(timings(&finished, generation.store_seconds, call.started));
                     return Ok(Response::new(response));
                 }
                 Event::Failed(e) => return Err(e.into()),

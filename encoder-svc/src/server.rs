@@ -1,19 +1,14 @@
 //! The Encoder gRPC service: proto ↔ pipeline types, admission, the client's deadline and
 //! trace context. Errors become statuses only through `ServiceError` (icae-serving).
 
-use std::time::Instant;
-
 use icae_proto::v1::encoder_service_server::EncoderService;
 use icae_proto::v1::{
     document, CompressRequest, CompressResponse, CompressedDocument, InfoRequest, InfoResponse,
     SlotHandle, Timings,
 };
-use icae_serving::metrics::record_outcome;
-use icae_serving::telemetry::{
-    continue_trace, record_rpc_status, record_usage, rpc_server_span, traceparent_of,
-};
-use icae_serving::{info_response, tenant_of, traceparent, Admission, Tenant};
-use tonic::{Code, Request, Response, Status};
+use icae_serving::telemetry::{continue_trace, record_usage, traceparent_of};
+use icae_serving::{info_response, tenant_of, traceparent, Admission, RpcCall, Tenant};
+use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
 use crate::pipeline::{CompressInput, CompressOutput, CompressPipeline, DocumentInput};
@@ -89,14 +84,9 @@ impl EncoderService for EncoderApi {
         &self,
         request: Request<CompressRequest>,
     ) -> Result<Response<CompressResponse>, Status> {
-        let started = Instant::now();
-        let span = rpc_server_span(icae_proto::ENCODER_SERVICE, "Compress");
-        let result = self.compress_request(request, &span).await;
-        record_outcome("encoder", "Compress", started, &result);
-        record_rpc_status(
-            &span,
-            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
-        );
+        let call = RpcCall::start("encoder", icae_proto::ENCODER_SERVICE, "Compress");
+        let result = self.compress_request(request, &call.span).await;
+        call.finish_with(&result);
         result
     }
 

@@ -6,6 +6,7 @@
 //! scheduler → engine (icae-core); nothing here calls back up into a service.
 
 mod admission;
+pub mod call;
 pub mod config;
 mod error;
 mod grpc_edge;
@@ -29,6 +30,7 @@ pub mod testing;
 mod text;
 
 pub use admission::{Admission, Permit};
+pub use call::RpcCall;
 pub use config::{Ports, ServiceArgs};
 pub use error::ServiceError;
 pub use health::Readiness;

@@ -233,20 +233,6 @@ pub fn record_build_info(component: &'static str, summary: &ModelSummary) {
     .set(1.0);
 }
 
-/// Record a unary call's outcome (see [`record_request`]).
-pub fn record_outcome<T>(
-    component: &'static str,
-    method: &'static str,
-    started: Instant,
-    result: &Result<T, tonic::Status>,
-) {
-    let code = match result {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    };
-    record_request(component, method, started, code);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
