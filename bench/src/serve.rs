@@ -74,7 +74,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let started = Instant::now();
         let response = compress(&mut encoder, text, returning_slots()).await?;
         let wall = started.elapsed().as_secs_f64();
-        let model = response.timings.as_ref().map_or(0.0, |t| t.model_seconds);
+        let model_duration = response.timings.as_ref().and_then(|t| t.model_duration);
+        let model = model_duration.map_or(0.0, |d| icae_proto::time::as_secs_f64(&d));
         overheads.push((wall - model) / model);
         let doc = &response.documents[0];
         let handle = doc.handle.as_ref().context("no handle")?;

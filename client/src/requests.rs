@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn compress_one_holds_one_text_document_and_the_options() {
         let options = CompressOptions {
-            ttl_seconds: 60,
+            ttl: Some(icae_proto::time::seconds(60)),
             namespace: "tenant".into(),
             return_slots: true,
             ..Default::default()

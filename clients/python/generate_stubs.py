@@ -6,13 +6,16 @@
 Needs grpcio-tools (a development dependency only: the package ships the generated files).
 The stubs keep the proto's own file name (`icae/v1/icae.proto`), so that they can share a
 process with other stubs generated from the same proto; the import of `icae_pb2` in
-`icae_pb2_grpc.py` is made relative, so the package is self-contained.
+`icae_pb2_grpc.py` is made relative, so the package is self-contained. The well-known types
+the proto imports (google/protobuf/duration.proto, timestamp.proto) come from grpcio-tools'
+own copies and are not generated: the protobuf runtime ships their modules.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.resources
 import re
 import sys
 import tempfile
@@ -42,10 +45,14 @@ def generate(out: Path, proto_root: Path = PROTO_ROOT) -> None:
     """Write the stubs (and their package `__init__.py` files) under `out`."""
     from grpc_tools import protoc
 
+    # grpc_tools.protoc.main, unlike `python -m grpc_tools.protoc`, does not add the include
+    # path of the well-known types.
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
     out.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{proto_root}",
+        f"-I{well_known}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

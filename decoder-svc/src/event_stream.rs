@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::convert::finish_to_proto;
+use icae_proto::time;
 use icae_proto::v1::{generate_response, GenerateFinal, GenerateResponse, Timings, TokenDelta};
 use icae_serving::telemetry::record_usage;
 use icae_serving::{Permit, QueuePlace, RpcCall, ServiceError};
@@ -269,12 +270,12 @@ async fn cut_off(permit: &Option<Permit>) -> ServiceError {
 /// The timings a response reports.
 pub(crate) fn timings(finished: &Finished, store_seconds: f64, started: Instant) -> Timings {
     Timings {
-        queue_seconds: finished.queue_seconds,
-        store_seconds,
-        model_seconds: finished.model_seconds,
-        time_to_first_token_seconds: finished.time_to_first_token_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        ..Default::default()
+        queue_duration: Some(time::seconds_f64(finished.queue_seconds)),
+        tokenize_duration: None,
+        store_duration: Some(time::seconds_f64(store_seconds)),
+        model_duration: Some(time::seconds_f64(finished.model_seconds)),
+        time_to_first_token: Some(time::seconds_f64(finished.time_to_first_token_seconds)),
+        total_duration: Some(time::duration(started.elapsed())),
     }
 }
 

@@ -8,6 +8,7 @@ mod job;
 mod pipeline;
 mod refining;
 mod server;
+mod ttl;
 
 use std::process::ExitCode;
 

@@ -17,6 +17,7 @@ use icae_serving::store::{slot_content, slot_key, KeyScope, Namespace, SlotStore
 use icae_serving::{check_text_bytes, is_blank, EncoderLimits, ServiceError, Tenant};
 
 use crate::batcher::Batcher;
+use crate::ttl::SlotTtl;
 
 /// One document as the client sent it.
 pub enum DocumentInput {
@@ -28,8 +29,8 @@ pub enum DocumentInput {
 
 pub struct CompressInput {
     pub documents: Vec<DocumentInput>,
-    /// 0: the server's default.
-    pub ttl_seconds: u32,
+    /// How long Redis keeps the slots (the server's default when the request left it unset).
+    pub ttl: SlotTtl,
     pub namespace: String,
     pub return_slots: bool,
     /// Stored with the slots, so the decoder can link its trace to this request's.
@@ -55,7 +56,8 @@ pub struct StoredSlots {
     pub num_tokens: usize,
     pub num_segments: usize,
     pub fingerprint: String,
-    pub expires_at_unix: i64,
+    /// When the key expires: when it was stored or refreshed, plus the TTL.
+    pub expire_time: SystemTime,
     pub cache_hit: bool,
     /// Refinement steps run and the reconstruction loss, when measured.
     pub refine_steps: usize,
@@ -91,7 +93,7 @@ impl CompressPipeline {
     pub async fn run(&self, input: CompressInput) -> Result<CompressOutput, ServiceError> {
         let started = Instant::now();
         let summary = self.batcher.summary()?.clone();
-        let ttl = self.ttl(input.ttl_seconds)?;
+        let ttl = input.ttl;
         let refine = self.refine_options(&input)?;
         let slots_per_segment = match input.slots_per_segment as usize {
             0 => summary.mem_size,
@@ -192,7 +194,9 @@ impl CompressPipeline {
                 .iter()
                 .map(|(i, _, _, value)| (keys[*i].as_str(), value.as_slice()))
                 .collect();
-            self.store.put_many(&entries, u64::from(ttl)).await?;
+            self.store
+                .put_many(&entries, u64::from(ttl.seconds()))
+                .await?;
             let slots_stored: usize = values.iter().map(|(_, num_slots, _, _)| num_slots).sum();
             metrics::counter!(names::SLOTS_STORED_TOTAL).increment(slots_stored as u64);
             for (i, num_slots, meta, value) in values {
@@ -305,20 +309,6 @@ impl CompressPipeline {
         Ok(())
     }
 
-    fn ttl(&self, requested: u32) -> Result<u32, ServiceError> {
-        let max = self.limits.max_ttl_seconds;
-        match requested {
-            0 => Ok(self.limits.default_ttl_seconds),
-            t if t > max => Err(InputError::BadParameter {
-                name: "ttl_seconds",
-                value: t.to_string(),
-                expected: format!("must be at most {max} (30 days)"),
-            }
-            .into()),
-            t => Ok(t),
-        }
-    }
-
     /// Token ids of every document (off the async workers), checked against the limits.
     async fn tokenize(
         &self,
@@ -357,11 +347,14 @@ impl CompressPipeline {
         token_ids: &[Vec<u32>],
         digests: &[String],
         summary: &ModelSummary,
-        ttl: u32,
+        ttl: SlotTtl,
         wanted: Wanted,
     ) -> Result<Vec<Option<StoredSlots>>, ServiceError> {
         // Every key in one round trip; each key's outcome is then judged in order.
-        let values = self.store.get_refresh_many(keys, u64::from(ttl)).await?;
+        let values = self
+            .store
+            .get_refresh_many(keys, u64::from(ttl.seconds()))
+            .await?;
         let mut stored = Vec::with_capacity(keys.len());
         for (((key, ids), digest), value) in keys.iter().zip(token_ids).zip(digests).zip(values) {
             let hit = match value {
@@ -460,7 +453,7 @@ fn stored_slots(
     key: &str,
     num_slots: usize,
     meta: &SlotMeta,
-    ttl: u32,
+    ttl: SlotTtl,
     cache_hit: bool,
     value: Vec<u8>,
 ) -> StoredSlots {
@@ -470,7 +463,7 @@ fn stored_slots(
         num_tokens: meta.num_tokens,
         num_segments: meta.num_segments,
         fingerprint: meta.fingerprint.clone(),
-        expires_at_unix: unix_now() + i64::from(ttl),
+        expire_time: SystemTime::now() + ttl.duration(),
         cache_hit,
         refine_steps: meta.fidelity.steps_run,
         reconstruction_loss: meta.fidelity.reconstruction_loss,

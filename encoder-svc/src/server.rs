@@ -1,17 +1,21 @@
 //! The Encoder gRPC service: proto ↔ pipeline types, admission, the client's deadline and
 //! trace context. Errors become statuses only through `ServiceError` (icae-serving).
 
+use icae_proto::time;
 use icae_proto::v1::encoder_service_server::EncoderService;
 use icae_proto::v1::{
     document, CompressRequest, CompressResponse, CompressedDocument, InfoRequest, InfoResponse,
     SlotHandle, Timings,
 };
 use icae_serving::telemetry::{continue_trace, record_usage, traceparent_of};
-use icae_serving::{info_response, tenant_of, traceparent, Admission, RpcCall, Tenant};
+use icae_serving::{
+    info_response, tenant_of, traceparent, Admission, EncoderLimits, RpcCall, ServiceError, Tenant,
+};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
 use crate::pipeline::{CompressInput, CompressOutput, CompressPipeline, DocumentInput};
+use crate::ttl::SlotTtl;
 
 pub struct EncoderApi {
     pub pipeline: CompressPipeline,
@@ -20,11 +24,12 @@ pub struct EncoderApi {
 
 fn compress_input(
     request: CompressRequest,
+    limits: &EncoderLimits,
     traceparent: Option<String>,
     tenant: Option<Tenant>,
-) -> CompressInput {
+) -> Result<CompressInput, ServiceError> {
     let options = request.options.unwrap_or_default();
-    CompressInput {
+    Ok(CompressInput {
         documents: request
             .documents
             .into_iter()
@@ -34,7 +39,7 @@ fn compress_input(
                 None => DocumentInput::Missing,
             })
             .collect(),
-        ttl_seconds: options.ttl_seconds,
+        ttl: SlotTtl::parse(options.ttl.as_ref(), limits)?,
         namespace: options.namespace,
         return_slots: options.return_slots,
         traceparent,
@@ -43,7 +48,7 @@ fn compress_input(
         target_loss: options.target_loss,
         reconstruction_loss: options.reconstruction_loss,
         slots_per_segment: options.slots_per_segment,
-    }
+    })
 }
 
 fn compress_response(output: CompressOutput) -> CompressResponse {
@@ -59,7 +64,7 @@ fn compress_response(output: CompressOutput) -> CompressResponse {
                     num_tokens: doc.num_tokens as u32,
                     num_segments: doc.num_segments as u32,
                     model_fingerprint: doc.fingerprint,
-                    expires_at_unix: doc.expires_at_unix,
+                    expire_time: Some(time::timestamp(doc.expire_time)),
                     cache_hit: doc.cache_hit,
                     reconstruction_loss: doc.reconstruction_loss,
                     refine_steps: doc.refine_steps as u32,
@@ -68,12 +73,12 @@ fn compress_response(output: CompressOutput) -> CompressResponse {
             })
             .collect(),
         timings: Some(Timings {
-            queue_seconds: t.queue_seconds,
-            tokenize_seconds: t.tokenize_seconds,
-            store_seconds: t.store_seconds,
-            model_seconds: t.model_seconds,
-            total_seconds: t.total_seconds,
-            ..Default::default()
+            queue_duration: Some(time::seconds_f64(t.queue_seconds)),
+            tokenize_duration: Some(time::seconds_f64(t.tokenize_seconds)),
+            store_duration: Some(time::seconds_f64(t.store_seconds)),
+            model_duration: Some(time::seconds_f64(t.model_seconds)),
+            time_to_first_token: None,
+            total_duration: Some(time::seconds_f64(t.total_seconds)),
         }),
     }
 }
@@ -115,7 +120,8 @@ impl EncoderApi {
         // Stored with the slots: this request's span when tracing is on, else the caller's.
         let traceparent = traceparent_of(span).or_else(|| traceparent(request.metadata()));
         let tenant = tenant_of(&request);
-        let input = compress_input(request.into_inner(), traceparent, tenant);
+        let limits = &self.pipeline.limits;
+        let input = compress_input(request.into_inner(), limits, traceparent, tenant)?;
         let work = self.pipeline.run(input).instrument(span.clone());
         // Dropping `work` (the deadline, see request_deadline.rs; a cut-off or a client gone)
         // tells the batcher to skip or stop this request's documents.

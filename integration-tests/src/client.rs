@@ -22,9 +22,10 @@ pub async fn decoder(url: &str) -> Decoder {
         .unwrap()
 }
 
+/// Compress one text; `ttl_seconds` 0 leaves the TTL unset (the server's default).
 pub async fn compress(url: &str, text: &str, ttl_seconds: u32) -> Result<CompressResponse, Status> {
     let options = CompressOptions {
-        ttl_seconds,
+        ttl: ttl(ttl_seconds),
         ..Default::default()
     };
     encoder(url)
@@ -32,6 +33,11 @@ pub async fn compress(url: &str, text: &str, ttl_seconds: u32) -> Result<Compres
         .compress(compress_one(text, options))
         .await
         .map(|r| r.into_inner())
+}
+
+/// `CompressOptions.ttl` of whole seconds; 0: unset.
+pub fn ttl(seconds: u32) -> Option<icae_proto::time::Duration> {
+    (seconds > 0).then(|| icae_proto::time::seconds(seconds.into()))
 }
 
 pub async fn compress_key(url: &str, text: &str) -> String {

@@ -50,6 +50,14 @@ async fn encoder_errors() {
         (8192 * 16..1048576).contains(&request_limit),
         "{request_limit}"
     );
+    // The TTLs a request may ask for, as Durations: the default and the 30-day bound.
+    assert_eq!(
+        (limits.default_ttl, limits.max_ttl),
+        (
+            Some(icae_proto::time::seconds(3600)),
+            Some(icae_proto::time::seconds(2_592_000))
+        )
+    );
 
     assert_status(
         client.compress(request(vec![text_doc("")], opts())).await,
@@ -127,21 +135,52 @@ async fn encoder_errors() {
         Code::InvalidArgument,
         &["49152", "49152 tokens"],
     );
-    let ttl = CompressOptions {
-        ttl_seconds: 99_999_999,
+    let with_ttl = |seconds, nanos| CompressOptions {
+        ttl: Some(icae_proto::time::Duration { seconds, nanos }),
         ..Default::default()
     };
-    let refused = client.compress(request(vec![text_doc("x")], ttl)).await;
+    let refused = client
+        .compress(request(vec![text_doc("x")], with_ttl(99_999_999, 0)))
+        .await;
     // The field at fault also comes as a google.rpc.BadRequest, with no advice to retry.
     let details = refused.as_ref().unwrap_err().get_error_details();
     let violation = &details.bad_request().expect("BadRequest").field_violations[0];
-    assert_eq!(violation.field, "ttl_seconds");
+    assert_eq!(violation.field, "ttl");
     assert!(details.retry_info().is_none());
     assert_status(
         refused,
         Code::InvalidArgument,
-        &["ttl_seconds", "99999999", "2592000"],
+        &["ttl is 99999999s", "at most 2592000s (30 days)"],
     );
+    // One second over 30 days, a negative TTL, zero and a fraction of a second: each named
+    // with its value and the limits.
+    for (seconds, nanos, fragments) in [
+        (
+            2_592_001,
+            0,
+            ["ttl is 2592001s", "at most 2592000s", "30 days"],
+        ),
+        (-60, 0, ["ttl is -60s", "at least 1s", "1s to 2592000s"]),
+        (0, 0, ["ttl is 0s", "at least 1s", "1s to 2592000s"]),
+        (
+            600,
+            250_000_000,
+            [
+                "ttl is 600.25s",
+                "whole seconds (nanos 0)",
+                "1s to 2592000s",
+            ],
+        ),
+        (0, 1, ["ttl is 0.000000001s", "whole seconds", "2592000s"]),
+    ] {
+        assert_status(
+            client
+                .compress(request(vec![text_doc("x")], with_ttl(seconds, nanos)))
+                .await,
+            Code::InvalidArgument,
+            &fragments,
+        );
+    }
     let ns = CompressOptions {
         namespace: "bad namespace!".into(),
         ..Default::default()

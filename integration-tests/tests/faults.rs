@@ -1,6 +1,6 @@
 //! Faults: expiry, a decoder with another adapter, Redis going away and coming back.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use icae_proto::v1::Mode;
 use integration_tests::*;
@@ -11,15 +11,19 @@ async fn keys_expire_after_their_ttl() {
     let redis = Redis::start();
     let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
     let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
+    let before = SystemTime::now();
     let response = compress(&encoder.url(), "This key lives one second.", 1)
         .await
         .unwrap();
+    let after = SystemTime::now();
     let handle = response.documents[0].handle.clone().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    assert!((handle.expires_at_unix - now - 1).abs() <= 1);
+    // expire_time is the time the slots were stored plus the TTL.
+    let expire_time = icae_proto::time::system_time(&handle.expire_time.unwrap()).unwrap();
+    let second = Duration::from_secs(1);
+    assert!(
+        before + second <= expire_time && expire_time <= after + second,
+        "{expire_time:?} is not within 1s of {before:?}..{after:?}"
+    );
     let ttl: i64 = redis::cmd("TTL")
         .arg(&handle.key)
         .query(&mut redis.connection())

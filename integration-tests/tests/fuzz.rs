@@ -91,7 +91,10 @@ fn random_compress(rng: &mut Rng) -> CompressRequest {
         })
         .collect();
     let options = rng.chance(4).then(|| CompressOptions {
-        ttl_seconds: *rng.pick(&[0, 1, 60, u32::MAX]),
+        ttl: rng.chance(2).then(|| icae_proto::time::Duration {
+            seconds: *rng.pick(&[0, 1, 60, -1, 2_592_001, i64::MAX, i64::MIN]),
+            nanos: *rng.pick(&[0, 0, 1, -1, 999_999_999, 1_000_000_000]),
+        }),
         namespace: rng.pick(&["", "ns", "a:b", "tenant/x", "ü"]).to_string(),
         return_slots: rng.chance(2),
         refine_steps: *rng.pick(&[0, 0, 0, 1, 201, u32::MAX]),

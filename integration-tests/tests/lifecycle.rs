@@ -252,7 +252,51 @@ async fn health_and_reflection_answer() {
             list
         };
         assert_eq!(others(&v1alpha), others(&names));
+        // The API's file and the well-known types it imports resolve, as grpcurl asks for
+        // them: the file of the service, then each dependency by name.
+        let api = reflected_file(
+            &mut client,
+            MessageRequest::FileContainingSymbol(name.into()),
+        )
+        .await;
+        assert_eq!(api.name(), "icae/v1/icae.proto");
+        for dependency in [
+            "google/protobuf/duration.proto",
+            "google/protobuf/timestamp.proto",
+        ] {
+            assert!(api.dependency.iter().any(|d| d == dependency), "{api:?}");
+            let file = MessageRequest::FileByFilename(dependency.into());
+            assert_eq!(reflected_file(&mut client, file).await.name(), dependency);
+        }
     }
+}
+
+/// The first file of a v1 reflection answer that holds files.
+async fn reflected_file(
+    client: &mut tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<
+        tonic::transport::Channel,
+    >,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> icae_proto::prost_types::FileDescriptorProto {
+    use prost::Message;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        panic!("no files in the reflection answer: {response:?}")
+    };
+    icae_proto::prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+        .unwrap()
 }
 
 /// The services listed by `grpc.reflection.v1alpha`, which grpcio-reflection, Postman and

@@ -1,6 +1,9 @@
 //! compress → generate over gRPC gives exactly what the in-process CLI gives, and a second
 //! compress of the same text is a cache hit with the same key.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use icae_proto::time::Timestamp;
 use icae_proto::v1::{GenerateRequest, Mode};
 use integration_tests::*;
 
@@ -115,6 +118,13 @@ async fn grpc_round_trip_matches_the_cli_and_caches() {
     assert_eq!(once.prompt_positions, 33);
 }
 
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_client_talks_to_the_services() {
     let redis = Redis::start();
@@ -122,6 +132,7 @@ async fn the_cli_client_talks_to_the_services() {
     let decoder = Service::start(Kind::Decoder, &redis.url(), &[]).await;
     let (enc, dec) = (encoder.url(), decoder.url());
 
+    let before = unix_seconds();
     let handle = icae_json(&[
         "client",
         "compress",
@@ -129,11 +140,24 @@ async fn the_cli_client_talks_to_the_services() {
         &enc,
         "--text",
         TEXT,
+        "--ttl-seconds",
+        "600",
         "--json",
     ]);
+    let after = unix_seconds();
     let key = handle["key"].as_str().unwrap().to_string();
     assert_eq!(handle["cache_hit"], false);
     assert_eq!(handle["num_slots"], 32);
+    // expire_time is RFC 3339 (UTC), the time the slots were stored plus the TTL.
+    let expire_time: Timestamp = handle["expire_time"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (before + 600..=after + 600).contains(&expire_time.seconds),
+        "{handle}"
+    );
+    assert!(handle["expire_time"].as_str().unwrap().ends_with('Z'));
+    let limits = &icae_json(&["client", "info", "--encoder", &enc])["limits"];
+    assert_eq!(limits["default_ttl_seconds"], 3600);
+    assert_eq!(limits["max_ttl_seconds"], 2_592_000);
 
     let via_cli = icae_json(&[
         "client",

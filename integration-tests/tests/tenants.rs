@@ -34,7 +34,7 @@ async fn decoder_as(url: &str, token: &str) -> Decoder {
 async fn compress_as(client: &mut Encoder, namespace: &str, ttl_seconds: u32) -> SlotHandle {
     let options = CompressOptions {
         namespace: namespace.into(),
-        ttl_seconds,
+        ttl: ttl(ttl_seconds),
         ..Default::default()
     };
     let response: CompressResponse = client

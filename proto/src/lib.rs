@@ -1,6 +1,10 @@
 //! Generated gRPC code for the `icae.v1` API (see `icae/v1/icae.proto`).
 
 pub mod codec;
+pub mod time;
+
+/// The well-known types the messages hold (`Duration`, `Timestamp`).
+pub use prost_types;
 
 pub mod v1 {
     tonic::include_proto!("icae.v1");

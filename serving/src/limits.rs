@@ -1,9 +1,10 @@
 //! Every limit a service enforces, in one place: the ones set by flags and the fixed ones.
 //! Both services share a few ([`SharedLimits`]); the rest are the encoder's
 //! ([`EncoderLimits`]) or the decoder's ([`DecoderLimits`]). `Info` reports the ones that
-//! apply to the service asked (the others are 0).
+//! apply to the service asked (the others are 0, or unset for the TTLs).
 
 use icae_core::generate::{MAX_STOP_STRINGS, MAX_STOP_STRING_BYTES};
+use icae_proto::time;
 use icae_proto::v1 as proto;
 
 use crate::config::ServiceArgs;
@@ -92,8 +93,8 @@ impl EncoderLimits {
 
     pub fn to_proto(self) -> proto::Limits {
         proto::Limits {
-            default_ttl_seconds: self.default_ttl_seconds,
-            max_ttl_seconds: self.max_ttl_seconds,
+            default_ttl: Some(time::seconds(self.default_ttl_seconds.into())),
+            max_ttl: Some(time::seconds(self.max_ttl_seconds.into())),
             max_namespace_bytes: self.max_namespace_bytes as u32,
             max_documents_per_request: self.max_documents_per_request as u32,
             max_request_tokens: self.max_request_tokens as u32,
@@ -238,10 +239,12 @@ mod tests {
         assert_eq!((decoder.max_spans, decoder.max_new_tokens), (16, 1024));
         assert_eq!(decoder.max_documents_per_request, 0);
         assert_eq!(decoder.max_request_bytes, 64 << 20);
+        assert_eq!((decoder.default_ttl, decoder.max_ttl), (None, None));
         let encoder = encoder_limits(65_536, 32_768, 64 << 20).to_proto();
         assert_eq!((encoder.max_spans, encoder.max_new_tokens), (0, 0));
         assert_eq!(encoder.max_documents_per_request, 64);
         assert_eq!(encoder.max_input_bytes, 32_768 * 16);
-        assert_eq!(encoder.default_ttl_seconds, 3600);
+        assert_eq!(encoder.default_ttl, Some(time::seconds(3600)));
+        assert_eq!(encoder.max_ttl, Some(time::seconds(30 * 24 * 3600)));
     }
 }

@@ -4,6 +4,7 @@ generate in the three modes, errors and their codes, cancellation of a stream, r
 that are down, and the asyncio client."""
 
 import asyncio
+import datetime
 import time
 
 import grpc
@@ -38,7 +39,14 @@ def client(services):
 
 @pytest.fixture(scope="module")
 def handle(client) -> SlotHandle:
-    return client.compress([TEXT], ttl_seconds=600)[0]
+    before = datetime.datetime.now(datetime.timezone.utc)
+    handle = client.compress([TEXT], ttl_seconds=600)[0]
+    after = datetime.datetime.now(datetime.timezone.utc)
+    # expire_time is an aware datetime: when the slots were stored plus the TTL.
+    ttl = datetime.timedelta(seconds=600)
+    assert handle.expire_time.tzinfo is not None
+    assert before + ttl <= handle.expire_time <= after + ttl, (before, handle, after)
+    return handle
 
 
 def wait_idle(client, timeout=15.0):
@@ -54,7 +62,7 @@ def wait_idle(client, timeout=15.0):
 def test_compress_text_and_token_ids(client, handle):
     assert isinstance(handle, SlotHandle)
     assert handle.key.startswith("icae:v1:") and handle.num_slots == 32
-    assert handle.num_tokens > 0 and handle.expires_at_unix > time.time()
+    assert handle.num_tokens > 0 and handle.expire_time.timestamp() > time.time()
     assert handle.reconstruction_loss is None and handle.slots is None
     info = client.encoder_info()
     assert info.model_fingerprint == handle.model_fingerprint
@@ -119,6 +127,44 @@ def test_sampling_options_and_inline_slots(client):
         baseline_text=TEXT, mode="answer", prompt="Who?", max_new_tokens=1
     )
     assert baseline.generated_tokens >= 1
+
+
+def test_the_ttl_is_a_timedelta_or_whole_seconds(client, handle):
+    # ttl= takes a timedelta; a cache hit refreshes the TTL and reports the new expiry.
+    day = datetime.timedelta(days=1)
+    refreshed = client.compress(TEXT, ttl=day)[0]
+    assert refreshed.key == handle.key and refreshed.cache_hit
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert now + day - datetime.timedelta(seconds=60) <= refreshed.expire_time <= now + day
+    limits = client.encoder_info().limits
+    assert limits.max_ttl.ToTimedelta() == datetime.timedelta(days=30)
+    assert limits.default_ttl.ToSeconds() == 3600
+    # The server refuses what is not whole seconds from 1 s to 30 days, naming the field,
+    # the value and the limit.
+    for kwargs, fragments in [
+        (dict(ttl=datetime.timedelta(days=30, seconds=1)), ["ttl is 2592001s", "2592000s"]),
+        (dict(ttl_seconds=-5), ["ttl is -5s", "at least 1s", "2592000s"]),
+        (dict(ttl=datetime.timedelta(seconds=1.5)), ["ttl is 1.5s", "whole seconds"]),
+        (dict(ttl=datetime.timedelta(0)), ["ttl is 0s", "at least 1s"]),
+    ]:
+        with pytest.raises(icae_client.InvalidArgument) as error:
+            client.compress(TEXT, **kwargs)
+        assert all(fragment in error.value.message for fragment in fragments), error.value
+    # The client's own checks send nothing.
+    with pytest.raises(icae_client.InvalidArgument, match="not both"):
+        client.compress(TEXT, ttl_seconds=60, ttl=day)
+    with pytest.raises(icae_client.InvalidArgument, match="whole number"):
+        client.compress(TEXT, ttl_seconds=1.5)
+
+
+def test_timings_are_timedeltas(client, handle):
+    timings = client.generate_once(handle, mode="continue", max_new_tokens=2).timings
+    assert timings.time_to_first_token > datetime.timedelta(0)
+    assert timings.total_duration >= timings.time_to_first_token
+    assert timings.tokenize_duration is None  # the decoder does not report it
+    stream = client.generate(handle, mode="continue", max_new_tokens=2)
+    stream.result()
+    assert stream.final.timings.total_duration > datetime.timedelta(0)
 
 
 def test_errors_carry_their_code_and_the_servers_message(client, handle):

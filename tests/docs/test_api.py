@@ -45,7 +45,24 @@ def test_the_breaking_check_catches_a_renamed_field(tmp_path):
     shutil.copytree(PROTO, copy, ignore=shutil.ignore_patterns("src", "*.rs", "Cargo.toml"))
     api = copy / "icae" / "v1" / "icae.proto"
     text = api.read_text()
-    assert "uint32 ttl_seconds = " in text
-    api.write_text(text.replace("uint32 ttl_seconds = ", "uint32 lifetime_seconds = "))
+    assert "google.protobuf.Duration ttl = " in text
+    api.write_text(
+        text.replace("google.protobuf.Duration ttl = ", "google.protobuf.Duration lifetime = ")
+    )
     proc = run_buf("breaking", ".", "--against", FROZEN, cwd=copy)
-    assert proc.returncode != 0 and "ttl_seconds" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode != 0 and '"ttl"' in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_breaking_check_catches_a_reused_number(tmp_path):
+    """The numbers and names of the fields that became Timestamps and Durations are
+    reserved: a field that took one back would be read wrongly by a client built from an
+    older definition."""
+    copy = tmp_path / "proto"
+    shutil.copytree(PROTO, copy, ignore=shutil.ignore_patterns("src", "*.rs", "Cargo.toml"))
+    api = copy / "icae" / "v1" / "icae.proto"
+    text = api.read_text()
+    reserved = '  reserved 6;\n  reserved "expires_at_unix";\n'
+    assert reserved in text
+    api.write_text(text.replace(reserved, "  int64 expires_at_unix = 6;\n"))
+    proc = run_buf("breaking", ".", "--against", FROZEN, cwd=copy)
+    assert proc.returncode != 0 and "expires_at_unix" in proc.stdout, proc.stdout + proc.stderr

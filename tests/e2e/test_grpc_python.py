@@ -2,10 +2,13 @@
 compress -> generate round trip against the real services (real redis-server, loopback)."""
 
 import importlib
+import importlib.resources
 import sys
+import time
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 # free_port is imported from here by tests/security.
 from conftest import ROOT, Service, free_port, running_services  # noqa: F401
@@ -16,10 +19,13 @@ def stubs(tmp_path_factory):
     out = tmp_path_factory.mktemp("generated")
     from grpc_tools import protoc
 
+    # The well-known types (google/protobuf/duration.proto, ...) the API imports.
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
     rc = protoc.main(
         [
             "protoc",
             f"-I{ROOT / 'proto'}",
+            f"-I{well_known}",
             f"--python_out={out}",
             f"--grpc_python_out={out}",
             "icae/v1/icae.proto",
@@ -58,11 +64,17 @@ def test_python_client_round_trip(stubs, services):
         encoder = rpc.EncoderServiceStub(channel)
         request = pb.CompressRequest(
             documents=[pb.Document(text=text)],
-            options=pb.CompressOptions(ttl_seconds=600, return_slots=True),
+            options=pb.CompressOptions(ttl=Duration(seconds=600), return_slots=True),
         )
+        before = int(time.time())
         response = encoder.Compress(request, timeout=120)
+        after = int(time.time())
         handle = response.documents[0].handle
         assert handle.key.startswith("icae:v1:") and handle.num_slots == 32 and not handle.cache_hit
+        # google.protobuf.Timestamp and Duration, as every protobuf runtime knows them.
+        assert before + 600 <= handle.expire_time.seconds <= after + 600
+        assert response.timings.total_duration.ToNanoseconds() > 0
+        assert not response.timings.HasField("time_to_first_token")
         # The stored value is a plain safetensors blob any Python user can load.
         slots = safetensors.torch.load(response.documents[0].slots)["slots"]
         assert tuple(slots.shape) == (32, 576)
@@ -85,6 +97,7 @@ def test_python_client_round_trip(stubs, services):
                 final = message.final
         assert final is not None and final.generated_tokens == sum(len(d.token_ids) for d in deltas)
         assert final.finish_reason in (pb.FINISH_REASON_EOS, pb.FINISH_REASON_LENGTH)
+        assert final.timings.time_to_first_token.ToNanoseconds() > 0
         once = decoder.GenerateOnce(request, timeout=120)
         assert list(once.token_ids) == [t for d in deltas for t in d.token_ids]
         assert once.text == "".join(d.text for d in deltas)

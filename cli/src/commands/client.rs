@@ -11,6 +11,7 @@ use icae_client::{
     finish_reason_name, generate_request, generate_with, parse_mode, slot_keys, status_error,
     BearerToken, ClientTls, ConnectOptions,
 };
+use icae_proto::time;
 use icae_proto::v1::{
     CompressOptions, CompressResponse, GenerateRequest, InfoRequest, Mode, Sampling,
 };
@@ -27,7 +28,8 @@ pub enum ClientCommand {
     Generate(GenerateArgs),
     /// Compress a text, then answer a question from its slots.
     Ask(AskArgs),
-    /// Describe a running service.
+    /// Describe a running service: one JSON object, the InfoResponse's fields and limits
+    /// (the TTLs as whole seconds: default_ttl_seconds, max_ttl_seconds; 0 from the decoder).
     Info(InfoArgs),
 }
 
@@ -96,7 +98,8 @@ pub struct CompressArgs {
     /// Tenant namespace for the key.
     #[arg(long, default_value = "")]
     pub namespace: String,
-    /// Slot time to live (0 = server default).
+    /// Slot time to live in seconds, sent as CompressOptions.ttl (0: unset, the server's
+    /// default; at most 30 days).
     #[arg(long, default_value_t = 0)]
     pub ttl_seconds: u32,
     /// Refine the slots with this many optimiser steps (0: plain ICAE; the server's
@@ -115,6 +118,9 @@ pub struct CompressArgs {
     pub slots_per_segment: u32,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Print the handle as one JSON object: key, num_slots, num_tokens, num_segments,
+    /// model_fingerprint, expire_time (RFC 3339, UTC), cache_hit, refine_steps,
+    /// reconstruction_loss and seconds (the server's total).
     #[arg(long)]
     pub json: bool,
 }
@@ -122,7 +128,7 @@ pub struct CompressArgs {
 impl CompressArgs {
     fn options(&self) -> CompressOptions {
         CompressOptions {
-            ttl_seconds: self.ttl_seconds,
+            ttl: (self.ttl_seconds > 0).then(|| time::seconds(self.ttl_seconds.into())),
             namespace: self.namespace.clone(),
             refine_steps: self.refine_steps,
             target_loss: self.target_loss,
@@ -153,6 +159,8 @@ pub struct GenerateArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Print one JSON object at the end: text, token_ids, finish_reason, prompt_positions,
+    /// time_to_first_token_seconds and seconds (the server's timings, in seconds).
     #[arg(long)]
     pub json: bool,
 }
@@ -172,6 +180,8 @@ pub struct AskArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Print one JSON object at the end: text, token_ids, finish_reason, prompt_positions,
+    /// time_to_first_token_seconds and seconds (the server's timings, in seconds).
     #[arg(long)]
     pub json: bool,
 }
@@ -229,14 +239,14 @@ async fn compress(args: CompressArgs) -> Result<()> {
         .first()
         .and_then(|d| d.handle.clone())
         .context("the encoder returned no handle")?;
-    let timings = response.timings.unwrap_or_default();
+    let total_seconds = seconds(response.timings.and_then(|t| t.total_duration));
     if args.json {
         return print_json(&json!({
             "key": handle.key, "num_slots": handle.num_slots, "num_tokens": handle.num_tokens,
             "num_segments": handle.num_segments, "model_fingerprint": handle.model_fingerprint,
-            "expires_at_unix": handle.expires_at_unix, "cache_hit": handle.cache_hit,
+            "expire_time": handle.expire_time.map(|t| t.to_string()), "cache_hit": handle.cache_hit,
             "refine_steps": handle.refine_steps, "reconstruction_loss": handle.reconstruction_loss,
-            "seconds": timings.total_seconds,
+            "seconds": total_seconds,
         }));
     }
     let fidelity = handle
@@ -250,7 +260,7 @@ async fn compress(args: CompressArgs) -> Result<()> {
         .unwrap_or_default();
     println!(
         "{} ({} tokens -> {} slots, cache hit: {}{fidelity}, {:.3}s)",
-        handle.key, handle.num_tokens, handle.num_slots, handle.cache_hit, timings.total_seconds
+        handle.key, handle.num_tokens, handle.num_slots, handle.cache_hit, total_seconds
     );
     Ok(())
 }
@@ -286,13 +296,15 @@ async fn stream(
     let last = generated.completed()?;
     let reason = finish_reason(last.finish_reason);
     let timings = last.timings.unwrap_or_default();
+    let first_token_seconds = seconds(timings.time_to_first_token);
+    let total_seconds = seconds(timings.total_duration);
     if json_output {
         return print_json(&json!({
             "text": generated.text, "token_ids": generated.token_ids,
             "finish_reason": finish_reason_name(reason),
             "prompt_positions": last.prompt_positions,
-            "time_to_first_token_seconds": timings.time_to_first_token_seconds,
-            "seconds": timings.total_seconds,
+            "time_to_first_token_seconds": first_token_seconds,
+            "seconds": total_seconds,
         }));
     }
     println!();
@@ -300,8 +312,8 @@ async fn stream(
         "[{} tokens, finish {}, first token {:.3}s, total {:.3}s]",
         last.generated_tokens,
         reason.as_str_name(),
-        timings.time_to_first_token_seconds,
-        timings.total_seconds
+        first_token_seconds,
+        total_seconds
     );
     Ok(())
 }
@@ -377,10 +389,22 @@ async fn info(args: InfoArgs) -> Result<()> {
             "max_input_tokens": limits.max_input_tokens, "max_new_tokens": limits.max_new_tokens,
             "max_concurrent_requests": limits.max_concurrent_requests, "max_message_bytes": limits.max_message_bytes,
             "max_request_bytes": limits.max_request_bytes,
-            "default_ttl_seconds": limits.default_ttl_seconds, "max_documents_per_request": limits.max_documents_per_request,
+            "default_ttl_seconds": whole_seconds(limits.default_ttl),
+            "max_ttl_seconds": whole_seconds(limits.max_ttl),
+            "max_documents_per_request": limits.max_documents_per_request,
             "max_spans": limits.max_spans,
         },
     }))
+}
+
+/// A Duration of the API in seconds, for people and scripts (0 when unset).
+fn seconds(d: Option<time::Duration>) -> f64 {
+    d.as_ref().map_or(0.0, time::as_secs_f64)
+}
+
+/// A whole-second Duration of the API (a TTL) as an integer (0 when unset).
+fn whole_seconds(d: Option<time::Duration>) -> i64 {
+    d.map_or(0, |d| d.seconds)
 }
 
 #[cfg(test)]

@@ -3,7 +3,11 @@ async clients)."""
 
 from __future__ import annotations
 
+import datetime
+import operator
 from collections.abc import Iterable, Sequence
+
+from google.protobuf import duration_pb2
 
 from ._proto.icae.v1 import icae_pb2 as pb
 from .errors import InvalidArgument
@@ -20,6 +24,7 @@ def compress_request(
     documents: str | Iterable[Document],
     *,
     ttl_seconds: int = 0,
+    ttl: datetime.timedelta | None = None,
     namespace: str = "",
     return_slots: bool = False,
     refine_steps: int = 0,
@@ -44,7 +49,6 @@ def compress_request(
                 ) from error
             docs.append(pb.Document(token_ids=pb.TokenIds(ids=ids)))
     options = pb.CompressOptions(
-        ttl_seconds=ttl_seconds,
         namespace=namespace,
         return_slots=return_slots,
         refine_steps=refine_steps,
@@ -53,7 +57,35 @@ def compress_request(
     )
     if target_loss is not None:
         options.target_loss = target_loss
+    requested_ttl = slot_ttl(ttl_seconds, ttl)
+    if requested_ttl is not None:
+        options.ttl.CopyFrom(requested_ttl)
     return pb.CompressRequest(documents=docs, options=options)
+
+
+def slot_ttl(ttl_seconds: int, ttl: datetime.timedelta | None) -> duration_pb2.Duration | None:
+    """``CompressOptions.ttl`` from either keyword; None (the server's default) for neither
+    or ``ttl_seconds=0``. The server checks the value (whole seconds, 1 s to 30 days)."""
+    if ttl is not None:
+        if ttl_seconds:
+            raise InvalidArgument("give ttl or ttl_seconds, not both")
+        if not isinstance(ttl, datetime.timedelta):
+            raise InvalidArgument(f"ttl is a datetime.timedelta, not {ttl!r}")
+        duration = duration_pb2.Duration()
+        duration.FromTimedelta(ttl)
+        return duration
+    try:
+        seconds = operator.index(ttl_seconds)
+    except TypeError:
+        raise InvalidArgument(
+            f"ttl_seconds is a whole number of seconds (int), not {ttl_seconds!r}; "
+            "give ttl=datetime.timedelta(...) instead"
+        ) from None
+    if seconds == 0:
+        return None
+    duration = duration_pb2.Duration()
+    duration.seconds = seconds
+    return duration
 
 
 def slot_ref(source: SlotSource) -> pb.SlotRef:

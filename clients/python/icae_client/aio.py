@@ -16,6 +16,7 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -133,6 +134,7 @@ class IcaeClient:
         documents: str | Iterable[Document],
         *,
         ttl_seconds: int = 0,
+        ttl: datetime.timedelta | None = None,
         namespace: str = "",
         return_slots: bool = False,
         refine_steps: int = 0,
@@ -145,6 +147,7 @@ class IcaeClient:
         request = _requests.compress_request(
             documents,
             ttl_seconds=ttl_seconds,
+            ttl=ttl,
             namespace=namespace,
             return_slots=return_slots,
             refine_steps=refine_steps,

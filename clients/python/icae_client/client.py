@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -147,6 +148,7 @@ class IcaeClient:
         documents: str | Iterable[Document],
         *,
         ttl_seconds: int = 0,
+        ttl: datetime.timedelta | None = None,
         namespace: str = "",
         return_slots: bool = False,
         refine_steps: int = 0,
@@ -160,7 +162,11 @@ class IcaeClient:
         Args:
             documents: one text, or a list of documents, each a text or a list of token ids
                 of the base vocabulary.
-            ttl_seconds: time to live of the stored slots (0: the server's default).
+            ttl_seconds: time to live of the stored slots in whole seconds (0: the server's
+                default, ``Info.limits.default_ttl``); at most 30 days.
+            ttl: the same as a :class:`datetime.timedelta` (whole seconds), instead of
+                ``ttl_seconds``. The server refuses a fraction of a second, zero, a negative
+                or a longer TTL with :class:`~icae_client.InvalidArgument`.
             namespace: optional tenant namespace prefixed to the keys.
             return_slots: also return each slot value (safetensors bytes) in
                 :attr:`SlotHandle.slots`.
@@ -180,6 +186,7 @@ class IcaeClient:
         request = _requests.compress_request(
             documents,
             ttl_seconds=ttl_seconds,
+            ttl=ttl,
             namespace=namespace,
             return_slots=return_slots,
             refine_steps=refine_steps,

@@ -1,9 +1,12 @@
 """The values `icae_client` returns: small frozen dataclasses, not protobuf messages, so
 that they compare, print and pickle like plain data. ``from_proto`` builds each from its
-message; :meth:`SlotHandle.to_proto` goes back."""
+message; :meth:`SlotHandle.to_proto` goes back. Times are the standard library's: a
+``google.protobuf.Timestamp`` is a timezone-aware :class:`~datetime.datetime` (UTC), a
+``google.protobuf.Duration`` a :class:`~datetime.timedelta`."""
 
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass, field
 
@@ -58,26 +61,39 @@ class FinishReason(str, enum.Enum):
         }.get(value, cls.UNSPECIFIED)
 
 
+def _timedelta(message: pb.Timings, name: str) -> datetime.timedelta | None:
+    return getattr(message, name).ToTimedelta() if message.HasField(name) else None
+
+
 @dataclass(frozen=True)
 class Timings:
-    """Seconds spent in each stage of a request (0 for stages it did not have)."""
+    """Time spent in each stage of a request, as the server measured it, as
+    :class:`~datetime.timedelta` (``.total_seconds()`` for a float). ``None`` for a stage
+    the service does not have: the encoder's ``time_to_first_token``, the decoder's
+    ``tokenize_duration``."""
 
-    queue_seconds: float = 0.0
-    tokenize_seconds: float = 0.0
-    store_seconds: float = 0.0
-    model_seconds: float = 0.0
-    time_to_first_token_seconds: float = 0.0
-    total_seconds: float = 0.0
+    #: Waiting for the model.
+    queue_duration: datetime.timedelta | None = None
+    #: Turning texts into token ids (encoder).
+    tokenize_duration: datetime.timedelta | None = None
+    #: Redis: looking slots up and storing them (encoder), reading them (decoder).
+    store_duration: datetime.timedelta | None = None
+    #: The model's work on the request.
+    model_duration: datetime.timedelta | None = None
+    #: From entering the model's queue to the first generated token (decoder).
+    time_to_first_token: datetime.timedelta | None = None
+    #: The whole call, as the server saw it.
+    total_duration: datetime.timedelta | None = None
 
     @classmethod
     def from_proto(cls, message: pb.Timings) -> Timings:
         return cls(
-            queue_seconds=message.queue_seconds,
-            tokenize_seconds=message.tokenize_seconds,
-            store_seconds=message.store_seconds,
-            model_seconds=message.model_seconds,
-            time_to_first_token_seconds=message.time_to_first_token_seconds,
-            total_seconds=message.total_seconds,
+            queue_duration=_timedelta(message, "queue_duration"),
+            tokenize_duration=_timedelta(message, "tokenize_duration"),
+            store_duration=_timedelta(message, "store_duration"),
+            model_duration=_timedelta(message, "model_duration"),
+            time_to_first_token=_timedelta(message, "time_to_first_token"),
+            total_duration=_timedelta(message, "total_duration"),
         )
 
 
@@ -95,8 +111,9 @@ class SlotHandle:
     num_tokens: int = 0
     num_segments: int = 0
     model_fingerprint: str = ""
-    #: Unix time (seconds) at which the key expires.
-    expires_at_unix: int = 0
+    #: When the key expires (timezone-aware, UTC): when the slots were stored, or
+    #: refreshed by a cache hit, plus the TTL.
+    expire_time: datetime.datetime | None = None
     #: True when the slots were already stored and not recomputed.
     cache_hit: bool = False
     #: Reconstruction loss (nats per token) of the stored slots, when measured.
@@ -114,7 +131,11 @@ class SlotHandle:
             num_tokens=message.num_tokens,
             num_segments=message.num_segments,
             model_fingerprint=message.model_fingerprint,
-            expires_at_unix=message.expires_at_unix,
+            expire_time=(
+                message.expire_time.ToDatetime(tzinfo=datetime.timezone.utc)
+                if message.HasField("expire_time")
+                else None
+            ),
             cache_hit=message.cache_hit,
             reconstruction_loss=(
                 message.reconstruction_loss if message.HasField("reconstruction_loss") else None
@@ -130,10 +151,11 @@ class SlotHandle:
             num_tokens=self.num_tokens,
             num_segments=self.num_segments,
             model_fingerprint=self.model_fingerprint,
-            expires_at_unix=self.expires_at_unix,
             cache_hit=self.cache_hit,
             refine_steps=self.refine_steps,
         )
+        if self.expire_time is not None:
+            message.expire_time.FromDatetime(self.expire_time)
         if self.reconstruction_loss is not None:
             message.reconstruction_loss = self.reconstruction_loss
         return message

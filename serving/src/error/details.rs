@@ -136,13 +136,13 @@ mod tests {
     #[test]
     fn client_errors_name_what_to_fix_and_carry_no_retry() {
         let bad = details_of(ServiceError::Input(InputError::BadParameter {
-            name: "ttl_seconds",
-            value: "99999999".into(),
-            expected: "must be at most 2592000".into(),
+            name: "ttl",
+            value: "99999999s".into(),
+            expected: "must be at most 2592000s (30 days)".into(),
         }));
         assert!(bad.retry_info().is_none());
         let violation = &bad.bad_request().unwrap().field_violations[0];
-        assert_eq!(violation.field, "ttl_seconds");
+        assert_eq!(violation.field, "ttl");
         assert!(violation.description.contains("2592000"));
         let wide = details_of(ServiceError::WrongModel {
             key: "k".into(),

@@ -22,59 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icae/v1/icae.proto\x12\x07icae.v1\"b\n\x0f\x43ompressRequest\x12$\n\tdocuments\x18\x01 \x03(\x0b\x32\x11.icae.v1.Document\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.icae.v1.CompressOptions\"M\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x11.icae.v1.TokenIdsH\x00\x42\t\n\x07\x63ontent\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xc7\x01\n\x0f\x43ompressOptions\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x14\n\x0creturn_slots\x18\x03 \x01(\x08\x12\x14\n\x0crefine_steps\x18\x04 \x01(\r\x12\x18\n\x0btarget_loss\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x13reconstruction_loss\x18\x06 \x01(\x08\x12\x19\n\x11slots_per_segment\x18\x07 \x01(\rB\x0e\n\x0c_target_loss\"\xed\x01\n\nSlotHandle\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tnum_slots\x18\x02 \x01(\r\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x14\n\x0cnum_segments\x18\x04 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpires_at_unix\x18\x06 \x01(\x03\x12\x11\n\tcache_hit\x18\x07 \x01(\x08\x12 \n\x13reconstruction_loss\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0crefine_steps\x18\t \x01(\rB\x16\n\x14_reconstruction_loss\"H\n\x12\x43ompressedDocument\x12#\n\x06handle\x18\x01 \x01(\x0b\x32\x13.icae.v1.SlotHandle\x12\r\n\x05slots\x18\x02 \x01(\x0c\"e\n\x10\x43ompressResponse\x12.\n\tdocuments\x18\x01 \x03(\x0b\x32\x1b.icae.v1.CompressedDocument\x12!\n\x07timings\x18\x02 \x01(\x0b\x32\x10.icae.v1.Timings\"\xab\x01\n\x0fGenerateRequest\x12\"\n\x05slots\x18\x01 \x01(\x0b\x32\x11.icae.v1.SlotListH\x00\x12\x17\n\rbaseline_text\x18\x02 \x01(\tH\x00\x12\x1b\n\x04mode\x18\x03 \x01(\x0e\x32\r.icae.v1.Mode\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12#\n\x08sampling\x18\x05 \x01(\x0b\x32\x11.icae.v1.SamplingB\t\n\x07\x63ontext\"+\n\x08SlotList\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.icae.v1.SlotRef\":\n\x07SlotRef\x12\r\n\x03key\x18\x01 \x01(\tH\x00\x12\x16\n\x0cinline_slots\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"q\n\x08Sampling\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x0c\n\x04stop\x18\x06 \x03(\t\"j\n\x10GenerateResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x13.icae.v1.TokenDeltaH\x00\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x16.icae.v1.GenerateFinalH\x00\x42\x07\n\x05\x65vent\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x94\x01\n\rGenerateFinal\x12,\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x15.icae.v1.FinishReason\x12\x18\n\x10prompt_positions\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12!\n\x07timings\x18\x04 \x01(\x0b\x32\x10.icae.v1.Timings\"\xa2\x01\n\x14GenerateOnceResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.icae.v1.FinishReason\x12\x18\n\x10prompt_positions\x18\x04 \x01(\r\x12!\n\x07timings\x18\x05 \x01(\x0b\x32\x10.icae.v1.Timings\"\xa4\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x18\n\x10tokenize_seconds\x18\x02 \x01(\x01\x12\x15\n\rstore_seconds\x18\x03 \x01(\x01\x12\x15\n\rmodel_seconds\x18\x04 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"\r\n\x0bInfoRequest\"\xe6\x02\n\x0cInfoResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_trained\x18\x05 \x01(\x08\x12\x19\n\x11model_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x10\n\x08mem_size\x18\x08 \x01(\r\x12\x18\n\x10\x63ompression_rate\x18\t \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\r\n\x05\x64type\x18\x0b \x01(\t\x12\x1f\n\x06limits\x18\x0c \x01(\x0b\x32\x0f.icae.v1.Limits\x12\x18\n\x10\x61\x63tive_sequences\x18\r \x01(\r\x12\x12\n\nqueue_size\x18\x0e \x01(\r\x12\x1d\n\x15kv_bytes_per_position\x18\x0f \x01(\x04\x12\x12\n\nslot_dtype\x18\x10 \x01(\t\"\xc2\x04\n\x06Limits\x12\x18\n\x10max_input_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x05 \x01(\r\x12!\n\x19max_documents_per_request\x18\x06 \x01(\r\x12\x11\n\tmax_spans\x18\x07 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_new_tokens\x18\x08 \x01(\r\x12\x19\n\x11max_prompt_tokens\x18\t \x01(\r\x12\x17\n\x0fmax_ttl_seconds\x18\n \x01(\r\x12\x1b\n\x13max_namespace_bytes\x18\x0b \x01(\r\x12\x18\n\x10max_stop_strings\x18\x0c \x01(\r\x12\x1d\n\x15max_stop_string_bytes\x18\r \x01(\r\x12\x1a\n\x12max_request_tokens\x18\x0e \x01(\r\x12\x17\n\x0fmax_input_bytes\x18\x0f \x01(\x04\x12\x18\n\x10max_prompt_bytes\x18\x10 \x01(\r\x12\x15\n\rmax_key_bytes\x18\x11 \x01(\r\x12\x18\n\x10max_refine_steps\x18\x12 \x01(\r\x12\x19\n\x11max_refine_tokens\x18\x13 \x01(\r\x12\x1b\n\x13max_slot_read_bytes\x18\x14 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x15 \x01(\x04*U\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODE_AUTOENCODE\x10\x01\x12\x11\n\rMODE_CONTINUE\x10\x02\x12\x0f\n\x0bMODE_ANSWER\x10\x03*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x32\x86\x01\n\x0e\x45ncoderService\x12?\n\x08\x43ompress\x12\x18.icae.v1.CompressRequest\x1a\x19.icae.v1.CompressResponse\x12\x33\n\x04Info\x12\x14.icae.v1.InfoRequest\x1a\x15.icae.v1.InfoResponse2\xd1\x01\n\x0e\x44\x65\x63oderService\x12\x41\n\x08Generate\x12\x18.icae.v1.GenerateRequest\x1a\x19.icae.v1.GenerateResponse0\x01\x12G\n\x0cGenerateOnce\x12\x18.icae.v1.GenerateRequest\x1a\x1d.icae.v1.GenerateOnceResponse\x12\x33\n\x04Info\x12\x14.icae.v1.InfoRequest\x1a\x15.icae.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icae/v1/icae.proto\x12\x07icae.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x0f\x43ompressRequest\x12$\n\tdocuments\x18\x01 \x03(\x0b\x32\x11.icae.v1.Document\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.icae.v1.CompressOptions\"M\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x11.icae.v1.TokenIdsH\x00\x42\t\n\x07\x63ontent\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xed\x01\n\x0f\x43ompressOptions\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x14\n\x0creturn_slots\x18\x03 \x01(\x08\x12\x14\n\x0crefine_steps\x18\x04 \x01(\r\x12\x18\n\x0btarget_loss\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x13reconstruction_loss\x18\x06 \x01(\x08\x12\x19\n\x11slots_per_segment\x18\x07 \x01(\rB\x0e\n\x0c_target_lossJ\x04\x08\x01\x10\x02R\x0bttl_seconds\"\x9c\x02\n\nSlotHandle\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tnum_slots\x18\x02 \x01(\r\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x14\n\x0cnum_segments\x18\x04 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcache_hit\x18\x07 \x01(\x08\x12 \n\x13reconstruction_loss\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0crefine_steps\x18\t \x01(\rB\x16\n\x14_reconstruction_lossJ\x04\x08\x06\x10\x07R\x0f\x65xpires_at_unix\"H\n\x12\x43ompressedDocument\x12#\n\x06handle\x18\x01 \x01(\x0b\x32\x13.icae.v1.SlotHandle\x12\r\n\x05slots\x18\x02 \x01(\x0c\"e\n\x10\x43ompressResponse\x12.\n\tdocuments\x18\x01 \x03(\x0b\x32\x1b.icae.v1.CompressedDocument\x12!\n\x07timings\x18\x02 \x01(\x0b\x32\x10.icae.v1.Timings\"\xab\x01\n\x0fGenerateRequest\x12\"\n\x05slots\x18\x01 \x01(\x0b\x32\x11.icae.v1.SlotListH\x00\x12\x17\n\rbaseline_text\x18\x02 \x01(\tH\x00\x12\x1b\n\x04mode\x18\x03 \x01(\x0e\x32\r.icae.v1.Mode\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12#\n\x08sampling\x18\x05 \x01(\x0b\x32\x11.icae.v1.SamplingB\t\n\x07\x63ontext\"+\n\x08SlotList\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.icae.v1.SlotRef\":\n\x07SlotRef\x12\r\n\x03key\x18\x01 \x01(\tH\x00\x12\x16\n\x0cinline_slots\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"q\n\x08Sampling\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x0c\n\x04stop\x18\x06 \x03(\t\"j\n\x10GenerateResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x13.icae.v1.TokenDeltaH\x00\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x16.icae.v1.GenerateFinalH\x00\x42\x07\n\x05\x65vent\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x94\x01\n\rGenerateFinal\x12,\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x15.icae.v1.FinishReason\x12\x18\n\x10prompt_positions\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12!\n\x07timings\x18\x04 \x01(\x0b\x32\x10.icae.v1.Timings\"\xa2\x01\n\x14GenerateOnceResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.icae.v1.FinishReason\x12\x18\n\x10prompt_positions\x18\x04 \x01(\r\x12!\n\x07timings\x18\x05 \x01(\x0b\x32\x10.icae.v1.Timings\"\xb4\x03\n\x07Timings\x12\x31\n\x0equeue_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11tokenize_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0estore_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0emodel_duration\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0etotal_duration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x01\x10\x07R\rqueue_secondsR\x10tokenize_secondsR\rstore_secondsR\rmodel_secondsR\x1btime_to_first_token_secondsR\rtotal_seconds\"\r\n\x0bInfoRequest\"\xe6\x02\n\x0cInfoResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_trained\x18\x05 \x01(\x08\x12\x19\n\x11model_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x10\n\x08mem_size\x18\x08 \x01(\r\x12\x18\n\x10\x63ompression_rate\x18\t \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\r\n\x05\x64type\x18\x0b \x01(\t\x12\x1f\n\x06limits\x18\x0c \x01(\x0b\x32\x0f.icae.v1.Limits\x12\x18\n\x10\x61\x63tive_sequences\x18\r \x01(\r\x12\x12\n\nqueue_size\x18\x0e \x01(\r\x12\x1d\n\x15kv_bytes_per_position\x18\x0f \x01(\x04\x12\x12\n\nslot_dtype\x18\x10 \x01(\t\"\x9a\x05\n\x06Limits\x12\x18\n\x10max_input_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12!\n\x19max_documents_per_request\x18\x06 \x01(\r\x12\x11\n\tmax_spans\x18\x07 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_new_tokens\x18\x08 \x01(\r\x12\x19\n\x11max_prompt_tokens\x18\t \x01(\r\x12\x1b\n\x13max_namespace_bytes\x18\x0b \x01(\r\x12\x18\n\x10max_stop_strings\x18\x0c \x01(\r\x12\x1d\n\x15max_stop_string_bytes\x18\r \x01(\r\x12\x1a\n\x12max_request_tokens\x18\x0e \x01(\r\x12\x17\n\x0fmax_input_bytes\x18\x0f \x01(\x04\x12\x18\n\x10max_prompt_bytes\x18\x10 \x01(\r\x12\x15\n\rmax_key_bytes\x18\x11 \x01(\r\x12\x18\n\x10max_refine_steps\x18\x12 \x01(\r\x12\x19\n\x11max_refine_tokens\x18\x13 \x01(\r\x12\x1b\n\x13max_slot_read_bytes\x18\x14 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x15 \x01(\x04\x12.\n\x0b\x64\x65\x66\x61ult_ttl\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07max_ttl\x18\x17 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x05\x10\x06J\x04\x08\n\x10\x0bR\x13\x64\x65\x66\x61ult_ttl_secondsR\x0fmax_ttl_seconds*U\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODE_AUTOENCODE\x10\x01\x12\x11\n\rMODE_CONTINUE\x10\x02\x12\x0f\n\x0bMODE_ANSWER\x10\x03*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x32\x86\x01\n\x0e\x45ncoderService\x12?\n\x08\x43ompress\x12\x18.icae.v1.CompressRequest\x1a\x19.icae.v1.CompressResponse\x12\x33\n\x04Info\x12\x14.icae.v1.InfoRequest\x1a\x15.icae.v1.InfoResponse2\xd1\x01\n\x0e\x44\x65\x63oderService\x12\x41\n\x08Generate\x12\x18.icae.v1.GenerateRequest\x1a\x19.icae.v1.GenerateResponse0\x01\x12G\n\x0cGenerateOnce\x12\x18.icae.v1.GenerateRequest\x1a\x1d.icae.v1.GenerateOnceResponse\x12\x33\n\x04Info\x12\x14.icae.v1.InfoRequest\x1a\x15.icae.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'icae.v1.icae_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=2843
-  _globals['_MODE']._serialized_end=2928
-  _globals['_FINISHREASON']._serialized_start=2930
-  _globals['_FINISHREASON']._serialized_end=3048
-  _globals['_COMPRESSREQUEST']._serialized_start=31
-  _globals['_COMPRESSREQUEST']._serialized_end=129
-  _globals['_DOCUMENT']._serialized_start=131
-  _globals['_DOCUMENT']._serialized_end=208
-  _globals['_TOKENIDS']._serialized_start=210
-  _globals['_TOKENIDS']._serialized_end=233
-  _globals['_COMPRESSOPTIONS']._serialized_start=236
-  _globals['_COMPRESSOPTIONS']._serialized_end=435
-  _globals['_SLOTHANDLE']._serialized_start=438
-  _globals['_SLOTHANDLE']._serialized_end=675
-  _globals['_COMPRESSEDDOCUMENT']._serialized_start=677
-  _globals['_COMPRESSEDDOCUMENT']._serialized_end=749
-  _globals['_COMPRESSRESPONSE']._serialized_start=751
-  _globals['_COMPRESSRESPONSE']._serialized_end=852
-  _globals['_GENERATEREQUEST']._serialized_start=855
-  _globals['_GENERATEREQUEST']._serialized_end=1026
-  _globals['_SLOTLIST']._serialized_start=1028
-  _globals['_SLOTLIST']._serialized_end=1071
-  _globals['_SLOTREF']._serialized_start=1073
-  _globals['_SLOTREF']._serialized_end=1131
-  _globals['_SAMPLING']._serialized_start=1133
-  _globals['_SAMPLING']._serialized_end=1246
-  _globals['_GENERATERESPONSE']._serialized_start=1248
-  _globals['_GENERATERESPONSE']._serialized_end=1354
-  _globals['_TOKENDELTA']._serialized_start=1356
-  _globals['_TOKENDELTA']._serialized_end=1401
-  _globals['_GENERATEFINAL']._serialized_start=1404
-  _globals['_GENERATEFINAL']._serialized_end=1552
-  _globals['_GENERATEONCERESPONSE']._serialized_start=1555
-  _globals['_GENERATEONCERESPONSE']._serialized_end=1717
-  _globals['_TIMINGS']._serialized_start=1720
-  _globals['_TIMINGS']._serialized_end=1884
-  _globals['_INFOREQUEST']._serialized_start=1886
-  _globals['_INFOREQUEST']._serialized_end=1899
-  _globals['_INFORESPONSE']._serialized_start=1902
-  _globals['_INFORESPONSE']._serialized_end=2260
-  _globals['_LIMITS']._serialized_start=2263
-  _globals['_LIMITS']._serialized_end=2841
-  _globals['_ENCODERSERVICE']._serialized_start=3051
-  _globals['_ENCODERSERVICE']._serialized_end=3185
-  _globals['_DECODERSERVICE']._serialized_start=3188
-  _globals['_DECODERSERVICE']._serialized_end=3397
+  _globals['_MODE']._serialized_start=3353
+  _globals['_MODE']._serialized_end=3438
+  _globals['_FINISHREASON']._serialized_start=3440
+  _globals['_FINISHREASON']._serialized_end=3558
+  _globals['_COMPRESSREQUEST']._serialized_start=96
+  _globals['_COMPRESSREQUEST']._serialized_end=194
+  _globals['_DOCUMENT']._serialized_start=196
+  _globals['_DOCUMENT']._serialized_end=273
+  _globals['_TOKENIDS']._serialized_start=275
+  _globals['_TOKENIDS']._serialized_end=298
+  _globals['_COMPRESSOPTIONS']._serialized_start=301
+  _globals['_COMPRESSOPTIONS']._serialized_end=538
+  _globals['_SLOTHANDLE']._serialized_start=541
+  _globals['_SLOTHANDLE']._serialized_end=825
+  _globals['_COMPRESSEDDOCUMENT']._serialized_start=827
+  _globals['_COMPRESSEDDOCUMENT']._serialized_end=899
+  _globals['_COMPRESSRESPONSE']._serialized_start=901
+  _globals['_COMPRESSRESPONSE']._serialized_end=1002
+  _globals['_GENERATEREQUEST']._serialized_start=1005
+  _globals['_GENERATEREQUEST']._serialized_end=1176
+  _globals['_SLOTLIST']._serialized_start=1178
+  _globals['_SLOTLIST']._serialized_end=1221
+  _globals['_SLOTREF']._serialized_start=1223
+  _globals['_SLOTREF']._serialized_end=1281
+  _globals['_SAMPLING']._serialized_start=1283
+  _globals['_SAMPLING']._serialized_end=1396
+  _globals['_GENERATERESPONSE']._serialized_start=1398
+  _globals['_GENERATERESPONSE']._serialized_end=1504
+  _globals['_TOKENDELTA']._serialized_start=1506
+  _globals['_TOKENDELTA']._serialized_end=1551
+  _globals['_GENERATEFINAL']._serialized_start=1554
+  _globals['_GENERATEFINAL']._serialized_end=1702
+  _globals['_GENERATEONCERESPONSE']._serialized_start=1705
+  _globals['_GENERATEONCERESPONSE']._serialized_end=1867
+  _globals['_TIMINGS']._serialized_start=1870
+  _globals['_TIMINGS']._serialized_end=2306
+  _globals['_INFOREQUEST']._serialized_start=2308
+  _globals['_INFOREQUEST']._serialized_end=2321
+  _globals['_INFORESPONSE']._serialized_start=2324
+  _globals['_INFORESPONSE']._serialized_end=2682
+  _globals['_LIMITS']._serialized_start=2685
+  _globals['_LIMITS']._serialized_end=3351
+  _globals['_ENCODERSERVICE']._serialized_start=3561
+  _globals['_ENCODERSERVICE']._serialized_end=3695
+  _globals['_DECODERSERVICE']._serialized_start=3698
+  _globals['_DECODERSERVICE']._serialized_end=3907
 # @@protoc_insertion_point(module_scope)

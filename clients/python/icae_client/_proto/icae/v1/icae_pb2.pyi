@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -52,31 +56,31 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CompressOptions(_message.Message):
-    __slots__ = ("ttl_seconds", "namespace", "return_slots", "refine_steps", "target_loss", "reconstruction_loss", "slots_per_segment")
-    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("ttl", "namespace", "return_slots", "refine_steps", "target_loss", "reconstruction_loss", "slots_per_segment")
+    TTL_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     RETURN_SLOTS_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     TARGET_LOSS_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_LOSS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_PER_SEGMENT_FIELD_NUMBER: _ClassVar[int]
-    ttl_seconds: int
+    ttl: _duration_pb2.Duration
     namespace: str
     return_slots: bool
     refine_steps: int
     target_loss: float
     reconstruction_loss: bool
     slots_per_segment: int
-    def __init__(self, ttl_seconds: _Optional[int] = ..., namespace: _Optional[str] = ..., return_slots: _Optional[bool] = ..., refine_steps: _Optional[int] = ..., target_loss: _Optional[float] = ..., reconstruction_loss: _Optional[bool] = ..., slots_per_segment: _Optional[int] = ...) -> None: ...
+    def __init__(self, ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., namespace: _Optional[str] = ..., return_slots: _Optional[bool] = ..., refine_steps: _Optional[int] = ..., target_loss: _Optional[float] = ..., reconstruction_loss: _Optional[bool] = ..., slots_per_segment: _Optional[int] = ...) -> None: ...
 
 class SlotHandle(_message.Message):
-    __slots__ = ("key", "num_slots", "num_tokens", "num_segments", "model_fingerprint", "expires_at_unix", "cache_hit", "reconstruction_loss", "refine_steps")
+    __slots__ = ("key", "num_slots", "num_tokens", "num_segments", "model_fingerprint", "expire_time", "cache_hit", "reconstruction_loss", "refine_steps")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NUM_SLOTS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_LOSS_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -85,11 +89,11 @@ class SlotHandle(_message.Message):
     num_tokens: int
     num_segments: int
     model_fingerprint: str
-    expires_at_unix: int
+    expire_time: _timestamp_pb2.Timestamp
     cache_hit: bool
     reconstruction_loss: float
     refine_steps: int
-    def __init__(self, key: _Optional[str] = ..., num_slots: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_segments: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., expires_at_unix: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., reconstruction_loss: _Optional[float] = ..., refine_steps: _Optional[int] = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., num_slots: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_segments: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., reconstruction_loss: _Optional[float] = ..., refine_steps: _Optional[int] = ...) -> None: ...
 
 class CompressedDocument(_message.Message):
     __slots__ = ("handle", "slots")
@@ -194,20 +198,20 @@ class GenerateOnceResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_positions: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_seconds", "tokenize_seconds", "store_seconds", "model_seconds", "time_to_first_token_seconds", "total_seconds")
-    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    STORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    MODEL_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    queue_seconds: float
-    tokenize_seconds: float
-    store_seconds: float
-    model_seconds: float
-    time_to_first_token_seconds: float
-    total_seconds: float
-    def __init__(self, queue_seconds: _Optional[float] = ..., tokenize_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., model_seconds: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+    __slots__ = ("queue_duration", "tokenize_duration", "store_duration", "model_duration", "time_to_first_token", "total_duration")
+    QUEUE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    STORE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    queue_duration: _duration_pb2.Duration
+    tokenize_duration: _duration_pb2.Duration
+    store_duration: _duration_pb2.Duration
+    model_duration: _duration_pb2.Duration
+    time_to_first_token: _duration_pb2.Duration
+    total_duration: _duration_pb2.Duration
+    def __init__(self, queue_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tokenize_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., store_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., model_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_to_first_token: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -250,17 +254,15 @@ class InfoResponse(_message.Message):
     def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., model: _Optional[str] = ..., adapter: _Optional[str] = ..., adapter_trained: _Optional[bool] = ..., model_fingerprint: _Optional[str] = ..., hidden_size: _Optional[int] = ..., mem_size: _Optional[int] = ..., compression_rate: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., active_sequences: _Optional[int] = ..., queue_size: _Optional[int] = ..., kv_bytes_per_position: _Optional[int] = ..., slot_dtype: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_input_tokens", "max_new_tokens", "max_concurrent_requests", "max_message_bytes", "default_ttl_seconds", "max_documents_per_request", "max_spans", "default_new_tokens", "max_prompt_tokens", "max_ttl_seconds", "max_namespace_bytes", "max_stop_strings", "max_stop_string_bytes", "max_request_tokens", "max_input_bytes", "max_prompt_bytes", "max_key_bytes", "max_refine_steps", "max_refine_tokens", "max_slot_read_bytes", "max_request_bytes")
+    __slots__ = ("max_input_tokens", "max_new_tokens", "max_concurrent_requests", "max_message_bytes", "max_documents_per_request", "max_spans", "default_new_tokens", "max_prompt_tokens", "max_namespace_bytes", "max_stop_strings", "max_stop_string_bytes", "max_request_tokens", "max_input_bytes", "max_prompt_bytes", "max_key_bytes", "max_refine_steps", "max_refine_tokens", "max_slot_read_bytes", "max_request_bytes", "default_ttl", "max_ttl")
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_SPANS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    MAX_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_NAMESPACE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_STOP_STRINGS_FIELD_NUMBER: _ClassVar[int]
     MAX_STOP_STRING_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -272,16 +274,16 @@ class Limits(_message.Message):
     MAX_REFINE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_SLOT_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TTL_FIELD_NUMBER: _ClassVar[int]
     max_input_tokens: int
     max_new_tokens: int
     max_concurrent_requests: int
     max_message_bytes: int
-    default_ttl_seconds: int
     max_documents_per_request: int
     max_spans: int
     default_new_tokens: int
     max_prompt_tokens: int
-    max_ttl_seconds: int
     max_namespace_bytes: int
     max_stop_strings: int
     max_stop_string_bytes: int
@@ -293,4 +295,6 @@ class Limits(_message.Message):
     max_refine_tokens: int
     max_slot_read_bytes: int
     max_request_bytes: int
-    def __init__(self, max_input_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., default_ttl_seconds: _Optional[int] = ..., max_documents_per_request: _Optional[int] = ..., max_spans: _Optional[int] = ..., default_new_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_ttl_seconds: _Optional[int] = ..., max_namespace_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_string_bytes: _Optional[int] = ..., max_request_tokens: _Optional[int] = ..., max_input_bytes: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ..., max_key_bytes: _Optional[int] = ..., max_refine_steps: _Optional[int] = ..., max_refine_tokens: _Optional[int] = ..., max_slot_read_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
+    default_ttl: _duration_pb2.Duration
+    max_ttl: _duration_pb2.Duration
+    def __init__(self, max_input_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_documents_per_request: _Optional[int] = ..., max_spans: _Optional[int] = ..., default_new_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_namespace_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_string_bytes: _Optional[int] = ..., max_request_tokens: _Optional[int] = ..., max_input_bytes: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ..., max_key_bytes: _Optional[int] = ..., max_refine_steps: _Optional[int] = ..., max_refine_tokens: _Optional[int] = ..., max_slot_read_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
