@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use icae_core::args::{AdapterArgs, ModelArgs};
 use icae_core::device::kind_name;
+use icae_core::model::attention::{override_kernel, Kernel};
 use icae_core::refine::reconstruction_losses;
 use icae_core::{IcaeModel, RefineOptions, Refinement, SlotDtype};
 use serde_json::json;
@@ -49,18 +50,40 @@ pub struct RefineArgs {
     /// The oracle's timing script.
     #[arg(long, default_value = "scripts/bench/py_refine.py")]
     pub oracle_script: PathBuf,
+    /// Which attention kernel the engine uses while gradients flow: its own choice by
+    /// shape, or one of the two everywhere (to compare them within a whole step).
+    #[arg(long, value_enum, default_value_t = AttentionChoice::Auto)]
+    pub attention: AttentionChoice,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttentionChoice {
+    Auto,
+    Fused,
+    SpelledOut,
+}
+
+impl AttentionChoice {
+    fn kernel(self) -> Option<Kernel> {
+        match self {
+            AttentionChoice::Auto => None,
+            AttentionChoice::Fused => Some(Kernel::Fused),
+            AttentionChoice::SpelledOut => Some(Kernel::SpelledOut),
+        }
+    }
 }
 
 pub fn run(args: RefineArgs) -> Result<()> {
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     anyhow::ensure!(!args.lengths.is_empty(), "give --lengths");
+    override_kernel(args.attention.kernel());
     let icae = load_icae(&args.model, &args.adapter)?;
     let (device, kind) = (icae.device(), icae.kind());
     anyhow::ensure!(
-        kind == tch::Kind::Float,
-        "bench refine compares with the oracle in f32: run it with --dtype f32"
+        matches!(kind, tch::Kind::Float | tch::Kind::BFloat16),
+        "bench refine compares with the oracle in f32 or bf16: run it with --dtype f32 or bf16"
     );
     let mut cases: Vec<(usize, usize)> = args.lengths.iter().map(|&l| (l, 1)).collect();
     if args.batch > 0 && args.batch_tokens > 0 {
@@ -121,15 +144,17 @@ pub fn run(args: RefineArgs) -> Result<()> {
         "oracle_threads": oracle.as_ref().map(|o| o.threads()),
         "steps": args.steps,
         "repeats": args.repeats,
+        "attention": format!("{:?}", args.attention),
         "rows": rows,
     });
     if args.json {
         return print_json(&report);
     }
     println!(
-        "device {}, {}, {} threads (oracle: {}), {} steps a run, best of {} alternating runs",
+        "device {}, {}, attention {:?}, {} threads (oracle: {}), {} steps a run, best of {} alternating runs",
         torch_device_name(device),
         kind_name(kind),
+        args.attention,
         tch::get_num_threads(),
         oracle
             .as_ref()

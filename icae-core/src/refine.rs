@@ -411,12 +411,19 @@ fn read_back(
         .view([batch * width, hidden])
         .index_select(0, &Tensor::from_slice(&select).to_device(device));
     let logits = base.logits(&picked);
-    let target_ids = Tensor::from_slice(&targets).to_device(device);
+    let target_ids = Tensor::from_slice(&targets).to_device(device).unsqueeze(1);
     let nll = -logits
         .log_softmax(-1, Kind::Float)
-        .gather(1, &target_ids.unsqueeze(1), false)
+        .gather(1, &target_ids, false)
         .squeeze_dim(1);
-    let right = logits.argmax(-1, false).eq_tensor(&target_ids);
+    // Read right when the target's logit is the largest (a target tied for the top counts
+    // as right): the largest value is a vectorised reduction, an argmax over the vocabulary
+    // is not (on CPU it was a noticeable part of a short document's step).
+    let right = logits
+        .detach()
+        .gather(1, &target_ids, false)
+        .ge_tensor(&logits.detach().amax([-1i64].as_slice(), true))
+        .squeeze_dim(1);
     let nll_values = Vec::<f32>::try_from(nll.detach().to_device(tch::Device::Cpu))?;
     let right = Vec::<bool>::try_from(right.to_device(tch::Device::Cpu))?;
     Ok(ReadBack {

@@ -19,17 +19,19 @@ import torch
 from icae_train.adapter_io import load_adapter
 from icae_train.refine import RefineOptions, refine
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True, help="HF model directory")
     parser.add_argument("--adapter", type=Path, required=True)
     parser.add_argument("--ids", type=Path, required=True, help="JSON list of token ids")
-    parser.add_argument("--dtype", choices=["f32"], default="f32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lr", type=float, default=0.1)
     args = parser.parse_args(argv)
-    model = load_adapter(args.model, args.adapter, device=args.device, dtype=torch.float32)
+    model = load_adapter(args.model, args.adapter, device=args.device, dtype=DTYPES[args.dtype])
     model.eval()
     ids = json.loads(args.ids.read_text())
     ready = {"ready": True, "threads": torch.get_num_threads()}

@@ -4,6 +4,7 @@ the CPU in its dry mode (tiny sizes): every report in its output directory."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 import hf_compress  # noqa: E402
 import hf_generate  # noqa: E402
+import perf_categories  # noqa: E402
 
 
 def bash(script, *args, env=None, timeout=3600):
@@ -111,3 +113,31 @@ def test_bench_refine_times_the_engine_against_the_oracle(model_dir):
         assert row["speedup_vs_oracle"] == pytest.approx(
             row["oracle_step_seconds"] / row["step_seconds"]
         )
+
+
+def test_perf_samples_are_grouped_by_kind_of_work(capsys, monkeypatch):
+    """scripts/profile.sh's grouping: symbols with spaces and parentheses (C++ templates),
+    oneDNN's generated code (perf-PID.map) and the kernel each land in their category, and
+    the shares are of all samples."""
+    torch_lib = "/venv/lib/python3.11/site-packages/torch/lib"
+    lines = [
+        "    7f1b9f16417d [unknown] (/tmp/perf-9163.map)",
+        "    7f1b9f16417e [unknown] (/tmp/perf-9163.map)",
+        f"    7f558941de62 [unknown] ({torch_lib}/libgomp.so.1)",
+        "    7f55 c10::function_ref<void (char**, long const*)>::callback_fn<at::native::AVX2::"
+        f"VectorizedLoop2d<mul_kernel>>+0x1a ({torch_lib}/libtorch_cpu.so)",
+        " ffffffff816df2f3 exc_page_fault ([kernel.kallsyms])",
+        "",
+    ]
+    monkeypatch.setattr(sys, "stdin", iter(line + "\n" for line in lines))
+    perf_categories.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "5 samples"
+    categories = [re.match(r"^ {0,3}(\d+\.\d%)  (.*)$", line) for line in out[1:]]
+    shares = {match[2]: match[1] for match in categories if match}
+    assert shares == {
+        "matrix products (MKL, oneDNN)": "40.0%",
+        "OpenMP fork/join and waiting": "20.0%",
+        "elementwise, copies, reductions": "20.0%",
+        "memory: allocation, page faults, zeroing": "20.0%",
+    }, out

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::attention::{self, Mask};
 use super::config::{ModelConfig, TokenIds};
 use super::kv_cache::KvCache;
 use super::lora::{add_delta, LoraWeights, Target};
@@ -226,14 +227,14 @@ impl LlamaModel {
         let (cos, sin) = self
             .rope
             .tables(&positions.to_device(self.device), self.kind);
-        let mask = attention_mask(past, seq, key_mask, self.device);
+        let mask = Mask::new(past, seq, key_mask, self.device);
         let hidden = self.run_layers(embeds, lora, |layer, q, k, v| {
             let (q, k, v) = self.heads(q, k, v, batch, seq, &cos, &sin);
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c.update(layer, &k, &v),
                 None => (k, v),
             };
-            self.attend(&q, &k, &v, mask.explicit.as_ref(), mask.causal, batch, seq)
+            self.attend(&q, &k, &v, &mask, batch, seq)
         });
         if let Some(c) = cache {
             c.advance(seq);
@@ -264,7 +265,7 @@ impl LlamaModel {
                 .map(|(row, cache)| {
                     let r = row as i64;
                     let (k, v) = cache.update(layer, &k.narrow(0, r, 1), &v.narrow(0, r, 1));
-                    self.attend(&q.narrow(0, r, 1), &k, &v, None, false, 1, 1)
+                    self.attend(&q.narrow(0, r, 1), &k, &v, &Mask::none(), 1, 1)
                 })
                 .collect();
             Tensor::cat(&rows, 0)
@@ -290,16 +291,15 @@ impl LlamaModel {
         let mut x = embeds.to_device(self.device).to_kind(self.kind);
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, self.config.rms_norm_eps);
-            let qkv = h.linear::<Tensor>(&layer.qkv, None);
-            let q = add_delta(qkv.narrow(2, 0, q_dim), lora, i, Target::Q, &h);
-            let k = add_delta(qkv.narrow(2, q_dim, kv_dim), lora, i, Target::K, &h);
-            let v = add_delta(
-                qkv.narrow(2, q_dim + kv_dim, kv_dim),
-                lora,
-                i,
-                Target::V,
-                &h,
+            // Split, not narrowed three times: the backward of a split is one concatenation,
+            // where each narrow's would be a zero-filled full-width gradient to sum.
+            let [q, k, v] = split(
+                h.linear::<Tensor>(&layer.qkv, None),
+                [q_dim, kv_dim, kv_dim],
             );
+            let q = add_delta(q, lora, i, Target::Q, &h);
+            let k = add_delta(k, lora, i, Target::K, &h);
+            let v = add_delta(v, lora, i, Target::V, &h);
             let attn = attention(i, q, k, v);
             let o = add_delta(
                 attn.linear::<Tensor>(&layer.o, None),
@@ -311,9 +311,9 @@ impl LlamaModel {
             x = x + o;
 
             let h = rms_norm(&x, &layer.post_norm, self.config.rms_norm_eps);
-            let gate_up = h.linear::<Tensor>(&layer.gate_up, None);
-            let gate = add_delta(gate_up.narrow(2, 0, ffn), lora, i, Target::Gate, &h);
-            let up = add_delta(gate_up.narrow(2, ffn, ffn), lora, i, Target::Up, &h);
+            let [gate, up] = split(h.linear::<Tensor>(&layer.gate_up, None), [ffn, ffn]);
+            let gate = add_delta(gate, lora, i, Target::Gate, &h);
+            let up = add_delta(up, lora, i, Target::Up, &h);
             let act = gate.silu() * up;
             let down = add_delta(
                 act.linear::<Tensor>(&layer.down, None),
@@ -347,19 +347,16 @@ impl LlamaModel {
     }
 
     /// Scaled dot-product attention with grouped KV heads, back to `[batch, seq, q_dim]`.
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        mask: Option<&Tensor>,
-        causal: bool,
+        mask: &Mask,
         batch: i64,
         seq: i64,
     ) -> Tensor {
-        let grouped = self.config.kv_heads() != self.config.num_attention_heads;
-        let out = Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, grouped);
+        let out = attention::attend(q, k, v, mask);
         let q_dim = (self.config.num_attention_heads * self.config.head_dim()) as i64;
         out.transpose(1, 2).reshape([batch, seq, q_dim])
     }
@@ -372,6 +369,13 @@ impl LlamaModel {
     }
 }
 
+/// The last dimension of `x` cut into consecutive parts of `sizes`.
+fn split<const N: usize>(x: Tensor, sizes: [i64; N]) -> [Tensor; N] {
+    x.split_with_sizes(sizes, -1)
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("split_with_sizes gives one part per size"))
+}
+
 /// RMSNorm computed in f32 like HF, then cast back and scaled.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let kind = x.kind();
@@ -379,47 +383,4 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
     let normed = xf * (variance + eps).rsqrt();
     weight * normed.to_kind(kind)
-}
-
-struct Mask {
-    causal: bool,
-    explicit: Option<Tensor>,
-}
-
-/// Choose the cheapest correct mask: the fused causal kernel for a fresh unpadded prompt,
-/// no mask for one new token per row, an explicit `[batch, 1, seq, past + seq]` one otherwise.
-fn attention_mask(past: i64, seq: i64, key_mask: Option<&Tensor>, device: Device) -> Mask {
-    match key_mask {
-        None if past == 0 => Mask {
-            causal: true,
-            explicit: None,
-        },
-        None if seq == 1 => Mask {
-            causal: false,
-            explicit: None,
-        },
-        _ => {
-            let total = past + seq;
-            let query_pos = Tensor::arange_start(past, total, (Kind::Int64, device)).view([seq, 1]);
-            let key_pos = Tensor::arange(total, (Kind::Int64, device)).view([1, total]);
-            let mut allowed = key_pos.le_tensor(&query_pos).view([1, 1, seq, total]);
-            if let Some(keys) = key_mask {
-                let batch = keys.size()[0];
-                allowed = allowed.logical_and(
-                    &keys
-                        .to_device(device)
-                        .to_kind(Kind::Bool)
-                        .view([batch, 1, 1, total]),
-                );
-                // A padding query would otherwise see no key at all and turn into NaN, which
-                // then leaks through 0 * NaN in later layers: let every query see itself.
-                allowed =
-                    allowed.logical_or(&key_pos.eq_tensor(&query_pos).view([1, 1, seq, total]));
-            }
-            Mask {
-                causal: false,
-                explicit: Some(allowed),
-            }
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! The transformer engine: config, weights, rotary embeddings, LoRA, KV cache, forward pass.
 
+pub mod attention;
 mod config;
 mod kv_cache;
 mod llama;
