@@ -203,7 +203,6 @@ async fn health_and_reflection_answer() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let redis = Redis::start();
     let encoder = Service::start(Kind::Encoder, &redis.url(), &[]).await;
@@ -220,18 +219,9 @@ async fn health_and_reflection_answer() {
             .await
             .unwrap();
         let mut client = ServerReflectionClient::new(channel);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = client
-            .server_reflection_info(tokio_stream::iter(vec![request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = responses.next().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected reflection answer")
+        let answer = reflect(&mut client, MessageRequest::ListServices(String::new())).await;
+        let MessageResponse::ListServicesResponse(list) = answer else {
+            panic!("unexpected reflection answer: {answer:?}")
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         assert!(
@@ -271,18 +261,16 @@ async fn health_and_reflection_answer() {
     }
 }
 
-/// The first file of a v1 reflection answer that holds files.
-async fn reflected_file(
-    client: &mut tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<
-        tonic::transport::Channel,
-    >,
-    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
-) -> icae_proto::prost_types::FileDescriptorProto {
-    use prost::Message;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
+type ReflectionClient = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<
+    tonic::transport::Channel,
+>;
 
-    let request = ServerReflectionRequest {
+/// The answer of a v1 reflection server to one request.
+async fn reflect(
+    client: &mut ReflectionClient,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> tonic_reflection::pb::v1::server_reflection_response::MessageResponse {
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(request),
     };
@@ -292,8 +280,20 @@ async fn reflected_file(
         .unwrap()
         .into_inner();
     let response = responses.next().await.unwrap().unwrap();
-    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
-        panic!("no files in the reflection answer: {response:?}")
+    response.message_response.expect("a reflection answer")
+}
+
+/// The first file of a v1 reflection answer that holds files.
+async fn reflected_file(
+    client: &mut ReflectionClient,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> icae_proto::prost_types::FileDescriptorProto {
+    use prost::Message;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let answer = reflect(client, request).await;
+    let MessageResponse::FileDescriptorResponse(files) = answer else {
+        panic!("no files in the reflection answer: {answer:?}")
     };
     icae_proto::prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
         .unwrap()
