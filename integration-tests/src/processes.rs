@@ -575,3 +575,22 @@ pub fn icae_json(args: &[&str]) -> serde_json::Value {
     let stdout = String::from_utf8(output.stdout).unwrap();
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
+
+/// Token ids of `text` as the default model's tokenizer gives them (`icae tokenize`).
+pub fn tokenize(text: &str) -> Vec<u32> {
+    let model = model_dir();
+    let args = [
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text,
+        "--json",
+    ];
+    icae_json(&args)["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}

@@ -210,19 +210,7 @@ async fn encoder_errors() {
     );
 
     // Token ids work as input too, and give the key the same text gives.
-    let ids = icae_json(&[
-        "tokenize",
-        "--model",
-        model_dir().to_str().unwrap(),
-        "--text",
-        "hello there",
-        "--json",
-    ])["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let ids = tokenize("hello there");
     let by_ids = Document {
         content: Some(document::Content::TokenIds(TokenIds { ids })),
     };

@@ -92,20 +92,6 @@ async fn gauges_are_idle(port: u16, component: &str) -> bool {
         .all(|gauge| value(&samples, gauge, &[("component", component)]).is_none_or(|v| v == 0.0))
 }
 
-/// Tokens of `text` as the default model's tokenizer gives them.
-fn token_count(text: &str) -> usize {
-    let model = model_dir();
-    let tokens = icae_json(&[
-        "tokenize",
-        "--model",
-        model.to_str().unwrap(),
-        "--text",
-        text,
-        "--json",
-    ]);
-    tokens["token_ids"].as_array().unwrap().len()
-}
-
 /// A histogram's buckets are there, cumulative, and `le="+Inf"` equals `_count`, which
 /// is at least `min_count`.
 fn assert_histogram(
@@ -210,7 +196,7 @@ async fn metrics_after_traffic_have_buckets_labels_help_and_gauges() {
     // slots of the two values written.
     assert_eq!(
         value(&encoder_samples, "icae_input_tokens_total", &[]),
-        Some(3.0 * token_count(DOC) as f64)
+        Some(3.0 * tokenize(DOC).len() as f64)
     );
     assert_eq!(
         value(&encoder_samples, "icae_slots_stored_total", &[]),
