@@ -72,7 +72,28 @@ pub struct EncoderLimits {
     pub max_refine_tokens: usize,
 }
 
+/// Where the encoder's limits come from besides the shared flags: its own flags.
+pub struct EncoderFlags {
+    pub max_documents_per_request: usize,
+    pub max_request_tokens: usize,
+    pub max_refine_steps: usize,
+    pub max_refine_tokens: usize,
+}
+
 impl EncoderLimits {
+    pub fn from_args(args: &ServiceArgs, flags: EncoderFlags) -> Self {
+        EncoderLimits {
+            shared: SharedLimits::from_args(args),
+            default_ttl_seconds: args.slot_ttl_seconds,
+            max_ttl_seconds: MAX_TTL_SECONDS,
+            max_namespace_bytes: MAX_NAMESPACE_LEN,
+            max_documents_per_request: flags.max_documents_per_request,
+            max_request_tokens: flags.max_request_tokens,
+            max_refine_steps: flags.max_refine_steps,
+            max_refine_tokens: flags.max_refine_tokens,
+        }
+    }
+
     /// The largest Compress request worth decoding: its texts at BYTES_PER_TOKEN for each
     /// token the request may hold (or one text of max_input_bytes, if that is more), token
     /// ids at their widest (5 bytes) fitting in the same, plus framing; at most
@@ -102,29 +123,6 @@ impl EncoderLimits {
             max_refine_tokens: self.max_refine_tokens as u32,
             max_request_bytes: self.max_request_bytes() as u64,
             ..self.shared.to_proto()
-        }
-    }
-}
-
-/// Where the encoder's limits come from besides the shared flags: its own flags.
-pub struct EncoderFlags {
-    pub max_documents_per_request: usize,
-    pub max_request_tokens: usize,
-    pub max_refine_steps: usize,
-    pub max_refine_tokens: usize,
-}
-
-impl EncoderLimits {
-    pub fn from_args(args: &ServiceArgs, flags: EncoderFlags) -> Self {
-        EncoderLimits {
-            shared: SharedLimits::from_args(args),
-            default_ttl_seconds: args.slot_ttl_seconds,
-            max_ttl_seconds: MAX_TTL_SECONDS,
-            max_namespace_bytes: MAX_NAMESPACE_LEN,
-            max_documents_per_request: flags.max_documents_per_request,
-            max_request_tokens: flags.max_request_tokens,
-            max_refine_steps: flags.max_refine_steps,
-            max_refine_tokens: flags.max_refine_tokens,
         }
     }
 }
