@@ -476,6 +476,8 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     assert forced["slot_gain"] == pytest.approx(forced["loss_other_slots"] - forced["loss"])
     first = autoencode["first_token"]
     assert 0.0 <= first["accuracy"] <= 1.0 and sum(first["argmax_counts"].values()) == 2
+    assert 0.0 < first["probability"] < 1.0 and 0.0 < first["probability_other_slots"] < 1.0
+    assert isinstance(first["argmax_without_slots"], str)
     # 64 tokens are two segments of 8 slots each (mem 8 x rate 4 = 32 tokens a segment).
     long = json.loads(out.read_text())["autoencode_long"]
     assert (long["passages"], long["passage_tokens"], long["slots"]) == (2, 64, 16)

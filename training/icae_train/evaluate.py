@@ -13,7 +13,7 @@ import torch
 
 from .adapter_io import chat_pieces
 from .metrics import answer_found, corpus_bleu, prefix_match, rouge_l, token_accuracy
-from .model import ICAE
+from .model import ICAE, Objective
 from .refine import RefineOptions
 from .refine import refine as refine_slots
 
@@ -94,21 +94,40 @@ def long_teacher_forced_eval(
 
 def first_token_eval(model: ICAE, tokenizer, passages: list[list[int]], slots: list) -> dict:
     """What the decoder predicts at the [AE] position (the first token of every
-    reconstruction): how often its argmax is the passage's first token, and the argmaxes it
-    gives, most common first. One argmax for every passage means the position does not read
-    the slots, and greedy reconstruction is wrong from its first token."""
-    argmaxes = []
-    for ids, memory in zip(passages, slots, strict=True):
-        predicted, _ = model._predictions(model.ae_layout(memory), ids[:1])
-        argmaxes.append(int(predicted[0].argmax()))
-    counts: dict[str, int] = {}
-    for token in argmaxes:
-        text = tokenizer.decode([token])
-        counts[text] = counts.get(text, 0) + 1
+    reconstruction): how often its argmax is the passage's first token, the argmaxes it
+    gives, most common first, and whether the position reads the slots at all: the first
+    token's probability from the passage's own slots against the next passage's, and the
+    argmax from [AE] alone (no slots). One argmax for every passage, and the same
+    probabilities from other slots, mean the position does not read the slots, and greedy
+    reconstruction is wrong from its first token."""
+
+    def at_ae(prefix: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        predicted, _ = model._predictions(prefix, ids[:1])
+        return predicted[0].float().softmax(-1)
+
+    def counted(tokens: list[int]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for token in tokens:
+            text = tokenizer.decode([token])
+            counts[text] = counts.get(text, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    argmaxes, own, other = [], [], []
+    for index, (ids, memory) in enumerate(zip(passages, slots, strict=True)):
+        probabilities = at_ae(model.ae_layout(memory), ids)
+        argmaxes.append(int(probabilities.argmax()))
+        own.append(float(probabilities[ids[0]]))
+        next_slots = slots[(index + 1) % len(slots)]
+        other.append(float(at_ae(model.ae_layout(next_slots), ids)[ids[0]]))
+    alone = model.special(Objective.AUTOENCODE).to(model.dtype)
     right = sum(a == ids[0] for a, ids in zip(argmaxes, passages, strict=True))
+    count = max(1, len(passages))
     return {
-        "accuracy": right / max(1, len(passages)),
-        "argmax_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "accuracy": right / count,
+        "argmax_counts": counted(argmaxes),
+        "probability": sum(own) / count,
+        "probability_other_slots": sum(other) / count,
+        "argmax_without_slots": tokenizer.decode([int(at_ae(alone, passages[0]).argmax())]),
     }
 
 
