@@ -419,10 +419,10 @@ fn read_back(
     // Read right when the target's logit is the largest (a target tied for the top counts
     // as right): the largest value is a vectorised reduction, an argmax over the vocabulary
     // is not (on CPU it was a noticeable part of a short document's step).
-    let right = logits
-        .detach()
+    let scores = logits.detach();
+    let right = scores
         .gather(1, &target_ids, false)
-        .ge_tensor(&logits.detach().amax([-1i64].as_slice(), true))
+        .ge_tensor(&scores.amax([-1i64].as_slice(), true))
         .squeeze_dim(1);
     let nll_values = Vec::<f32>::try_from(nll.detach().to_device(tch::Device::Cpu))?;
     let right = Vec::<bool>::try_from(right.to_device(tch::Device::Cpu))?;

@@ -40,24 +40,18 @@ impl Mask {
             None if past == 0 => None,
             None if seq == 1 => None,
             _ => {
-                let mut allowed = causal_allowed(past, seq, device).view([1, 1, seq, past + seq]);
+                let total = past + seq;
+                let (query, key) = positions(past, seq, device);
+                let mut allowed = key.le_tensor(&query).view([1, 1, seq, total]);
                 if let Some(keys) = key_mask {
                     let batch = keys.size()[0];
-                    allowed =
-                        allowed.logical_and(&keys.to_device(device).to_kind(Kind::Bool).view([
-                            batch,
-                            1,
-                            1,
-                            past + seq,
-                        ]));
+                    let real = keys.to_device(device).to_kind(Kind::Bool);
+                    allowed = allowed.logical_and(&real.view([batch, 1, 1, total]));
                     // A padding query would otherwise see no key at all and turn into NaN,
                     // which then leaks through 0 * NaN in later layers: let every query see
                     // itself.
-                    let total = past + seq;
-                    let query = Tensor::arange_start(past, total, (Kind::Int64, device));
-                    let key = Tensor::arange(total, (Kind::Int64, device));
-                    let itself = key.view([1, total]).eq_tensor(&query.view([seq, 1]));
-                    allowed = allowed.logical_or(&itself.view([1, 1, seq, total]));
+                    let itself = key.eq_tensor(&query).view([1, 1, seq, total]);
+                    allowed = allowed.logical_or(&itself);
                 }
                 Some(allowed)
             }
@@ -112,11 +106,17 @@ impl Mask {
 
 /// `[seq, past + seq]`: query `i` (at position `past + i`) may read keys up to itself.
 fn causal_allowed(past: i64, seq: i64, device: Device) -> Tensor {
+    let (query, key) = positions(past, seq, device);
+    key.le_tensor(&query)
+}
+
+/// The positions of the queries (`[seq, 1]`, from `past` on) and of the keys
+/// (`[1, past + seq]`), to compare into masks.
+fn positions(past: i64, seq: i64, device: Device) -> (Tensor, Tensor) {
     let total = past + seq;
     let query = Tensor::arange_start(past, total, (Kind::Int64, device)).view([seq, 1]);
-    Tensor::arange(total, (Kind::Int64, device))
-        .view([1, total])
-        .le_tensor(&query)
+    let key = Tensor::arange(total, (Kind::Int64, device)).view([1, total]);
+    (query, key)
 }
 
 /// The two ways to compute attention.
