@@ -75,7 +75,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let response = compress(&mut encoder, text, returning_slots()).await?;
         let wall = started.elapsed().as_secs_f64();
         let model_duration = response.timings.as_ref().and_then(|t| t.model_duration);
-        let model = model_duration.map_or(0.0, |d| icae_proto::time::as_secs_f64(&d));
+        let model = icae_proto::time::secs_or_zero(model_duration);
         overheads.push((wall - model) / model);
         let doc = &response.documents[0];
         let handle = doc.handle.as_ref().context("no handle")?;

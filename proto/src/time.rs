@@ -29,6 +29,11 @@ pub fn as_secs_f64(d: &Duration) -> f64 {
     d.seconds as f64 + f64::from(d.nanos) * 1e-9
 }
 
+/// An optional Duration in seconds, 0 when unset (a stage a service does not have).
+pub fn secs_or_zero(d: Option<Duration>) -> f64 {
+    d.as_ref().map_or(0.0, as_secs_f64)
+}
+
 /// `t` as a protobuf Timestamp.
 pub fn timestamp(t: SystemTime) -> Timestamp {
     Timestamp::from(t)
@@ -64,6 +69,8 @@ mod tests {
             -1.5
         );
         assert_eq!(duration(StdDuration::MAX).seconds, i64::MAX);
+        assert_eq!(secs_or_zero(Some(seconds_f64(2.5))), 2.5);
+        assert_eq!(secs_or_zero(None), 0.0);
     }
 
     #[test]

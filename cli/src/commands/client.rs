@@ -239,7 +239,7 @@ async fn compress(args: CompressArgs) -> Result<()> {
         .first()
         .and_then(|d| d.handle.clone())
         .context("the encoder returned no handle")?;
-    let total_seconds = seconds(response.timings.and_then(|t| t.total_duration));
+    let total_seconds = time::secs_or_zero(response.timings.and_then(|t| t.total_duration));
     if args.json {
         return print_json(&json!({
             "key": handle.key, "num_slots": handle.num_slots, "num_tokens": handle.num_tokens,
@@ -296,8 +296,8 @@ async fn stream(
     let last = generated.completed()?;
     let reason = finish_reason(last.finish_reason);
     let timings = last.timings.unwrap_or_default();
-    let first_token_seconds = seconds(timings.time_to_first_token);
-    let total_seconds = seconds(timings.total_duration);
+    let first_token_seconds = time::secs_or_zero(timings.time_to_first_token);
+    let total_seconds = time::secs_or_zero(timings.total_duration);
     if json_output {
         return print_json(&json!({
             "text": generated.text, "token_ids": generated.token_ids,
@@ -395,11 +395,6 @@ async fn info(args: InfoArgs) -> Result<()> {
             "max_spans": limits.max_spans,
         },
     }))
-}
-
-/// A Duration of the API in seconds, for people and scripts (0 when unset).
-fn seconds(d: Option<time::Duration>) -> f64 {
-    d.as_ref().map_or(0.0, time::as_secs_f64)
 }
 
 /// A whole-second Duration of the API (a TTL) as an integer (0 when unset).
