@@ -15,6 +15,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 import hf_compress  # noqa: E402
 import hf_generate  # noqa: E402
+import hf_prefill_profile  # noqa: E402
 import perf_categories  # noqa: E402
 
 
@@ -141,3 +142,56 @@ def test_perf_samples_are_grouped_by_kind_of_work(capsys, monkeypatch):
         "elementwise, copies, reductions": "20.0%",
         "memory: allocation, page faults, zeroing": "20.0%",
     }, out
+
+
+def test_hf_prefill_operators_are_grouped_by_kind_of_work():
+    """The profile of transformers' prefill: own times summed per kind; the dispatching
+    `scaled_dot_product_attention` and `linear` are bookkeeping, their kernels are not."""
+    kinds = hf_prefill_profile.by_kind(
+        [
+            ("aten::mm", 300.0),
+            ("aten::addmm", 100.0),
+            ("aten::linear", 5.0),
+            ("aten::_scaled_dot_product_flash_attention_for_cpu", 80.0),
+            ("aten::scaled_dot_product_attention", 1.0),
+            ("aten::mul", 40.0),
+            ("aten::silu", 20.0),
+        ]
+    )
+    assert kinds == pytest.approx(
+        {
+            "matrix products": 400e-6,
+            "attention kernel": 80e-6,
+            "views and dispatch": 6e-6,
+            "elementwise, copies, reductions": 60e-6,
+        }
+    )
+
+
+def test_hf_prefill_profile_runs_on_the_default_model(model_dir):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench" / "hf_prefill_profile.py"),
+            "--model",
+            str(model_dir),
+            "--data",
+            str(ROOT / "examples" / "pwc_dev.jsonl"),
+            "--prompt-tokens",
+            "16",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["prompt_tokens"] == 16 and report["dtype"] == "f32"
+    assert report["forward_seconds"] > 0 and report["generate_prefill_seconds"] > 0
+    kinds = report["profiled_seconds_by_kind"]
+    assert kinds["matrix products"] > 0 and kinds["attention kernel"] > 0
+    assert report["shared_kernels_seconds"] == pytest.approx(
+        kinds["matrix products"] + kinds["attention kernel"]
+    )
