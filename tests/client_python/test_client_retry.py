@@ -195,6 +195,21 @@ def test_a_stream_is_retried_before_its_first_message_only():
     assert decoder.started == 1
 
 
+def test_a_stream_must_end_with_its_final_message():
+    """A stream the server closes before its final message is an error, not a short
+    generation; what arrived stays readable."""
+    client = IcaeClient(decoder="127.0.0.1:1", retries=POLICY)
+    client._decoders = Replicas([FakeDecoder([FakeCall([delta("Hel"), delta("lo")])])])
+    stream = client.generate("icae:v1:f:k", mode="continue")
+    with pytest.raises(icae_client.Unknown, match="without its final message"):
+        stream.result()
+    assert stream.text == "Hello" and stream.final is None and stream.finish_reason is None
+
+    client._decoders = Replicas([FakeDecoder([FakeCall([delta("Hi"), FINAL])])])
+    result = client.generate("icae:v1:f:k", mode="continue").result()
+    assert result.text == "Hi" and result.token_ids == (7,) and result.prompt_positions == 40
+
+
 def test_a_dead_address_fails_as_unavailable_after_the_backoffs():
     dead = f"127.0.0.1:{free_port()}"
     policy = RetryPolicy(attempts=3, initial_backoff=0.05, max_backoff=0.1)

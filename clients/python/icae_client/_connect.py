@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -86,6 +87,14 @@ def channel_options(tls: Tls | None, max_receive_bytes: int) -> list[tuple[str, 
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return options
+
+
+def open_channel(grpc_module: Any, target: str, tls: Tls | None, max_receive_bytes: int) -> Any:
+    """A channel to `target` from `grpc` or `grpc.aio` (they take the same arguments)."""
+    options = channel_options(tls, max_receive_bytes)
+    if tls is None:
+        return grpc_module.insecure_channel(target, options=options)
+    return grpc_module.secure_channel(target, tls.credentials(), options=options)
 
 
 def call_metadata(

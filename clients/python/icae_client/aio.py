@@ -29,16 +29,17 @@ from ._connect import (
     Tls,
     addresses,
     call_metadata,
-    channel_options,
+    open_channel,
     split_address,
 )
 from ._proto.icae.v1 import icae_pb2 as pb
 from ._proto.icae.v1 import icae_pb2_grpc as pb_grpc
 from ._requests import Document, ModeLike, SlotSource
+from ._stream import StreamState
 from .client import retry_policy
-from .errors import Cancelled, InvalidArgument, Unknown, from_rpc_error
+from .errors import InvalidArgument, from_rpc_error
 from .retry import Attempts, Replicas, RetryPolicy
-from .values import FinishReason, GenerateFinal, GenerateResult, SlotHandle, TokenDelta
+from .values import GenerateResult, SlotHandle, TokenDelta
 
 __all__ = ["IcaeClient", "AsyncIcaeClient", "AsyncGenerateStream"]
 
@@ -84,13 +85,7 @@ class IcaeClient:
             )
             stubs = []
             for target, settings in targets:
-                options = channel_options(settings, self._max_receive_bytes)
-                if settings is None:
-                    channel = grpc.aio.insecure_channel(target, options=options)
-                else:
-                    channel = grpc.aio.secure_channel(
-                        target, settings.credentials(), options=options
-                    )
+                channel = open_channel(grpc.aio, target, settings, self._max_receive_bytes)
                 self._channels.append(channel)
                 stubs.append(make(channel))
             self._replicas[service] = Replicas(stubs)
@@ -268,22 +263,14 @@ class IcaeClient:
 AsyncIcaeClient = IcaeClient
 
 
-class AsyncGenerateStream:
+class AsyncGenerateStream(StreamState):
     """An asyncio Generate call; as :class:`icae_client.GenerateStream`, with ``async
     for`` (text deltas), :meth:`deltas`, ``await`` :meth:`result`, :meth:`cancel` and
     ``async with``."""
 
     def __init__(self, client: IcaeClient, request: pb.GenerateRequest, timeout: float | None):
+        super().__init__(request, timeout)
         self._client = client
-        self._request = request
-        self._timeout = timeout
-        self._call: Any = None
-        self._cancelled = False
-        self._done = False
-        self._token_ids: list[int] = []
-        self._texts: list[str] = []
-        #: The stream's last message, once it has ended.
-        self.final: GenerateFinal | None = None
         self._deltas = self._run()
 
     async def _open(self) -> tuple[Any, Any]:
@@ -316,19 +303,13 @@ class AsyncGenerateStream:
         try:
             call, message = await self._open()
             while message is not grpc.aio.EOF:
-                if message.HasField("delta"):
-                    delta = TokenDelta(tuple(message.delta.token_ids), message.delta.text)
-                    self._token_ids.extend(delta.token_ids)
-                    self._texts.append(delta.text)
+                delta = self._receive(message)
+                if delta is not None:
                     yield delta
-                elif message.HasField("final"):
-                    self.final = GenerateFinal.from_proto(message.final)
                 message = await call.read()
         except grpc.RpcError as rpc_error:
-            error = from_rpc_error(rpc_error)
-            if self._cancelled and error.code == grpc.StatusCode.CANCELLED:
-                return
-            raise error from None
+            self._failed(rpc_error)
+            return
         except asyncio.CancelledError:
             # grpc.aio raises this from read() once the call was cancelled.
             if self._cancelled:
@@ -336,8 +317,7 @@ class AsyncGenerateStream:
             raise
         finally:
             self._done = True
-        if self.final is None and not self._cancelled:
-            raise Unknown("the Generate stream ended without its final message")
+        self._ended()
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._texts_only()
@@ -351,45 +331,16 @@ class AsyncGenerateStream:
         """The rest of the stream as :class:`~icae_client.TokenDelta` values."""
         return self._deltas
 
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return "".join(self._texts)
-
-    @property
-    def token_ids(self) -> list[int]:
-        """The token ids received so far."""
-        return list(self._token_ids)
-
-    @property
-    def finish_reason(self) -> FinishReason | None:
-        """The finish reason, once the stream has ended."""
-        return None if self.final is None else self.final.finish_reason
-
     async def result(self) -> GenerateResult:
         """Read the rest of the stream and return the whole generation."""
         async for _ in self._deltas:
             pass
-        if self.final is None:
-            raise Cancelled("the stream was cancelled")
-        return GenerateResult(
-            text=self.text,
-            token_ids=tuple(self._token_ids),
-            finish_reason=self.final.finish_reason,
-            prompt_positions=self.final.prompt_positions,
-            timings=self.final.timings,
-        )
-
-    def cancel(self) -> None:
-        """Cancel the call (the decoder stops generating and frees the sequence)."""
-        self._cancelled = True
-        if self._call is not None:
-            self._call.cancel()
+        return self._whole()
 
     async def __aenter__(self) -> AsyncGenerateStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if not self._done or self.final is None:
+        if self._should_cancel_on_exit():
             self.cancel()
         await self._deltas.aclose()

@@ -16,15 +16,16 @@ from ._connect import (
     Tls,
     addresses,
     call_metadata,
-    channel_options,
+    open_channel,
     split_address,
 )
 from ._proto.icae.v1 import icae_pb2 as pb
 from ._proto.icae.v1 import icae_pb2_grpc as pb_grpc
 from ._requests import Document, ModeLike, SlotSource
-from .errors import Cancelled, InvalidArgument, Unknown, from_rpc_error
+from ._stream import StreamState
+from .errors import InvalidArgument, from_rpc_error
 from .retry import Attempts, Replicas, RetryPolicy
-from .values import FinishReason, GenerateFinal, GenerateResult, SlotHandle, TokenDelta
+from .values import GenerateResult, SlotHandle, TokenDelta
 
 __all__ = ["IcaeClient", "GenerateStream"]
 
@@ -97,11 +98,7 @@ class IcaeClient:
         stubs = []
         for url in urls:
             target, settings = split_address(url, tls)
-            options = channel_options(settings, max_receive_bytes)
-            if settings is None:
-                channel = grpc.insecure_channel(target, options=options)
-            else:
-                channel = grpc.secure_channel(target, settings.credentials(), options=options)
+            channel = open_channel(grpc, target, settings, max_receive_bytes)
             self._channels.append(channel)
             stubs.append(stub(channel))
         return Replicas(stubs)
@@ -337,7 +334,7 @@ class IcaeClient:
         return GenerateResult.from_proto(response)
 
 
-class GenerateStream(Iterator[str]):
+class GenerateStream(StreamState, Iterator[str]):
     """A Generate call: iterate it for the text deltas.
 
     :meth:`deltas` iterates the same stream as :class:`~icae_client.TokenDelta` (token ids
@@ -348,16 +345,8 @@ class GenerateStream(Iterator[str]):
     """
 
     def __init__(self, client: IcaeClient, request: pb.GenerateRequest, timeout: float | None):
+        super().__init__(request, timeout)
         self._client = client
-        self._request = request
-        self._timeout = timeout
-        self._call: grpc.Call | None = None
-        self._cancelled = False
-        self._done = False
-        self._token_ids: list[int] = []
-        self._texts: list[str] = []
-        #: The stream's last message, once it has ended.
-        self.final: GenerateFinal | None = None
         self._deltas = self._run()
 
     def _open(self) -> tuple[Iterator[pb.GenerateResponse], pb.GenerateResponse | None]:
@@ -388,22 +377,15 @@ class GenerateStream(Iterator[str]):
         messages = itertools.chain([first] if first is not None else [], call)
         try:
             for message in messages:
-                if message.HasField("delta"):
-                    delta = TokenDelta(tuple(message.delta.token_ids), message.delta.text)
-                    self._token_ids.extend(delta.token_ids)
-                    self._texts.append(delta.text)
+                delta = self._receive(message)
+                if delta is not None:
                     yield delta
-                elif message.HasField("final"):
-                    self.final = GenerateFinal.from_proto(message.final)
         except grpc.RpcError as rpc_error:
-            error = from_rpc_error(rpc_error)
-            if self._cancelled and error.code == grpc.StatusCode.CANCELLED:
-                return
-            raise error from None
+            self._failed(rpc_error)
+            return
         finally:
             self._done = True
-        if self.final is None and not self._cancelled:
-            raise Unknown("the Generate stream ended without its final message")
+        self._ended()
 
     def __iter__(self) -> GenerateStream:
         return self
@@ -418,45 +400,16 @@ class GenerateStream(Iterator[str]):
         """The rest of the stream as :class:`~icae_client.TokenDelta` values."""
         return self._deltas
 
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return "".join(self._texts)
-
-    @property
-    def token_ids(self) -> list[int]:
-        """The token ids received so far."""
-        return list(self._token_ids)
-
     def result(self) -> GenerateResult:
         """Read the rest of the stream and return the whole generation."""
         for _ in self._deltas:
             pass
-        if self.final is None:
-            raise Cancelled("the stream was cancelled")
-        return GenerateResult(
-            text=self.text,
-            token_ids=tuple(self._token_ids),
-            finish_reason=self.final.finish_reason,
-            prompt_positions=self.final.prompt_positions,
-            timings=self.final.timings,
-        )
-
-    def cancel(self) -> None:
-        """Cancel the call (the decoder stops generating and frees the sequence)."""
-        self._cancelled = True
-        if self._call is not None:
-            self._call.cancel()
-
-    @property
-    def finish_reason(self) -> FinishReason | None:
-        """The finish reason, once the stream has ended."""
-        return None if self.final is None else self.final.finish_reason
+        return self._whole()
 
     def __enter__(self) -> GenerateStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self._done or self.final is None:
+        if self._should_cancel_on_exit():
             self.cancel()
         self._deltas.close()
