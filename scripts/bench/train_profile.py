@@ -12,14 +12,9 @@ import json
 import time
 
 import torch
+from operator_kinds import MATRIX_PRODUCTS, by_kind
 from torch.profiler import ProfilerActivity, profile
 from train_throughput import model_and_texts
-
-MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"}
-ATTENTION_OPS = {
-    "aten::_scaled_dot_product_flash_attention_for_cpu",
-    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
-}
 
 
 def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
@@ -57,9 +52,10 @@ def main():
     # Self times: each operator's own time, so the groups add up to the step.
     self_s = {e.key: e.self_cpu_time_total / 1e6 for e in events}
     profiled = sum(self_s.values())
-    matmul_s = sum(s for k, s in self_s.items() if k in MATMUL_OPS)
-    attention_s = sum(s for k, s in self_s.items() if k in ATTENTION_OPS)
-    matmul_flops = sum(e.flops for e in events if e.key in MATMUL_OPS)
+    kinds = by_kind((e.key, e.self_cpu_time_total) for e in events)
+    matmul_s = kinds.get("matrix products", 0.0)
+    attention_s = kinds.get("attention kernel", 0.0)
+    matmul_flops = sum(e.flops for e in events if e.key in MATRIX_PRODUCTS)
     peak = matmul_peak_gflops()
     achieved = matmul_flops / matmul_s / 1e9
     report = {

@@ -15,7 +15,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 import hf_compress  # noqa: E402
 import hf_generate  # noqa: E402
-import hf_prefill_profile  # noqa: E402
+import operator_kinds  # noqa: E402
 import perf_categories  # noqa: E402
 
 
@@ -147,7 +147,7 @@ def test_perf_samples_are_grouped_by_kind_of_work(capsys, monkeypatch):
 def test_hf_prefill_operators_are_grouped_by_kind_of_work():
     """The profile of transformers' prefill: own times summed per kind; the dispatching
     `scaled_dot_product_attention` and `linear` are bookkeeping, their kernels are not."""
-    kinds = hf_prefill_profile.by_kind(
+    kinds = operator_kinds.by_kind(
         [
             ("aten::mm", 300.0),
             ("aten::addmm", 100.0),

@@ -664,3 +664,34 @@ def test_grafana_dashboard_only_when_enabled_and_on_documented_metrics():
     # Requests by canonical code names, per component.
     assert any('code!="OK"' in e for e in expressions)
     assert all("service=" not in e for e in expressions)
+
+
+def value_examples_in_deploy_md() -> list[dict]:
+    """The YAML blocks of docs/deploy.md that are values of this chart (not of another)."""
+    yaml = require_module("yaml", "PyYAML")
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    keys = set(chart().values)
+    examples = []
+    for block in re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M):
+        data = yaml.safe_load(block)
+        if isinstance(data, dict) and set(data) <= keys:
+            examples.append(data)
+    return examples
+
+
+def test_the_value_examples_in_the_deploy_guide_do_what_they_say():
+    """Each values example of docs/deploy.md renders, and an HPA example that names a gauge
+    scales on it (naming it without `metric.enabled` would leave the HPA on CPU alone)."""
+    examples = value_examples_in_deploy_md()
+    assert len(examples) >= 3, "the GPU, KEDA and external Redis examples"
+    for overrides in examples:
+        docs = documents(render(overrides))
+        for component in COMPONENTS:
+            autoscaling = overrides.get(component, {}).get("autoscaling", {})
+            metric = autoscaling.get("metric", {}).get("name")
+            if not metric or autoscaling.get("kind", "hpa") != "hpa":
+                continue
+            hpa = named(docs, "HorizontalPodAutoscaler", component_name(component))
+            metrics = hpa["spec"]["metrics"]
+            gauges = [m["pods"]["metric"]["name"] for m in metrics if m["type"] == "Pods"]
+            assert gauges == [metric], f"{component}: the example names {metric}: {metrics}"
