@@ -69,6 +69,28 @@ def test_a_batch_scores_like_its_texts_one_by_one(tiny_dir):
         model.autoencode_batch_scores([[5] * TEXT_TOKENS, [5] * (TEXT_TOKENS - 1)])
 
 
+def test_the_first_target_can_weigh_more(tiny_dir):
+    """`first_target_weight` w: each text's first target (read at the [AE] position) counts
+    w times in the mean loss, every other target once; accuracy is unchanged."""
+    torch.manual_seed(0)
+    config = IcaeConfig(mem_size=MEM_SIZE, compression_rate=RATE, lora_r=8, slot_projector=True)
+    model = ICAE(str(tiny_dir), config)
+    batch = texts()[:4]
+    per_target = []
+    for ids in batch:
+        predicted, targets = model._predictions(
+            model.ae_layout(model.compress(ids)), ids + [model.eos_ids[0]]
+        )
+        per_target.append(torch.nn.functional.cross_entropy(predicted, targets, reduction="none"))
+    weight = 8.0
+    weighted = sum(weight * t[0] + t[1:].sum() for t in per_target)
+    expected = weighted.item() / (len(batch) * (weight + TEXT_TOKENS))
+    loss, correct, _ = model.autoencode_batch_scores(batch, first_target_weight=weight)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    plain, plain_correct, _ = model.autoencode_batch_scores(batch)
+    assert correct == plain_correct and loss.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
 def test_a_batch_of_whole_segments_scores_like_its_texts_one_by_one(tiny_dir):
     """Texts of three whole segments each: the batched path cuts them as `compress` does (its
     slots are each text's own, segment after segment) and gives the per-text numbers.

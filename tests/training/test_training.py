@@ -398,6 +398,20 @@ def test_batched_windows_refuse_lm_examples(model_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_first_target_weight_is_refused_where_it_cannot_apply(model_dir, tmp_path):
+    write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    base = ["icae-train", "pretrain", "--model", str(model_dir), "--corpus",
+            str(tmp_path / "corpus"), "--run-dir", str(run), "--steps", "1"]  # fmt: skip
+    for extra, message in [
+        (["--first-target-weight", "4"], "it needs --batch-windows"),
+        (["--first-target-weight", "0", "--batch-windows", "2", "--lm-ratio", "0"], "> 0 (given 0"),
+    ]:
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-500:]
+    assert not run.exists()
+
+
 def test_eval_refuses_passage_lengths_before_loading_the_model(model_dir, tmp_path):
     """A passage length no held-out document reaches, or one that is not positive, is an
     error that names it; the adapter given does not exist, so a refusal that mentions it
@@ -478,6 +492,10 @@ def test_finetune_and_eval_from_a_pretrained_adapter(model_dir, tmp_path):
     assert 0.0 <= first["accuracy"] <= 1.0 and sum(first["argmax_counts"].values()) == 2
     assert 0.0 < first["probability"] < 1.0 and 0.0 < first["probability_other_slots"] < 1.0
     assert isinstance(first["argmax_without_slots"], str)
+    marked = first["after_marker"]  # the passages again, after the tokenizer's BOS
+    assert marked["marker"] == "<|im_start|>" and 0.0 <= marked["accuracy"] <= 1.0
+    assert 0.0 < marked["probability"] < 1.0 and 0.0 < marked["probability_other_slots"] < 1.0
+    assert marked["probability"] != first["probability"]
     # 64 tokens are two segments of 8 slots each (mem 8 x rate 4 = 32 tokens a segment).
     long = json.loads(out.read_text())["autoencode_long"]
     assert (long["passages"], long["passage_tokens"], long["slots"]) == (2, 64, 16)

@@ -99,11 +99,16 @@ def first_token_eval(model: ICAE, tokenizer, passages: list[list[int]], slots: l
     token's probability from the passage's own slots against the next passage's, and the
     argmax from [AE] alone (no slots). One argmax for every passage, and the same
     probabilities from other slots, mean the position does not read the slots, and greedy
-    reconstruction is wrong from its first token."""
+    reconstruction is wrong from its first token.
 
-    def at_ae(prefix: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        predicted, _ = model._predictions(prefix, ids[:1])
-        return predicted[0].float().softmax(-1)
+    `after_marker` asks the same of passages compressed with the tokenizer's BOS token
+    before them (their last token dropped, so the segments stay the same) and read after
+    [AE] BOS: whether the first token can be read once a known token precedes it."""
+
+    def read(prefix: torch.Tensor, targets: list[int]) -> torch.Tensor:
+        """The distribution of the last of `targets`, the others teacher-forced."""
+        predicted, _ = model._predictions(prefix, targets)
+        return predicted[-1].float().softmax(-1)
 
     def counted(tokens: list[int]) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -112,23 +117,43 @@ def first_token_eval(model: ICAE, tokenizer, passages: list[list[int]], slots: l
             counts[text] = counts.get(text, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
-    argmaxes, own, other = [], [], []
-    for index, (ids, memory) in enumerate(zip(passages, slots, strict=True)):
-        probabilities = at_ae(model.ae_layout(memory), ids)
-        argmaxes.append(int(probabilities.argmax()))
-        own.append(float(probabilities[ids[0]]))
-        next_slots = slots[(index + 1) % len(slots)]
-        other.append(float(at_ae(model.ae_layout(next_slots), ids)[ids[0]]))
-    alone = model.special(Objective.AUTOENCODE).to(model.dtype)
-    right = sum(a == ids[0] for a, ids in zip(argmaxes, passages, strict=True))
+    def first_tokens(memories: list, lead: list[int]) -> tuple[list[int], list, list]:
+        """Per passage: the argmax, and the first token's probability from its own slots
+        and from the next passage's, read after [AE] and `lead`."""
+        argmaxes, own, other = [], [], []
+        for index, (ids, memory) in enumerate(zip(passages, memories, strict=True)):
+            probabilities = read(model.ae_layout(memory), lead + ids[:1])
+            argmaxes.append(int(probabilities.argmax()))
+            own.append(float(probabilities[ids[0]]))
+            next_slots = memories[(index + 1) % len(memories)]
+            other.append(float(read(model.ae_layout(next_slots), lead + ids[:1])[ids[0]]))
+        return argmaxes, own, other
+
     count = max(1, len(passages))
-    return {
-        "accuracy": right / count,
+
+    def accuracy(argmaxes: list[int]) -> float:
+        return sum(a == ids[0] for a, ids in zip(argmaxes, passages, strict=True)) / count
+
+    argmaxes, own, other = first_tokens(slots, [])
+    alone = model.special(Objective.AUTOENCODE).to(model.dtype)
+    report = {
+        "accuracy": accuracy(argmaxes),
         "argmax_counts": counted(argmaxes),
         "probability": sum(own) / count,
         "probability_other_slots": sum(other) / count,
-        "argmax_without_slots": tokenizer.decode([int(at_ae(alone, passages[0]).argmax())]),
+        "argmax_without_slots": tokenizer.decode([int(read(alone, passages[0][:1]).argmax())]),
     }
+    marker = tokenizer.bos_token_id
+    if marker is not None:
+        marked = [model.compress([marker] + ids[:-1]) for ids in passages]
+        argmaxes, own, other = first_tokens(marked, [marker])
+        report["after_marker"] = {
+            "marker": tokenizer.decode([marker]),
+            "accuracy": accuracy(argmaxes),
+            "probability": sum(own) / count,
+            "probability_other_slots": sum(other) / count,
+        }
+    return report
 
 
 def teacher_forced_eval(model: ICAE, passages: list[list[int]], slots: list) -> dict:

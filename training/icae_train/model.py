@@ -82,9 +82,11 @@ class AnswerInput:
 class AutoencodeBatch:
     """Autoencoding examples of one length (one segment, or whole segments), trained as one
     batched forward (`ICAE.autoencode_batch_scores`): the same loss as their examples one by
-    one, several times the examples per second on a CPU."""
+    one, several times the examples per second on a CPU. `first_target_weight` weighs each
+    text's first target (see `ICAE.autoencode_batch_scores`)."""
 
     texts: list[list[int]]
+    first_target_weight: float = 1.0
     objective: ClassVar[Objective] = Objective.AUTOENCODE
 
 
@@ -286,13 +288,19 @@ class ICAE(nn.Module):
         return self.icae.get_base_model().model.embed_tokens(ids)
 
     def autoencode_batch_scores(
-        self, texts: list[list[int]], aux_weight: float = 0.0, memory_tokens: int | None = None
+        self,
+        texts: list[list[int]],
+        aux_weight: float = 0.0,
+        memory_tokens: int | None = None,
+        first_target_weight: float = 1.0,
     ) -> tuple[torch.Tensor, int, int]:
         """`autoencode_scores` of equal-length texts (see `batch_slots`), in one
         encoder and one decoder forward for the whole batch: the same numbers as one by one
         (the mean loss is over all targets, equal to the mean of the texts' means), with
         bigger matmuls, which is most of the throughput on a CPU. With `aux_weight` the loss
-        adds that multiple of `slot_token_loss` (accuracy stays the AE one)."""
+        adds that multiple of `slot_token_loss` (accuracy stays the AE one). With
+        `first_target_weight` w, each text's first target (predicted at the [AE] position)
+        counts w times in the mean and the others once."""
         ids, slots = self.batch_slots(texts, memory_tokens)
         batch = slots.shape[0]
         eos = torch.full((batch, 1), self.eos_ids[0], dtype=torch.long, device=self.device)
@@ -300,7 +308,15 @@ class ICAE(nn.Module):
         ae = self.special(Objective.AUTOENCODE).to(slots.dtype).expand(batch, -1, -1)
         x = torch.cat([slots, ae, self._table(targets)], dim=1)
         predicted = self.target_logits(x, targets.shape[1]).float()
-        loss = nn.functional.cross_entropy(predicted.flatten(0, 1), targets.flatten())
+        if first_target_weight == 1.0:
+            loss = nn.functional.cross_entropy(predicted.flatten(0, 1), targets.flatten())
+        else:
+            losses = nn.functional.cross_entropy(
+                predicted.flatten(0, 1), targets.flatten(), reduction="none"
+            ).view_as(targets)
+            weights = torch.ones_like(losses)
+            weights[:, 0] = first_target_weight
+            loss = (losses * weights).sum() / weights.sum()
         correct = int((predicted.argmax(-1) == targets).sum())
         if aux_weight:
             loss = loss + aux_weight * self.slot_token_loss(slots, ids)
@@ -353,7 +369,9 @@ class ICAE(nn.Module):
         if isinstance(example, AutoencodeInput):
             return self.autoencode_loss(example.ids)
         if isinstance(example, AutoencodeBatch):
-            loss, _, targets = self.autoencode_batch_scores(example.texts)
+            loss, _, targets = self.autoencode_batch_scores(
+                example.texts, first_target_weight=example.first_target_weight
+            )
             return loss, targets
         if isinstance(example, LmInput):
             return self.lm_loss(example.context, example.continuation, example.leave)

@@ -72,6 +72,13 @@ def add_parser(sub):
         "> 1, s whole segments (s drawn from 1..S) in N // s windows; 0: one example of any "
         "length",
     )
+    p.add_argument(
+        "--first-target-weight",
+        type=float,
+        default=1.0,
+        help="weight of each window's first target (the token read at the [AE] position) in "
+        "the AE loss, the others weighing 1 (needs --batch-windows)",
+    )
     p.set_defaults(func=run)
 
 
@@ -82,6 +89,10 @@ def run(args):
     from ..model import ICAE, AutoencodeBatch, AutoencodeInput, LmInput
 
     device_name, dtype = device(args.device)
+    if args.first_target_weight <= 0:
+        sys.exit(f"error: --first-target-weight must be > 0 (given {args.first_target_weight})")
+    if args.first_target_weight != 1.0 and not args.batch_windows:
+        sys.exit("error: --first-target-weight weighs batched AE windows: it needs --batch-windows")
     if args.batch_windows and args.lm_ratio != 0:
         sys.exit(
             "error: --batch-windows trains autoencoding only: it needs "
@@ -129,7 +140,8 @@ def run(args):
     def example_for(step, index):
         if args.batch_windows:
             return AutoencodeBatch(
-                stream.window_batch(step, index, args.batch_windows, segment_tokens=capacity)
+                stream.window_batch(step, index, args.batch_windows, segment_tokens=capacity),
+                first_target_weight=args.first_target_weight,
             )
         example = stream.example(step, index)
         if example.is_lm:
